@@ -1,0 +1,248 @@
+"""Walks an fx graph, applies one rule per op, and records everything surgery and cost need.
+
+Rules live in ``rules_*.py`` and register themselves here. A rule receives the
+builder and the node, reads its inputs' layouts with :meth:`Builder.layout`,
+and returns the node's output layout (a :class:`Layout`, a tuple of them, or
+None for non-tensors). Rules record:
+
+- ``new``: a block of fresh elements (a producer's output channels);
+- ``uf.union*``: couplings;
+- ``freeze``: elements that must never be removed, with the reason;
+- ``record``: which element each index of a parameter/buffer dim belongs to;
+- ``macs``: a cost term, coefficient times kept sizes of some dims;
+- ``fix``: a module whose attributes (in_channels, ...) follow its new weights;
+- ``patch``: a functional constant (pad widths) to rewrite.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import torch.fx as fx
+from torch import nn
+
+from .layout import Block, Layout, UnionFind, untracked
+from .trace import module_stack
+
+Rule = Callable[["Builder", fx.Node, Any], Any]
+MODULE_RULES: list[tuple[type, Rule]] = []
+FUNCTION_RULES: dict[Any, Rule] = {}
+METHOD_RULES: dict[str, Rule] = {}
+
+
+def module_rule(*types: type) -> Callable[[Rule], Rule]:
+    def deco(fn: Rule) -> Rule:
+        for t in types:
+            MODULE_RULES.append((t, fn))
+        return fn
+    return deco
+
+
+def function_rule(*targets: Any) -> Callable[[Rule], Rule]:
+    def deco(fn: Rule) -> Rule:
+        for t in targets:
+            FUNCTION_RULES[t] = fn
+        return fn
+    return deco
+
+
+def method_rule(*names: str) -> Callable[[Rule], Rule]:
+    def deco(fn: Rule) -> Rule:
+        for n in names:
+            METHOD_RULES[n] = fn
+        return fn
+    return deco
+
+
+@dataclass(frozen=True)
+class Source:
+    """A block of elements created by one producer, e.g. a conv's output channels."""
+
+    name: str
+    ids: np.ndarray
+    kind: str
+
+
+@dataclass(frozen=True)
+class CostTerm:
+    """MACs = coeff * product of the kept counts of ``factors`` (1-D element arrays)."""
+
+    coeff: int
+    factors: tuple[np.ndarray, ...]
+    where: str
+
+
+@dataclass(frozen=True)
+class Patch:
+    """A functional op whose constant arguments depend on the kept channels."""
+
+    kind: str
+    node_name: str
+    owner: str              # qualified name of the innermost module that runs the op
+    index_in_owner: int     # k-th op of this target inside the owner's forward
+    target: Any
+    layout_ids: tuple[np.ndarray, ...]
+    pair: int               # position of the (before, after) pair in the widths tuple
+
+
+@dataclass
+class Builder:
+    root: nn.Module
+    ignore: tuple[str, ...] = ()
+    protect_outputs: bool = True
+    uf: UnionFind = field(default_factory=UnionFind)
+    sources: list[Source] = field(default_factory=list)
+    reasons: dict[int, list[str]] = field(default_factory=dict)
+    slices: dict[tuple[str, int], np.ndarray] = field(default_factory=dict)
+    fixes: dict[str, str] = field(default_factory=dict)
+    terms: list[CostTerm] = field(default_factory=list)
+    patches: list[Patch] = field(default_factory=list)
+    replaced: dict[str, str] = field(default_factory=dict)
+    layouts: dict[fx.Node, Any] = field(default_factory=dict)
+    count_cost: bool = True
+    mode: str = "eval"
+
+    # ----------------------------------------------------------------- recording
+    def new(self, name: str, n: int, kind: str) -> np.ndarray:
+        ids = self.uf.make(n)
+        self.sources.append(Source(name, ids, kind))
+        hit = [p for p in self.ignore if fnmatch.fnmatchcase(name, p)]
+        if hit:
+            self.freeze(ids, f"'{name}' matches ignore pattern '{hit[0]}'")
+        return ids
+
+    def freeze(self, ids: np.ndarray | None, reason: str) -> None:
+        if ids is None:
+            return
+        for e in np.asarray(ids).ravel().tolist():
+            lst = self.reasons.setdefault(e, [])
+            if len(lst) < 3 and reason not in lst:
+                lst.append(reason)
+
+    def freeze_layout(self, value: Any, reason: str) -> None:
+        for lay in iter_layouts(value):
+            for b in lay.blocks:
+                self.freeze(b.ids, reason)
+
+    def record(self, fqn: str, dim: int, ids: np.ndarray) -> None:
+        key = (fqn, dim)
+        ids = np.asarray(ids, dtype=np.int64).ravel()
+        if key in self.slices:
+            self.uf.union_arrays(self.slices[key], ids)
+        else:
+            self.slices[key] = ids
+
+    def macs(self, coeff: int, factors: list[np.ndarray | None], where: str) -> None:
+        if not self.count_cost:
+            return
+        kept: list[np.ndarray] = []
+        for f in factors:
+            if f is not None:
+                kept.append(np.asarray(f, dtype=np.int64).ravel())
+        self.terms.append(CostTerm(int(coeff), tuple(kept), where))
+
+    def fix(self, fqn: str, kind: str) -> None:
+        self.fixes[fqn] = kind
+
+    # ------------------------------------------------------------------- reading
+    def layout(self, arg: Any) -> Any:
+        if isinstance(arg, fx.Node):
+            return self.layouts.get(arg)
+        return None
+
+    def shape(self, node: fx.Node) -> tuple[int, ...] | None:
+        s = node.meta.get("pk_shape")
+        return s if isinstance(s, tuple) and all(isinstance(v, int) for v in s) else None
+
+    def where(self, node: fx.Node) -> str:
+        """A readable location: op and innermost module."""
+        stack = module_stack(node)
+        owner = stack[-1] if stack else "<root>"
+        tgt = node.target if isinstance(node.target, str) else getattr(
+            node.target, "__name__", str(node.target))
+        return f"{node.op} '{tgt}' (node {node.name}) in module '{owner}'"
+
+    # ------------------------------------------------------------------ running
+    def run(self, gm: fx.GraphModule) -> None:
+        for node in gm.graph.nodes:
+            self.layouts[node] = self._visit(gm, node)
+
+    def _visit(self, gm: fx.GraphModule, node: fx.Node) -> Any:
+        if node.op == "placeholder":
+            shape = self.shape(node)
+            return untracked(shape) if shape is not None else None
+        if node.op == "get_attr":
+            return self._get_attr(gm, node)
+        if node.op == "output":
+            if self.protect_outputs:
+                self._freeze_args(node.args, "model output (protected)")
+            return None
+        if node.op == "call_module":
+            mod = gm.get_submodule(str(node.target))
+            for t, fn in MODULE_RULES:
+                if isinstance(mod, t):
+                    return fn(self, node, mod)
+            return self.unknown(node)
+        if node.op == "call_function":
+            fn = FUNCTION_RULES.get(node.target)
+            return fn(self, node, None) if fn else self.unknown(node)
+        if node.op == "call_method":
+            fn = METHOD_RULES.get(str(node.target))
+            return fn(self, node, None) if fn else self.unknown(node)
+        return self.unknown(node)
+
+    def _freeze_args(self, arg: Any, reason: str) -> None:
+        if isinstance(arg, fx.Node):
+            self.freeze_layout(self.layouts.get(arg), reason)
+        elif isinstance(arg, (tuple, list)):
+            for a in arg:
+                self._freeze_args(a, reason)
+        elif isinstance(arg, dict):
+            for a in arg.values():
+                self._freeze_args(a, reason)
+
+    def _get_attr(self, gm: fx.GraphModule, node: fx.Node) -> Any:
+        shape = self.shape(node)
+        if shape is None:
+            return None
+        fqn = str(node.target)
+        blocks = []
+        for d, s in enumerate(shape):
+            if s > 1:
+                ids = self.new(f"{fqn}:dim{d}", s, "param")
+                self.record(fqn, d, ids)
+                blocks.append(Block((d,), ids))
+        return Layout(shape, tuple(blocks))
+
+    def unknown(self, node: fx.Node) -> Any:
+        """An op no rule covers: freeze every tracked input; the output is untracked."""
+        tensor_in = False
+        for a in node.all_input_nodes:
+            lay = self.layouts.get(a)
+            for l in iter_layouts(lay):
+                tensor_in = True
+                if l.blocks:
+                    self.freeze_layout(l, f"{self.where(node)} is not understood by prunekit")
+        return untracked_like(node.meta.get("pk_shape")) if tensor_in or node.meta.get(
+            "pk_dtype") is not None else None
+
+
+def iter_layouts(value: Any):
+    if isinstance(value, Layout):
+        yield value
+    elif isinstance(value, (tuple, list)):
+        for v in value:
+            yield from iter_layouts(v)
+
+
+def untracked_like(shape: Any) -> Any:
+    if shape is None:
+        return None
+    if isinstance(shape, tuple) and all(isinstance(v, int) for v in shape):
+        return untracked(shape)
+    if isinstance(shape, tuple):
+        return tuple(untracked_like(s) for s in shape)
+    return None

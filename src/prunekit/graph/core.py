@@ -1,0 +1,222 @@
+"""ChannelGraph: groups of coupled channels of a model, their cost, and surgery."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import PlanError, PlanMismatchError
+from ..plan import Plan
+from . import attention, rules_index, rules_layers, rules_shape  # noqa: F401  (register rules)
+from .builder import Builder, Source
+from .layout import UnionFind
+from .trace import trace_modes
+
+
+@dataclass(frozen=True)
+class Group:
+    """Channels that must be removed together, as an ordered list of units.
+
+    A unit is one removable channel of the group; it may span several tensor
+    channels (a depthwise conv's input and output, the same local index of every
+    conv group, a whole attention head).
+    """
+
+    id: str
+    kind: str
+    units: np.ndarray          # global unit indices, in channel order
+    prunable: np.ndarray       # bool per unit
+    reasons: tuple[str, ...]   # why units are frozen
+    members: tuple[str, ...]   # "param:dim" touched by the group
+
+    @property
+    def width(self) -> int:
+        return len(self.units)
+
+    @property
+    def n_prunable(self) -> int:
+        return int(self.prunable.sum())
+
+    @property
+    def frozen(self) -> bool:
+        return self.n_prunable == 0
+
+
+def fingerprint(model: nn.Module) -> str:
+    h = hashlib.sha256(type(model).__name__.encode())
+    for name, t in list(model.named_parameters()) + list(model.named_buffers()):
+        h.update(f"{name}:{tuple(t.shape)};".encode())
+    return h.hexdigest()[:16]
+
+
+class ChannelGraph:
+    """Build once per model architecture with :meth:`build`; then cost, apply, explain."""
+
+    def __init__(self, builder: Builder, graphs: list, model_fingerprint: str,
+                 min_width: int = 1) -> None:
+        self._b = builder
+        self.graphs = graphs
+        self.fingerprint = model_fingerprint
+        uf: UnionFind = builder.uf
+        roots = uf.roots(np.arange(len(uf.parent), dtype=np.int64))
+        uniq, self.unit_of = np.unique(roots, return_inverse=True)
+        self.n_units = len(uniq)
+        self.unit_frozen = np.zeros(self.n_units, dtype=bool)
+        self.unit_reasons: dict[int, list[str]] = {}
+        for e, rs in builder.reasons.items():
+            u = int(self.unit_of[e])
+            self.unit_frozen[u] = True
+            lst = self.unit_reasons.setdefault(u, [])
+            lst.extend(r for r in rs if r not in lst and len(lst) < 4)
+        self.groups: list[Group] = self._make_groups(builder.sources)
+        self._by_id = {g.id: g for g in self.groups}
+        self.slices = {k: self.unit_of[v] for k, v in builder.slices.items()}
+        self.min_width = min_width
+        from .cost import CostModel
+        self._cost = CostModel(self, builder)
+
+    # ------------------------------------------------------------------- build
+    @classmethod
+    def build(cls, model: nn.Module, example_inputs: Sequence[Any] | torch.Tensor,
+              ignore: Sequence[str] = (), protect_outputs: bool = True) -> "ChannelGraph":
+        """Trace ``model`` on ``example_inputs`` and find its groups of coupled channels.
+
+        ``ignore``: fnmatch patterns of module names whose output channels are kept.
+        ``protect_outputs``: keep every channel of the model's outputs (classifier rows).
+        """
+        if isinstance(example_inputs, torch.Tensor):
+            example_inputs = (example_inputs,)
+        graphs = trace_modes(model, tuple(example_inputs))
+        builder = Builder(model, tuple(ignore), protect_outputs)
+        for mode, gm in graphs:
+            builder.count_cost = mode == "eval"
+            builder.mode = mode
+            builder.layouts = {}
+            builder.run(gm)
+            if mode == "eval":
+                eval_layouts = builder.layouts
+        builder.layouts = eval_layouts
+        return cls(builder, graphs, fingerprint(model))
+
+    def _make_groups(self, sources: list[Source]) -> list[Group]:
+        parent = list(range(len(sources)))
+
+        def find(x: int) -> int:
+            while parent[x] != x:
+                parent[x] = parent[parent[x]]
+                x = parent[x]
+            return x
+
+        first = np.full(self.n_units, -1, dtype=np.int64)
+        for s, src in enumerate(sources):
+            for u in np.unique(self.unit_of[src.ids]).tolist():
+                if first[u] < 0:
+                    first[u] = s
+                else:
+                    a, b = find(s), find(int(first[u]))
+                    if a != b:
+                        parent[max(a, b)] = min(a, b)
+        members: dict[int, list[int]] = {}
+        for s in range(len(sources)):
+            members.setdefault(find(s), []).append(s)
+        slice_units: dict[int, list[str]] = {}
+        for (fqn, dim), ids in self._b.slices.items():
+            u = int(self.unit_of[ids[0]]) if len(ids) else -1
+            slice_units.setdefault(u, []).append(f"{fqn}:{dim}")
+        groups, seen = [], set()
+        for root, idxs in sorted(members.items()):
+            units = np.unique(np.concatenate([self.unit_of[sources[i].ids] for i in idxs]))
+            name = sources[idxs[0]].name
+            gid, k = name, 1
+            while gid in seen:
+                k += 1
+                gid = f"{name}#{k}"
+            seen.add(gid)
+            reasons: list[str] = []
+            for u in units.tolist():
+                for r in self.unit_reasons.get(u, []):
+                    if r not in reasons and len(reasons) < 6:
+                        reasons.append(r)
+            mem = sorted({m for u in units.tolist() for m in slice_units.get(u, [])})
+            groups.append(Group(gid, sources[idxs[0]].kind, units, ~self.unit_frozen[units],
+                                tuple(reasons), tuple(mem)))
+        return groups
+
+    # ------------------------------------------------------------------- query
+    def group(self, gid: str) -> Group:
+        try:
+            return self._by_id[gid]
+        except KeyError:
+            raise PlanError(f"no group {gid!r} in this graph") from None
+
+    @property
+    def prunable_groups(self) -> list[Group]:
+        return [g for g in self.groups if not g.frozen]
+
+    def full_plan(self, meta: dict | None = None) -> Plan:
+        return Plan({}, self.fingerprint, meta or {})
+
+    def make_plan(self, keep: dict[str, Sequence[int]], meta: dict | None = None) -> Plan:
+        plan = Plan({k: tuple(sorted(int(i) for i in v)) for k, v in keep.items()},
+                    self.fingerprint, meta or {})
+        self.keep_mask(plan)
+        return plan
+
+    def keep_mask(self, plan: Plan) -> np.ndarray:
+        """Validate ``plan`` and return a bool keep flag per unit."""
+        if plan.fingerprint != self.fingerprint:
+            raise PlanMismatchError(
+                f"plan was made for a different model (fingerprint {plan.fingerprint}, this model "
+                f"{self.fingerprint}); build the plan on this architecture")
+        keep = np.ones(self.n_units, dtype=bool)
+        for gid, idx in plan.keep.items():
+            g = self.group(gid)
+            arr = np.asarray(idx, dtype=np.int64)
+            if len(arr) < 1:
+                raise PlanError(f"group {gid!r}: a plan must keep at least one channel")
+            if (np.diff(arr) <= 0).any() or arr.min() < 0 or arr.max() >= g.width:
+                raise PlanError(f"group {gid!r}: kept indices must be sorted, unique and in "
+                                f"[0, {g.width})")
+            mask = np.zeros(g.width, dtype=bool)
+            mask[arr] = True
+            bad = ~mask & ~g.prunable
+            if bad.any():
+                raise PlanError(f"group {gid!r}: removes frozen channel(s) "
+                                f"{np.nonzero(bad)[0][:5].tolist()}: "
+                                f"{'; '.join(g.reasons[:2])}")
+            keep[g.units] = mask
+        return keep
+
+    # -------------------------------------------------------------------- cost
+    def cost(self, plan: Plan | None = None) -> "Cost":
+        """Params and MACs of the model ``apply(plan)`` returns, for the example inputs."""
+        from .cost import Cost
+        keep = self.keep_mask(plan) if plan is not None else np.ones(self.n_units, dtype=bool)
+        return Cost(self._cost.params(keep), self._cost.macs(keep))
+
+    def cost_of_mask(self, keep: np.ndarray) -> "Cost":
+        """Like :meth:`cost` for a raw unit mask (no validation: for search loops)."""
+        from .cost import Cost
+        return Cost(self._cost.params(keep), self._cost.macs(keep))
+
+    # ----------------------------------------------------------------- surgery
+    def apply(self, model: nn.Module, plan: Plan, inplace: bool = False) -> nn.Module:
+        """The physically pruned model; the input model is untouched unless ``inplace``."""
+        from .surgery import apply_plan
+        if fingerprint(model) != self.fingerprint:
+            raise PlanMismatchError("this model is not the architecture the graph was built on")
+        return apply_plan(self, model, self.keep_mask(plan), inplace)
+
+    def masked_reference(self, plan: Plan) -> nn.Module:
+        """The original model with every removed channel zeroed at every op (eval graph)."""
+        from .masked import MaskedReference
+        return MaskedReference(self, self.keep_mask(plan))
+
+    def explain(self, show_frozen: bool = True) -> str:
+        from .report import explain
+        return explain(self, show_frozen)

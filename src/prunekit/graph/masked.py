@@ -1,0 +1,75 @@
+"""The masked reference: the original model with removed channels zeroed at every op.
+
+This is the definition of correctness for surgery: for any plan, the pruned
+model's output equals the masked reference's output (eval mode).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+import torch.fx as fx
+from torch import nn
+
+from .layout import Layout
+
+if TYPE_CHECKING:
+    from .core import ChannelGraph
+
+
+class MaskedReference(nn.Module):
+    def __init__(self, graph: "ChannelGraph", keep: np.ndarray) -> None:
+        super().__init__()
+        self.gm = graph.graphs[0][1]
+        self._masks: dict[str, Any] = {}
+        for node, value in graph._b.layouts.items():
+            mask = _node_mask(graph, keep, value)
+            if mask is not None:
+                self._masks[node.name] = mask
+
+    def forward(self, *inputs: Any) -> Any:
+        return _Masker(self.gm, self._masks).run(*inputs)
+
+
+def _node_mask(graph: "ChannelGraph", keep: np.ndarray, value: Any) -> Any:
+    if isinstance(value, Layout):
+        masks = []
+        for blk in value.blocks:
+            k = keep[graph.unit_of[blk.ids]]
+            if k.all():
+                continue
+            order = sorted(blk.dims)
+            k = np.transpose(k, [blk.dims.index(d) for d in order])
+            shape = [value.shape[d] if d in order else 1 for d in range(len(value.shape))]
+            masks.append(torch.from_numpy(np.ascontiguousarray(k).reshape(shape)))
+        return masks or None
+    if isinstance(value, tuple):
+        inner = [_node_mask(graph, keep, v) for v in value]
+        return inner if any(m is not None for m in inner) else None
+    return None
+
+
+def _apply(value: Any, mask: Any) -> Any:
+    if mask is None:
+        return value
+    if isinstance(value, torch.Tensor):
+        for m in mask:
+            value = torch.where(m.to(value.device), value, torch.zeros((), dtype=value.dtype,
+                                                                       device=value.device))
+        return value
+    if isinstance(value, (tuple, list)):
+        out = [_apply(v, m) for v, m in zip(value, mask)]
+        return type(value)(out) if isinstance(value, tuple) and not hasattr(value, "_fields") \
+            else (type(value)(*out) if hasattr(value, "_fields") else out)
+    return value
+
+
+class _Masker(fx.Interpreter):
+    def __init__(self, gm: fx.GraphModule, masks: dict[str, Any]) -> None:
+        super().__init__(gm)
+        self.masks = masks
+
+    def run_node(self, n: fx.Node) -> Any:
+        return _apply(super().run_node(n), self.masks.get(n.name))

@@ -1,0 +1,359 @@
+"""Rules for indexing, cat/stack, split/chunk, reductions, softmax and matmul."""
+
+from __future__ import annotations
+
+import operator
+from typing import Any
+
+import numpy as np
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+
+from .builder import Builder, function_rule, method_rule, module_rule, untracked_like
+from .layout import Block, Layout, untracked
+from .rules_shape import merge_elementwise
+
+
+def spans(b: Builder, blk: Block, axis: int) -> bool:
+    """True when every unit of the block covers the whole of ``axis`` (its size never changes)."""
+    roots = b.uf.roots(blk.ids)
+    return bool((roots == np.take(roots, [0], axis=axis)).all())
+
+
+# ------------------------------------------------------------------- getitem
+def _getitem(b: Builder, node: fx.Node, _mod: Any) -> Any:
+    src = b.layout(node.args[0])
+    idx = node.args[1]
+    if isinstance(src, (tuple, list)):
+        return src[idx] if isinstance(idx, int) and -len(src) <= idx < len(src) else None
+    if not isinstance(src, Layout):
+        return None
+    out_shape = b.shape(node)
+    if out_shape is None:
+        return b.unknown(node)
+    idx = idx if isinstance(idx, tuple) else (idx,)
+    if any(isinstance(i, fx.Node) or (isinstance(i, (list, tuple))) for i in idx):
+        b.freeze_layout(src, f"{b.where(node)} indexes channels with a tensor")
+        return untracked(out_shape)
+    n_real = sum(1 for i in idx if i is not None and i is not Ellipsis)
+    expanded: list[Any] = []
+    for i in idx:
+        if i is Ellipsis:
+            expanded.extend([slice(None)] * (len(src.shape) - n_real))
+        else:
+            expanded.append(i)
+    expanded.extend([slice(None)] * (len(src.shape) - sum(1 for i in expanded if i is not None)))
+    blocks = {id(blk): blk for blk in src.blocks}
+    ids_of = {id(blk): blk.ids for blk in src.blocks}
+    dim_out: dict[int, int | None] = {}
+    d_in = d_out = 0
+    for i in expanded:
+        if i is None:
+            d_out += 1
+            continue
+        blk = src.block_at(d_in)
+        if isinstance(i, int):
+            dim_out[d_in] = None
+            if blk is not None:
+                ax = blk.dims.index(d_in)
+                if len(blk.dims) > 1 and spans(b, blk, ax):
+                    ids_of[id(blk)] = np.take(ids_of[id(blk)], i, axis=ax)
+                else:
+                    b.freeze(blk.ids, f"{b.where(node)} selects a single channel")
+                    blocks.pop(id(blk), None)
+        elif isinstance(i, slice):
+            dim_out[d_in] = d_out
+            if blk is not None and i != slice(None):
+                ids_of[id(blk)] = _slice_block(b, node, blk, d_in, i, ids_of[id(blk)])
+            d_out += 1
+        d_in += 1
+    out_blocks = []
+    for key, blk in blocks.items():
+        new_dims = tuple(dim_out[d] for d in blk.dims if dim_out.get(d) is not None)
+        if len(new_dims) != np.ndim(ids_of[key]):
+            b.freeze(blk.ids, f"{b.where(node)} indexes a channel block")
+            continue
+        out_blocks.append(Block(new_dims, ids_of[key]))
+    return Layout(out_shape, tuple(out_blocks))
+
+
+def _slice_block(b: Builder, node: fx.Node, blk: Block, dim: int, sl: slice,
+                 ids: np.ndarray) -> np.ndarray:
+    ax = blk.dims.index(dim)
+    size = ids.shape[ax]
+    start, stop, step = sl.indices(size)
+    if (start, stop, step) == (0, size, 1):
+        return ids
+    if len(blk.dims) > 1 or step < 0:
+        b.freeze(ids, f"{b.where(node)} slices a channel block")
+        return np.take(ids, range(start, stop, step), axis=ax)
+    if stop < size:
+        b.freeze(ids[:stop], f"{b.where(node)} slices channels with a fixed end")
+    else:
+        b.freeze(ids[:start], f"{b.where(node)} slices channels with a fixed start")
+        for k in range(start, size, step):
+            b.uf.union_all(ids[k:k + step])
+    return ids[start:stop:step]
+
+
+function_rule(operator.getitem)(_getitem)
+
+
+# ---------------------------------------------------------------- cat / stack
+def _tensors_and_dim(node: fx.Node) -> tuple[list[Any], int]:
+    tensors = node.args[0] if node.args else node.kwargs.get("tensors")
+    dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+    return list(tensors), dim
+
+
+def _cat(b: Builder, node: fx.Node, _mod: Any) -> Any:
+    tensors, dim = _tensors_and_dim(node)
+    lays = [b.layout(t) for t in tensors]
+    out_shape = b.shape(node)
+    if out_shape is None or not all(isinstance(l, Layout) for l in lays):
+        return b.unknown(node)
+    nd = len(out_shape)
+    dim %= nd
+    parts = []
+    for lay in lays:
+        blk = lay.block_at(dim)
+        if blk is not None and len(blk.dims) > 1:
+            b.freeze(blk.ids, f"{b.where(node)} concatenates along a channel block")
+            blk = None
+        if blk is None:
+            ids = b.new(f"{node.name}:fill", lay.shape[dim], "fill") if lay.shape[dim] else \
+                np.zeros(0, np.int64)
+            if lay.shape[dim] and any(l.block_at(dim) is not None for l in lays):
+                b.freeze(ids, f"{b.where(node)} concatenates an operand of fixed size")
+            parts.append(ids)
+        else:
+            parts.append(blk.ids)
+    # other dims: broadcast-merge the operands with the cat dim removed
+    rest = [Layout(tuple(s for d, s in enumerate(l.shape) if d != dim),
+                   tuple(Block(tuple(d - (d > dim) for d in blk.dims), blk.ids)
+                         for blk in l.blocks if dim not in blk.dims)) for l in lays]
+    rest_shape = tuple(s for d, s in enumerate(out_shape) if d != dim)
+    merged = merge_elementwise(b, node, rest, out_shape=rest_shape)
+    blocks = [Block(tuple(d + (d >= dim) for d in blk.dims), blk.ids) for blk in merged.blocks]
+    cat_ids = np.concatenate(parts)
+    if any(lay.block_at(dim) is not None for lay in lays):
+        blocks.append(Block((dim,), cat_ids))
+    return Layout(out_shape, tuple(blocks))
+
+
+def _stack(b: Builder, node: fx.Node, _mod: Any) -> Any:
+    tensors, dim = _tensors_and_dim(node)
+    lays = [b.layout(t) for t in tensors]
+    out_shape = b.shape(node)
+    if out_shape is None or not all(isinstance(l, Layout) for l in lays):
+        return b.unknown(node)
+    dim %= len(out_shape)
+    rest_shape = tuple(s for d, s in enumerate(out_shape) if d != dim)
+    merged = merge_elementwise(b, node, lays, out_shape=rest_shape)
+    blocks = [Block(tuple(d + (d >= dim) for d in blk.dims), blk.ids) for blk in merged.blocks]
+    return Layout(out_shape, tuple(blocks))
+
+
+function_rule(torch.cat, torch.concat, torch.concatenate)(_cat)
+function_rule(torch.stack)(_stack)
+
+
+# --------------------------------------------------------------- split/chunk
+def _chunk(b: Builder, node: fx.Node, _mod: Any) -> Any:
+    lay = b.layout(node.args[0])
+    shapes = node.meta.get("pk_shape")
+    if not isinstance(lay, Layout) or not isinstance(shapes, tuple):
+        return b.unknown(node)
+    k = node.args[1] if len(node.args) > 1 else node.kwargs.get("chunks")
+    dim = node.args[2] if len(node.args) > 2 else node.kwargs.get("dim", 0)
+    dim %= len(lay.shape)
+    blk = lay.block_at(dim)
+    size = lay.shape[dim]
+    if blk is None:
+        return tuple(Layout(s, lay.blocks) for s in shapes)
+    if len(blk.dims) > 1 or size % k or len(shapes) != k:
+        b.freeze(blk.ids, f"{b.where(node)} splits channels unevenly")
+        return _split_outputs(lay, dim, shapes)
+    step = size // k
+    grid = blk.ids.reshape(k, step)
+    for col in range(step):
+        b.uf.union_all(grid[:, col])
+    return _split_outputs(lay, dim, shapes)
+
+
+def _split_outputs(lay: Layout, dim: int, shapes: tuple) -> tuple[Layout, ...]:
+    outs, pos = [], 0
+    for s in shapes:
+        n = s[dim]
+        blocks = []
+        for blk in lay.blocks:
+            if dim in blk.dims:
+                ax = blk.dims.index(dim)
+                blocks.append(Block(blk.dims, np.take(blk.ids, range(pos, pos + n), axis=ax)))
+            else:
+                blocks.append(blk)
+        outs.append(Layout(s, tuple(blocks)))
+        pos += n
+    return tuple(outs)
+
+
+def _split(b: Builder, node: fx.Node, _mod: Any) -> Any:
+    """split with sizes: the sizes are constants, so split channels may not change."""
+    lay = b.layout(node.args[0])
+    shapes = node.meta.get("pk_shape")
+    if not isinstance(lay, Layout) or not isinstance(shapes, tuple):
+        return b.unknown(node)
+    dim = node.args[2] if len(node.args) > 2 else node.kwargs.get("dim", 0)
+    dim %= len(lay.shape)
+    blk = lay.block_at(dim)
+    if blk is not None:
+        b.freeze(blk.ids, f"{b.where(node)} splits channels into constant sizes")
+    return _split_outputs(lay, dim, shapes)
+
+
+def _unbind(b: Builder, node: fx.Node, _mod: Any) -> Any:
+    lay = b.layout(node.args[0])
+    shapes = node.meta.get("pk_shape")
+    if not isinstance(lay, Layout) or not isinstance(shapes, tuple):
+        return b.unknown(node)
+    dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+    dim %= len(lay.shape)
+    outs = []
+    for i, s in enumerate(shapes):
+        blocks = []
+        for blk in lay.blocks:
+            if dim not in blk.dims:
+                blocks.append(Block(tuple(d - (d > dim) for d in blk.dims), blk.ids))
+                continue
+            ax = blk.dims.index(dim)
+            if len(blk.dims) > 1 and spans(b, blk, ax):
+                dims = tuple(d - (d > dim) for d in blk.dims if d != dim)
+                blocks.append(Block(dims, np.take(blk.ids, i, axis=ax)))
+            else:
+                b.freeze(blk.ids, f"{b.where(node)} unbinds a channel dim")
+        outs.append(Layout(s, tuple(blocks)))
+    return tuple(outs)
+
+
+function_rule(torch.chunk)(_chunk)
+method_rule("chunk")(_chunk)
+function_rule(torch.split)(_split)
+method_rule("split")(_split)
+function_rule(torch.unbind)(_unbind)
+method_rule("unbind")(_unbind)
+
+
+# ---------------------------------------------------------------- reductions
+_SUMS = {"sum", torch.sum}
+
+
+def _reduce(b: Builder, node: fx.Node, _mod: Any) -> Any:
+    lay = b.layout(node.args[0])
+    if not isinstance(lay, Layout):
+        return b.unknown(node)
+    nd = len(lay.shape)
+    dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+    keep = node.args[2] if len(node.args) > 2 else node.kwargs.get("keepdim", False)
+    if not isinstance(keep, bool):
+        keep = False
+    if dim is None:
+        red = set(range(nd))
+    else:
+        red = {d % nd for d in ([dim] if isinstance(dim, int) else dim)}
+    is_sum = node.target in _SUMS
+    blocks = []
+    for blk in lay.blocks:
+        hit = red & set(blk.dims)
+        if hit and not is_sum:
+            b.freeze(blk.ids, f"{b.where(node)} reduces over channels")
+        if hit:
+            continue
+        dims = blk.dims if keep else tuple(d - sum(1 for r in red if r < d) for d in blk.dims)
+        blocks.append(Block(dims, blk.ids))
+    value = node.meta.get("pk_shape")
+    if isinstance(value, tuple) and value and isinstance(value[0], tuple):  # (values, indices)
+        return tuple(Layout(s, tuple(blocks)) for s in value)
+    return Layout(value, tuple(blocks)) if isinstance(value, tuple) else None
+
+
+function_rule(torch.mean, torch.sum, torch.amax, torch.amin, torch.std, torch.var,
+              torch.norm, torch.logsumexp, torch.prod, torch.max, torch.min, torch.argmax,
+              torch.argmin)(_reduce)
+method_rule("mean", "sum", "amax", "amin", "std", "var", "norm", "logsumexp", "prod", "max",
+            "min", "argmax", "argmin")(_reduce)
+
+
+def _softmax_dim(b: Builder, node: fx.Node, lay: Layout, dim: Any) -> Any:
+    if dim is None:
+        b.freeze_layout(lay, f"{b.where(node)} has an implicit softmax dim")
+        return lay
+    blk = lay.block_at(dim % len(lay.shape))
+    if blk is not None:
+        b.freeze(blk.ids, f"{b.where(node)} normalises over channels")
+    return lay
+
+
+def _softmax(b: Builder, node: fx.Node, mod: Any) -> Any:
+    lay = b.layout(node.args[0])
+    if not isinstance(lay, Layout):
+        return b.unknown(node)
+    if mod is not None:
+        dim = mod.dim
+    else:
+        dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+    return _softmax_dim(b, node, lay, dim)
+
+
+function_rule(F.softmax, F.log_softmax, torch.softmax, torch.log_softmax)(_softmax)
+method_rule("softmax", "log_softmax")(_softmax)
+module_rule(torch.nn.Softmax, torch.nn.LogSoftmax, torch.nn.Softmax2d)(_softmax)
+
+
+# -------------------------------------------------------------------- matmul
+def matmul_layout(b: Builder, node: fx.Node, la: Layout, lb: Layout) -> Any:
+    out_shape = b.shape(node)
+    if out_shape is None or len(la.shape) < 2 or len(lb.shape) < 2:
+        return b.unknown(node)
+    na, nb, no = len(la.shape), len(lb.shape), len(out_shape)
+    for lay, keep in ((la, (na - 2, na - 1)), (lb, (nb - 2, nb - 1))):
+        for blk in lay.blocks:
+            if len(blk.dims) > 1 or blk.dims[0] not in keep:
+                b.freeze(blk.ids, f"{b.where(node)} multiplies along a channel block")
+    ka, kb = la.ids_1d(na - 1), lb.ids_1d(nb - 2)
+    if ka is not None and kb is not None:
+        b.uf.union_arrays(ka, kb)
+    elif ka is not None or kb is not None:
+        b.freeze(ka if ka is not None else kb,
+                 f"{b.where(node)} contracts channels with an operand of fixed size")
+    rows, cols = la.ids_1d(na - 2), lb.ids_1d(nb - 1)
+    batch = int(np.prod(out_shape[:-2])) if no > 2 else 1
+    coeff = batch * (out_shape[-2] if rows is None else 1) * (
+        out_shape[-1] if cols is None else 1) * (la.shape[-1] if ka is None else 1)
+    b.macs(coeff, [rows, cols, ka], b.where(node))
+    blocks = []
+    if rows is not None:
+        blocks.append(Block((no - 2,), rows))
+    if cols is not None:
+        blocks.append(Block((no - 1,), cols))
+    return Layout(out_shape, tuple(blocks))
+
+
+def _matmul(b: Builder, node: fx.Node, _mod: Any) -> Any:
+    la, lb = b.layout(node.args[0]), b.layout(node.args[1])
+    if not isinstance(la, Layout) or not isinstance(lb, Layout):
+        return b.unknown(node)
+    return matmul_layout(b, node, la, lb)
+
+
+function_rule(torch.matmul, operator.matmul, torch.bmm, torch.mm)(_matmul)
+method_rule("matmul", "bmm", "mm")(_matmul)
+
+
+def _size_like(b: Builder, node: fx.Node, _mod: Any) -> Any:
+    return None
+
+
+function_rule(getattr)(_size_like)
+method_rule("size", "dim", "numel", "__len__")(_size_like)
+function_rule(len)(_size_like)

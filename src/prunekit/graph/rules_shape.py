@@ -1,0 +1,351 @@
+"""Rules for elementwise ops, broadcasting, reshapes, permutes, indexing, cat and split."""
+
+from __future__ import annotations
+
+import operator
+from typing import Any
+
+import numpy as np
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+
+from .builder import Builder, function_rule, method_rule, module_rule, untracked_like
+from .layout import Block, Layout, materialize, untracked
+
+
+# ---------------------------------------------------------------- elementwise
+def merge_elementwise(b: Builder, node: fx.Node, layouts: list[Layout],
+                      fixed_ok: tuple[Layout, ...] = (),
+                      out_shape: tuple[int, ...] | None = None) -> Layout:
+    """Broadcast inputs to the output shape; union elements that meet at one position."""
+    out_shape = out_shape or b.shape(node)
+    if out_shape is None:
+        return b.unknown(node)
+    nd = len(out_shape)
+    tracked: list[Block] = []
+    fixed_dims: set[int] = set()
+    for lay in layouts:
+        off = nd - len(lay.shape)
+        if off < 0:
+            return b.unknown(node)
+        for blk in lay.blocks:
+            if any(lay.shape[d] == 1 and out_shape[d + off] > 1 for d in blk.dims):
+                b.freeze(blk.ids, f"{b.where(node)} broadcasts a single channel")
+                continue
+            tracked.append(Block(tuple(d + off for d in blk.dims), blk.ids))
+        if lay in fixed_ok:
+            continue
+        for d, s in enumerate(lay.shape):
+            if s > 1 and lay.block_at(d) is None:
+                fixed_dims.add(d + off)
+    blocks: list[Block] = []
+    for comp in _components(tracked):
+        dims = tuple(sorted({d for blk in comp for d in blk.dims}))
+        if len(comp) == 1 and comp[0].dims == dims:
+            base = comp[0].ids
+        else:
+            base = np.ascontiguousarray(materialize(comp[0], dims, out_shape))
+            for other in comp[1:]:
+                b.uf.union_arrays(base, materialize(other, dims, out_shape))
+        if fixed_dims.intersection(dims):
+            b.freeze(base, f"{b.where(node)} combines channels with an operand of fixed size")
+        blocks.append(Block(dims, base))
+    return Layout(out_shape, tuple(blocks))
+
+
+def _components(blocks: list[Block]) -> list[list[Block]]:
+    comps: list[list[Block]] = []
+    for blk in blocks:
+        hit = [c for c in comps if any(set(blk.dims) & set(o.dims) for o in c)]
+        merged = [blk] + [o for c in hit for o in c]
+        comps = [c for c in comps if c not in hit] + [merged]
+    for c in comps:  # first block (creation order) is the base
+        c.sort(key=lambda blk: int(blk.ids.min()))
+    return comps
+
+
+def tensor_layouts(b: Builder, args: Any) -> list[Layout]:
+    out = []
+    for a in args:
+        lay = b.layout(a)
+        if isinstance(lay, Layout):
+            out.append(lay)
+    return out
+
+
+def elementwise(b: Builder, node: fx.Node, _mod: Any) -> Any:
+    lays = tensor_layouts(b, list(node.args) + list(node.kwargs.values()))
+    if not lays:
+        return untracked_like(node.meta.get("pk_shape"))
+    return merge_elementwise(b, node, lays)
+
+
+def first_arg(b: Builder, node: fx.Node, _mod: Any) -> Any:
+    """Elementwise in the first argument only (dropout, stochastic depth, activations)."""
+    lay = b.layout(node.args[0]) if node.args else None
+    if not isinstance(lay, Layout):
+        return elementwise(b, node, _mod)
+    return merge_elementwise(b, node, [lay])
+
+
+_BINARY = [operator.add, operator.sub, operator.mul, operator.truediv, operator.floordiv,
+           operator.pow, operator.iadd, operator.isub, operator.imul, operator.itruediv,
+           operator.neg, operator.mod,
+           torch.add, torch.sub, torch.mul, torch.div, torch.where, torch.maximum,
+           torch.minimum, torch.clamp, torch.sigmoid, torch.tanh, torch.relu, torch.exp,
+           torch.sqrt, torch.rsqrt, torch.abs, torch.neg, torch.erf, torch.log, torch.pow,
+           torch.square, torch.reciprocal, torch.nan_to_num, torch.masked_fill,
+           F.relu, F.relu6, F.gelu, F.silu, F.sigmoid, F.tanh, F.hardswish, F.hardsigmoid,
+           F.leaky_relu, F.elu, F.selu, F.celu, F.mish, F.softplus, F.hardtanh, F.logsigmoid,
+           F.softsign, F.tanhshrink]
+function_rule(*_BINARY)(elementwise)
+function_rule(F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout,
+              F.feature_alpha_dropout)(first_arg)
+method_rule("add", "sub", "mul", "div", "truediv", "pow", "add_", "mul_", "sub_", "div_",
+            "relu", "relu_", "sigmoid", "sigmoid_", "tanh", "exp", "sqrt", "rsqrt", "abs",
+            "neg", "clamp", "clamp_", "clamp_min", "clamp_max", "masked_fill", "where",
+            "float", "half", "double", "bfloat16", "to", "type", "type_as", "contiguous",
+            "clone", "detach", "requires_grad_", "hardtanh_", "square", "erf", "log",
+            "reciprocal", "maximum", "minimum")(elementwise)
+
+try:
+    from torchvision.ops import stochastic_depth as _sd  # noqa: F401 - only if installed
+    import torchvision.ops.stochastic_depth as _sdm
+    function_rule(_sdm.stochastic_depth)(first_arg)
+except Exception:  # torchvision is optional
+    pass
+
+_ACT = (torch.nn.ReLU, torch.nn.ReLU6, torch.nn.GELU, torch.nn.SiLU, torch.nn.Sigmoid,
+        torch.nn.Tanh, torch.nn.Hardswish, torch.nn.Hardsigmoid, torch.nn.LeakyReLU,
+        torch.nn.ELU, torch.nn.SELU, torch.nn.CELU, torch.nn.Mish, torch.nn.Softplus,
+        torch.nn.Hardtanh, torch.nn.Dropout, torch.nn.Dropout1d, torch.nn.Dropout2d,
+        torch.nn.Dropout3d, torch.nn.AlphaDropout, torch.nn.Identity, torch.nn.LogSigmoid,
+        torch.nn.Softsign, torch.nn.Tanhshrink)
+module_rule(*_ACT)(first_arg)
+
+
+# -------------------------------------------------------------------- reshape
+def _size_args(node: fx.Node) -> list[Any]:
+    args = list(node.args[1:])
+    if "shape" in node.kwargs:
+        args = [node.kwargs["shape"]]
+    if len(args) == 1 and isinstance(args[0], (tuple, list)):
+        args = list(args[0])
+    return args
+
+
+def reshape_layout(b: Builder, node: fx.Node, lay: Layout, out_shape: tuple[int, ...],
+                   const: list[bool]) -> Layout:
+    """General reshape: dims regroup by products; constant output sizes must not change."""
+    in_shape = lay.shape
+    for blk in lay.blocks:
+        if any(in_shape[d] == 1 for d in blk.dims):
+            b.freeze(blk.ids, f"{b.where(node)} reshapes a single channel")
+    blocks = [blk for blk in lay.blocks if all(in_shape[d] > 1 for d in blk.dims)]
+    if not blocks:
+        return untracked(out_shape)
+    groups = _regroup(in_shape, out_shape)
+    if groups is None:
+        for blk in blocks:
+            b.freeze(blk.ids, f"{b.where(node)} is a reshape prunekit cannot follow")
+        return untracked(out_shape)
+    # merge groups that one block spans
+    merged: list[tuple[list[int], list[int]]] = []
+    for gi, go in groups:
+        touching = [blk for blk in blocks if set(blk.dims) & set(gi)]
+        if merged and any(set(blk.dims) & set(merged[-1][0]) for blk in touching):
+            merged[-1] = (merged[-1][0] + gi, merged[-1][1] + go)
+        else:
+            merged.append((gi, go))
+    out_blocks = []
+    for gi, go in merged:
+        inside = [blk for blk in blocks if set(blk.dims) & set(gi)]
+        if not inside:
+            continue
+        if any(not set(blk.dims) <= set(gi) for blk in inside):
+            for blk in inside:
+                b.freeze(blk.ids, f"{b.where(node)} is a reshape prunekit cannot follow")
+            continue
+        dims = tuple(gi)
+        full = np.ascontiguousarray(materialize(inside[0], dims, in_shape))
+        for other in inside[1:]:
+            b.uf.union_arrays(full, materialize(other, dims, in_shape))
+        full = full.reshape([out_shape[d] for d in go])
+        free = [i for i, d in enumerate(go) if not const[d]]
+        if len(free) != 1:
+            b.freeze(full, f"{b.where(node)} gives a channel dim a constant size"
+                     if not free else f"{b.where(node)} splits channels into several computed sizes")
+        for i, d in enumerate(go):
+            if const[d] and len(go) > 1:
+                moved = np.moveaxis(full, i, 0).reshape(full.shape[i], -1)
+                for col in range(moved.shape[1]):
+                    b.uf.union_all(moved[:, col])
+        out_blocks.append(Block(tuple(go), full))
+    return Layout(out_shape, tuple(out_blocks))
+
+
+def _regroup(a: tuple[int, ...], c: tuple[int, ...]) -> list[tuple[list[int], list[int]]] | None:
+    ia = [d for d, s in enumerate(a) if s != 1]
+    ic = [d for d, s in enumerate(c) if s != 1]
+    groups: list[tuple[list[int], list[int]]] = []
+    i = j = 0
+    while i < len(ia) and j < len(ic):
+        gi, go = [ia[i]], [ic[j]]
+        pa, pc = a[ia[i]], c[ic[j]]
+        i, j = i + 1, j + 1
+        while pa != pc:
+            if pa < pc:
+                if i >= len(ia):
+                    return None
+                gi.append(ia[i]); pa *= a[ia[i]]; i += 1
+            else:
+                if j >= len(ic):
+                    return None
+                go.append(ic[j]); pc *= c[ic[j]]; j += 1
+        groups.append((gi, go))
+    if i != len(ia) or j != len(ic):
+        return None
+    return groups
+
+
+def _view(b: Builder, node: fx.Node, _mod: Any) -> Any:
+    lay = b.layout(node.args[0])
+    out_shape = b.shape(node)
+    if not isinstance(lay, Layout) or out_shape is None:
+        return b.unknown(node)
+    sizes = _size_args(node)
+    if len(sizes) != len(out_shape):
+        sizes = [None] * len(out_shape)
+    const = [isinstance(s, int) and s != -1 for s in sizes]
+    return reshape_layout(b, node, lay, out_shape, const)
+
+
+def _implicit_reshape(b: Builder, node: fx.Node, _mod: Any) -> Any:
+    """flatten / squeeze / unsqueeze / view_as: sizes follow the input."""
+    lay = b.layout(node.args[0])
+    out_shape = b.shape(node)
+    if not isinstance(lay, Layout) or out_shape is None:
+        return b.unknown(node)
+    return reshape_layout(b, node, lay, out_shape, [False] * len(out_shape))
+
+
+def _unflatten(b: Builder, node: fx.Node, _mod: Any) -> Any:
+    lay = b.layout(node.args[0])
+    out_shape = b.shape(node)
+    if not isinstance(lay, Layout) or out_shape is None:
+        return b.unknown(node)
+    dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+    sizes = node.args[2] if len(node.args) > 2 else node.kwargs.get("sizes")
+    dim = dim % len(lay.shape)
+    const = [False] * len(out_shape)
+    for k, s in enumerate(sizes):
+        const[dim + k] = isinstance(s, int) and s != -1
+    return reshape_layout(b, node, lay, out_shape, const)
+
+
+function_rule(torch.reshape)(_view)
+method_rule("view", "reshape")(_view)
+function_rule(torch.flatten, torch.squeeze, torch.unsqueeze)(_implicit_reshape)
+method_rule("flatten", "squeeze", "unsqueeze", "view_as", "reshape_as")(_implicit_reshape)
+module_rule(torch.nn.Flatten)(_implicit_reshape)
+function_rule(torch.unflatten)(_unflatten)
+method_rule("unflatten")(_unflatten)
+
+
+def _unflatten_module(b: Builder, node: fx.Node, mod: torch.nn.Unflatten) -> Any:
+    lay = b.layout(node.args[0])
+    out_shape = b.shape(node)
+    if not isinstance(lay, Layout) or out_shape is None:
+        return b.unknown(node)
+    dim = mod.dim % len(lay.shape)
+    const = [False] * len(out_shape)
+    for k in range(len(mod.unflattened_size)):
+        const[dim + k] = True
+    const[dim] = False if len(mod.unflattened_size) else const[dim]
+    return reshape_layout(b, node, lay, out_shape, const)
+
+
+module_rule(torch.nn.Unflatten)(_unflatten_module)
+
+
+# -------------------------------------------------------------------- permute
+def permute_layout(lay: Layout, perm: list[int]) -> Layout:
+    nd = len(lay.shape)
+    perm = [p % nd for p in perm]
+    inv = {old: new for new, old in enumerate(perm)}
+    return Layout(tuple(lay.shape[p] for p in perm), tuple(blk.moved(inv) for blk in lay.blocks))
+
+
+def _permute(b: Builder, node: fx.Node, _mod: Any) -> Any:
+    lay = b.layout(node.args[0])
+    if not isinstance(lay, Layout):
+        return b.unknown(node)
+    perm = node.args[1:] if len(node.args) > 1 else node.kwargs.get("dims")
+    if len(perm) == 1 and isinstance(perm[0], (tuple, list)):
+        perm = perm[0]
+    return permute_layout(lay, list(perm))
+
+
+def _transpose(b: Builder, node: fx.Node, _mod: Any) -> Any:
+    lay = b.layout(node.args[0])
+    if not isinstance(lay, Layout):
+        return b.unknown(node)
+    nd = len(lay.shape)
+    if node.target in ("t",) or node.target is torch.t:
+        d0, d1 = 0, nd - 1
+    else:
+        d0 = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim0")
+        d1 = node.args[2] if len(node.args) > 2 else node.kwargs.get("dim1")
+    perm = list(range(nd))
+    perm[d0 % nd], perm[d1 % nd] = perm[d1 % nd], perm[d0 % nd]
+    return permute_layout(lay, perm)
+
+
+def _movedim(b: Builder, node: fx.Node, _mod: Any) -> Any:
+    lay = b.layout(node.args[0])
+    if not isinstance(lay, Layout):
+        return b.unknown(node)
+    nd = len(lay.shape)
+    src, dst = node.args[1], node.args[2]
+    src = [src] if isinstance(src, int) else list(src)
+    dst = [dst] if isinstance(dst, int) else list(dst)
+    perm = list(np.moveaxis(np.arange(nd), [s % nd for s in src], [d % nd for d in dst]))
+    return permute_layout(lay, [int(p) for p in perm])
+
+
+function_rule(torch.permute)(_permute)
+method_rule("permute")(_permute)
+function_rule(torch.transpose, torch.swapaxes, torch.t)(_transpose)
+method_rule("transpose", "swapaxes", "t")(_transpose)
+function_rule(torch.movedim, torch.moveaxis)(_movedim)
+method_rule("movedim", "moveaxis")(_movedim)
+
+
+def _expand(b: Builder, node: fx.Node, _mod: Any) -> Any:
+    lay = b.layout(node.args[0])
+    out_shape = b.shape(node)
+    if not isinstance(lay, Layout) or out_shape is None:
+        return b.unknown(node)
+    return merge_elementwise(b, node, [lay])
+
+
+method_rule("expand", "expand_as")(_expand)
+
+
+def _repeat(b: Builder, node: fx.Node, _mod: Any) -> Any:
+    lay = b.layout(node.args[0])
+    out_shape = b.shape(node)
+    if not isinstance(lay, Layout) or out_shape is None:
+        return b.unknown(node)
+    off = len(out_shape) - len(lay.shape)
+    blocks = []
+    for blk in lay.blocks:
+        if any(out_shape[d + off] != lay.shape[d] for d in blk.dims):
+            b.freeze(blk.ids, f"{b.where(node)} repeats along a channel dim")
+        else:
+            blocks.append(Block(tuple(d + off for d in blk.dims), blk.ids))
+    return Layout(out_shape, tuple(blocks))
+
+
+method_rule("repeat")(_repeat)

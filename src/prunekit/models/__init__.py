@@ -1,0 +1,4 @@
+"""Model definitions."""
+from .cifar_resnet import CifarResNet
+
+__all__ = ["CifarResNet"]
