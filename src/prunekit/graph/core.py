@@ -12,7 +12,7 @@ from torch import nn
 
 from ..errors import PlanError, PlanMismatchError
 from ..plan import Plan
-from . import attention, rules_index, rules_layers, rules_shape  # noqa: F401  (register rules)
+from . import attention, rules_extra, rules_index, rules_layers, rules_shape  # noqa: F401
 from .builder import Builder, Source
 from .layout import UnionFind
 from .trace import trace_modes

@@ -1,0 +1,92 @@
+"""Reusable checks of the engine's contract, used by the test suite and the coverage benchmark.
+
+Each check takes a model, example inputs and a plan and raises AssertionError with a
+readable message when the contract is broken.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from .graph import ChannelGraph
+from .plan import Plan
+
+
+def random_plan(graph: ChannelGraph, ratio: float, seed: int = 0) -> Plan:
+    """Remove about ``ratio`` of the prunable units of every group, chosen at random."""
+    rng = np.random.default_rng(seed)
+    keep: dict[str, list[int]] = {}
+    for g in graph.prunable_groups:
+        idx = np.nonzero(g.prunable)[0]
+        n_remove = min(int(round(ratio * len(idx))), g.width - 1)
+        if n_remove <= 0:
+            continue
+        drop = set(rng.choice(idx, size=n_remove, replace=False).tolist())
+        keep[g.id] = [i for i in range(g.width) if i not in drop]
+    return graph.make_plan(keep, {"method": "random", "ratio": ratio, "seed": seed})
+
+
+def outputs_close(a: Any, b: Any, rtol: float = 1e-4, atol: float = 1e-4) -> float:
+    """Max abs difference over (nested) outputs; raises if structure differs or not close."""
+    fa, fb = _flat(a), _flat(b)
+    assert len(fa) == len(fb), f"output structure differs: {len(fa)} vs {len(fb)} tensors"
+    worst = 0.0
+    for x, y in zip(fa, fb):
+        assert x.shape == y.shape, f"output shape differs: {tuple(x.shape)} vs {tuple(y.shape)}"
+        diff = (x.float() - y.float()).abs()
+        scale = y.float().abs().max().item() + 1.0
+        err = diff.max().item() if diff.numel() else 0.0
+        assert err <= atol * scale + rtol * scale, f"outputs differ by {err:.3g} (scale {scale:.3g})"
+        worst = max(worst, err / scale)
+    return worst
+
+
+def _flat(x: Any) -> list[torch.Tensor]:
+    if isinstance(x, torch.Tensor):
+        return [x]
+    if isinstance(x, (tuple, list)):
+        return [t for v in x for t in _flat(v)]
+    if isinstance(x, dict):
+        return [t for k in sorted(x) for t in _flat(x[k])]
+    return []
+
+
+def measured_cost(model: nn.Module, inputs: Sequence[Any]) -> tuple[int, int]:
+    """(params, MACs) measured on a real model: parameter count and FlopCounterMode / 2."""
+    model.eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as fc:
+        model(*inputs)
+    return sum(p.numel() for p in model.parameters()), fc.get_total_flops() // 2
+
+
+def check_plan(model: nn.Module, inputs: Sequence[Any], graph: ChannelGraph, plan: Plan,
+               atol: float = 1e-4) -> dict[str, Any]:
+    """Equivalence with the masked reference, cost = measured, input model untouched."""
+    model.eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    pruned = graph.apply(model, plan).eval()
+    with torch.no_grad():
+        out = pruned(*inputs)
+        ref = graph.masked_reference(plan)(*inputs)
+    err = outputs_close(out, ref, atol=atol, rtol=atol)
+    after = model.state_dict()
+    assert before.keys() == after.keys(), "apply changed the input model's state_dict keys"
+    for k, v in before.items():
+        assert after[k].shape == v.shape and torch.equal(after[k], v), \
+            f"apply modified the input model ({k})"
+    cost = graph.cost(plan)
+    params, macs = measured_cost(pruned, inputs)
+    assert cost.params == params, f"analytic params {cost.params} != measured {params}"
+    assert cost.macs == macs, f"analytic MACs {cost.macs} != measured {macs}"
+    assert Plan.from_json(plan.to_json()) == plan, "plan JSON round-trip changed the plan"
+    return {"error": err, "params": params, "macs": macs, "pruned": pruned}
+
+
+def clone(model: nn.Module) -> nn.Module:
+    return copy.deepcopy(model)

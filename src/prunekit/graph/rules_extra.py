@@ -1,0 +1,95 @@
+"""Rules for einsum and for torchvision's window attention (Swin)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import torch.fx as fx
+from torch import nn
+
+from .builder import Builder, function_rule, module_rule
+from .layout import Block, Layout
+
+
+@function_rule(torch.einsum)
+def einsum(b: Builder, node: fx.Node, _mod: Any) -> Any:
+    """Two-operand einsum without ellipsis: labels align dims; shared labels are unioned."""
+    eq = node.args[0]
+    ops = list(node.args[1:])
+    if len(ops) == 1 and isinstance(ops[0], (tuple, list)):
+        ops = list(ops[0])
+    lays = [b.layout(o) for o in ops]
+    out_shape = b.shape(node)
+    if not isinstance(eq, str) or "..." in eq or "->" not in eq or len(lays) != 2 or \
+            not all(isinstance(l, Layout) for l in lays) or out_shape is None:
+        return b.unknown(node)
+    lhs, out_labels = eq.replace(" ", "").split("->")
+    in_labels = lhs.split(",")
+    ids: dict[str, np.ndarray | None] = {}
+    sizes: dict[str, int] = {}
+    fixed: set[str] = set()
+    for labels, lay in zip(in_labels, lays):
+        for d, lab in enumerate(labels):
+            sizes[lab] = lay.shape[d]
+            blk = lay.block_at(d)
+            if blk is not None and len(blk.dims) > 1:
+                b.freeze(blk.ids, f"{b.where(node)} contracts a channel block")
+                blk = None
+            if blk is None:
+                if lay.shape[d] > 1:
+                    fixed.add(lab)
+                continue
+            if ids.get(lab) is None:
+                ids[lab] = blk.ids
+            else:
+                b.uf.union_arrays(ids[lab], blk.ids)
+    for lab in fixed:
+        if ids.get(lab) is not None:
+            b.freeze(ids[lab], f"{b.where(node)} aligns channels with an operand of fixed size")
+    labels = sorted(sizes)
+    every = all(sum(lab in s for s in in_labels + [out_labels]) >= 2 for lab in labels)
+    if every:
+        coeff = int(np.prod([sizes[l] for l in labels if ids.get(l) is None]))
+        b.macs(coeff, [ids[l] for l in labels if ids.get(l) is not None], b.where(node))
+    else:
+        b.freeze_layout(lays, f"{b.where(node)} is an einsum with a one-sided sum")
+    blocks = [Block((d,), ids[lab]) for d, lab in enumerate(out_labels) if ids.get(lab) is not None]
+    return Layout(out_shape, tuple(blocks))
+
+
+try:  # torchvision is optional
+    from torchvision.models.swin_transformer import (ShiftedWindowAttention,
+                                                     ShiftedWindowAttentionV2)
+    WINDOW_ATTENTION: tuple[type, ...] = (ShiftedWindowAttention, ShiftedWindowAttentionV2)
+except Exception:  # pragma: no cover
+    WINDOW_ATTENTION = ()
+
+
+def window_attention(b: Builder, node: fx.Node, mod: nn.Module) -> Any:
+    """torchvision's Swin attention derives the head size from the input width, so its
+    heads cannot shrink independently of the (LayerNorm-frozen) residual stream: frozen,
+    with its exact cost."""
+    lay = b.layout(node.args[0])
+    out_shape = b.shape(node)
+    if not isinstance(lay, Layout) or out_shape is None or len(lay.shape) != 4:
+        return b.unknown(node)
+    b.freeze_layout(lay, f"{b.where(node)}: Swin window attention ties heads to the input width")
+    bsz, h, w, c = lay.shape
+    ws = mod.window_size
+    ph, pw = -(-h // ws[0]) * ws[0], -(-w // ws[1]) * ws[1]
+    n_tok = ws[0] * ws[1]
+    tokens = bsz * ph * pw
+    macs = tokens * c * 3 * c + 2 * tokens * n_tok * c + tokens * c * c
+    if hasattr(mod, "cpb_mlp"):
+        rows = int(np.prod(mod.relative_coords_table.shape[:-1]))
+        for layer in mod.cpb_mlp:
+            if isinstance(layer, nn.Linear):
+                macs += rows * layer.in_features * layer.out_features
+    b.macs(macs, [], b.where(node))
+    return Layout(out_shape, ())
+
+
+if WINDOW_ATTENTION:
+    module_rule(*WINDOW_ATTENTION)(window_attention)
