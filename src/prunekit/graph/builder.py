@@ -105,6 +105,10 @@ class Builder:
     count_cost: bool = True
     mode: str = "eval"
 
+    def __post_init__(self) -> None:
+        self._tensor_names = {n for n, _ in self.root.named_parameters()} | {
+            n for n, _ in self.root.named_buffers()}
+
     # ----------------------------------------------------------------- recording
     def new(self, name: str, n: int, kind: str) -> np.ndarray:
         ids = self.uf.make(n)
@@ -209,6 +213,9 @@ class Builder:
         if shape is None:
             return None
         fqn = str(node.target)
+        dtype = node.meta.get("pk_dtype")
+        if fqn not in self._tensor_names or dtype is None or not dtype.is_floating_point:
+            return untracked(shape)  # index tensors and fx-made constants never shrink
         blocks = []
         for d, s in enumerate(shape):
             if s > 1:

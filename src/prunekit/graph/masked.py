@@ -1,11 +1,15 @@
 """The masked reference: the original model with removed channels zeroed at every op.
 
 This is the definition of correctness for surgery: for any plan, the pruned
-model's output equals the masked reference's output (eval mode).
+model's output equals the masked reference's output (eval mode). Removed
+channels are zeroed in every tensor of the graph and in every weight slice that
+belongs to them; the latter matters inside leaf layers whose channels no graph
+tensor shows (an attention head's output columns in ``out_proj``).
 """
 
 from __future__ import annotations
 
+import copy
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -22,7 +26,8 @@ if TYPE_CHECKING:
 class MaskedReference(nn.Module):
     def __init__(self, graph: "ChannelGraph", keep: np.ndarray) -> None:
         super().__init__()
-        self.gm = graph.graphs[0][1]
+        self.gm = copy.deepcopy(graph.graphs[0][1])
+        _zero_slices(self.gm, graph, keep)
         self._masks: dict[str, Any] = {}
         for node, value in graph._b.layouts.items():
             mask = _node_mask(graph, keep, value)
@@ -31,6 +36,25 @@ class MaskedReference(nn.Module):
 
     def forward(self, *inputs: Any) -> Any:
         return _Masker(self.gm, self._masks).run(*inputs)
+
+
+def _zero_slices(gm: nn.Module, graph: "ChannelGraph", keep: np.ndarray) -> None:
+    with torch.no_grad():
+        for (fqn, dim), units in graph.slices.items():
+            k = keep[units]
+            if k.all():
+                continue
+            try:
+                t = gm.get_parameter(fqn)
+            except AttributeError:
+                try:
+                    t = gm.get_buffer(fqn)
+                except AttributeError:
+                    continue  # only in the training-mode graph
+            if "running_var" in fqn:
+                continue  # a zero variance is not "no channel"; the node mask zeroes it
+            drop = torch.from_numpy(np.nonzero(~k)[0])
+            t.index_fill_(dim, drop, 0.0)
 
 
 def _node_mask(graph: "ChannelGraph", keep: np.ndarray, value: Any) -> Any:
