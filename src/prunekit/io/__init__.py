@@ -1,0 +1,162 @@
+"""Save and load pruned models as plan JSON plus weights, never pickled code.
+
+A saved model is a folder:
+
+- ``plan.json``: the plan, with the graph options and example input shapes used
+  to build it;
+- ``weights.safetensors`` (when safetensors is installed) or ``weights.pt``
+  (a plain state_dict, loaded with ``torch.load(weights_only=True)``).
+
+Loading rebuilds the original architecture (the caller passes a fresh instance),
+replays the plan through the engine and loads the weights strictly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from ..errors import PlanFormatError, WeightsMismatchError
+from ..graph import ChannelGraph
+from ..plan import Plan
+
+__all__ = ["save_pruned", "load_pruned", "export_onnx"]
+
+
+def _has_safetensors() -> bool:
+    try:
+        import safetensors.torch  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def save_pruned(path: str | os.PathLike[str], model: nn.Module, plan: Plan,
+                example_inputs: Sequence[torch.Tensor], ignore: Sequence[str] = ()) -> Path:
+    """Write ``path/`` atomically: it either appears complete or not at all."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+    try:
+        doc = plan.to_dict()
+        doc["graph"] = {"ignore": list(ignore),
+                        "input_shapes": [list(x.shape) for x in _as_tuple(example_inputs)]}
+        (tmp / "plan.json").write_text(json.dumps(doc, indent=1))
+        state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+        if _has_safetensors():
+            from safetensors.torch import save_file
+            save_file(state, str(tmp / "weights.safetensors"))
+        else:
+            torch.save(state, tmp / "weights.pt")
+        _replace_dir(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+def _replace_dir(src: Path, dst: Path) -> None:
+    old = None
+    if dst.exists():
+        old = dst.with_name(f".{dst.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(dst, old)
+    os.replace(src, dst)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def load_pruned(path: str | os.PathLike[str], base_model: nn.Module,
+                example_inputs: Sequence[torch.Tensor] | None = None) -> tuple[nn.Module, Plan]:
+    """Replay the saved plan on ``base_model`` (a fresh unpruned instance) and load weights."""
+    path = Path(path)
+    plan_file = path / "plan.json"
+    if not plan_file.is_file():
+        raise PlanFormatError(f"{path} is not a saved prunekit model (no plan.json)")
+    try:
+        doc = json.loads(plan_file.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise PlanFormatError(f"cannot read {plan_file}: {exc}") from exc
+    plan = Plan.from_dict(doc)
+    opts = doc.get("graph", {})
+    if example_inputs is None:
+        example_inputs = tuple(torch.zeros(s) for s in opts.get("input_shapes", []))
+    graph = ChannelGraph.build(base_model, _as_tuple(example_inputs),
+                               ignore=tuple(opts.get("ignore", ())))
+    model = graph.apply(base_model, plan)
+    state = _read_weights(path)
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    extra = sorted(set(state) - set(own))
+    wrong = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
+    if missing or extra or wrong:
+        raise WeightsMismatchError(
+            f"weights in {path} do not match the plan's architecture: missing {missing[:3]}, "
+            f"unexpected {extra[:3]}, wrong shape {wrong[:3]}")
+    model.load_state_dict(state, strict=True)
+    return model, plan
+
+
+def _read_weights(path: Path) -> dict[str, torch.Tensor]:
+    st, pt = path / "weights.safetensors", path / "weights.pt"
+    try:
+        if st.is_file():
+            from safetensors.torch import load_file
+            return load_file(str(st))
+        if pt.is_file():
+            state = torch.load(pt, map_location="cpu", weights_only=True)
+            if not isinstance(state, dict):
+                raise WeightsMismatchError(f"{pt} does not hold a state_dict")
+            return state
+    except WeightsMismatchError:
+        raise
+    except Exception as exc:
+        raise WeightsMismatchError(f"cannot read weights in {path}: {exc}") from exc
+    raise WeightsMismatchError(f"no weights.safetensors or weights.pt in {path}")
+
+
+def _as_tuple(x: Any) -> tuple:
+    return (x,) if isinstance(x, torch.Tensor) else tuple(x)
+
+
+def export_onnx(model: nn.Module, example_inputs: Sequence[torch.Tensor] | torch.Tensor,
+                path: str | os.PathLike[str], check: bool = True, opset: int = 18) -> float:
+    """Export to ONNX (atomically); with ``check``, run onnxruntime and return the max
+    abs difference from PyTorch's output."""
+    path = Path(path)
+    inputs = _as_tuple(example_inputs)
+    model = model.eval()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".onnx")
+    os.close(fd)
+    try:
+        names = [f"input{i}" for i in range(len(inputs))]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(model, inputs, tmp, input_names=names, opset_version=opset,
+                              dynamo=False)
+        err = _check_onnx(model, inputs, tmp, names) if check else 0.0
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return err
+
+
+def _check_onnx(model: nn.Module, inputs: tuple, file: str, names: list[str]) -> float:
+    import numpy as np
+    import onnxruntime as ort
+    sess = ort.InferenceSession(file, providers=["CPUExecutionProvider"])
+    got = sess.run(None, {n: x.numpy() for n, x in zip(names, inputs)})
+    with torch.no_grad():
+        ref = model(*inputs)
+    ref = [ref] if isinstance(ref, torch.Tensor) else list(ref)
+    return max(float(np.abs(g - r.numpy()).max()) for g, r in zip(got, ref))
