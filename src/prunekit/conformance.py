@@ -59,6 +59,7 @@ def _flat(x: Any) -> list[torch.Tensor]:
 
 def measured_cost(model: nn.Module, inputs: Sequence[Any]) -> tuple[int, int]:
     """(params, MACs) measured on a real model: parameter count and FlopCounterMode / 2."""
+    inputs = (inputs,) if isinstance(inputs, torch.Tensor) else tuple(inputs)
     model.eval()
     with torch.no_grad(), FlopCounterMode(display=False) as fc:
         model(*inputs)
@@ -68,6 +69,7 @@ def measured_cost(model: nn.Module, inputs: Sequence[Any]) -> tuple[int, int]:
 def check_plan(model: nn.Module, inputs: Sequence[Any], graph: ChannelGraph, plan: Plan,
                atol: float = 1e-4) -> dict[str, Any]:
     """Equivalence with the masked reference, cost = measured, input model untouched."""
+    inputs = (inputs,) if isinstance(inputs, torch.Tensor) else tuple(inputs)
     model.eval()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     pruned = graph.apply(model, plan).eval()

@@ -1,4 +1,4 @@
-"""Shared helpers for benchmarks over the torchvision classification zoo."""
+"""The torchvision classification zoo, ready for conformance checks (needs torchvision)."""
 
 from __future__ import annotations
 

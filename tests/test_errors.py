@@ -1,0 +1,165 @@
+"""Bad input fails fast with a typed error that says what to fix."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from prunekit import (ChannelGraph, ExampleInputError, Plan, PlanError, PlanFormatError,
+                      PlanMismatchError, TargetError, TraceError, UnreachableTargetError,
+                      WeightsMismatchError)
+from prunekit.conformance import random_plan
+from prunekit.io import load_pruned, save_pruned
+from prunekit.methods import OneShotConfig, prune_oneshot
+from prunekit.models import CifarResNet
+from tiny_models import make
+
+
+@pytest.fixture(scope="module")
+def r20():
+    model = CifarResNet(20).eval()
+    x = torch.randn(1, 3, 32, 32)
+    return model, x, ChannelGraph.build(model, x)
+
+
+@pytest.mark.parametrize("target", [0, 0.0, -0.5, 1.01, 2, "half", None])
+def test_target_outside_unit_interval(target):
+    with pytest.raises(TargetError, match=r"\(0, 1\]"):
+        OneShotConfig(target=target)
+
+
+def test_bad_metric_and_criterion():
+    with pytest.raises(TargetError, match="metric"):
+        OneShotConfig(metric="flops")
+    with pytest.raises(TargetError, match="criterion"):
+        OneShotConfig(criterion="magic")
+    with pytest.raises(TargetError, match="allocation"):
+        OneShotConfig(allocation="weird")
+
+
+def test_unreachable_target(r20):
+    model, x, graph = r20
+    with pytest.raises(UnreachableTargetError, match="unreachable"):
+        prune_oneshot(model, x, OneShotConfig(target=0.001, min_width=4), graph=graph)
+
+
+def test_plan_for_other_model(r20):
+    model, x, graph = r20
+    other = CifarResNet(32).eval()
+    g32 = ChannelGraph.build(other, x)
+    plan = random_plan(g32, 0.5)
+    with pytest.raises(PlanMismatchError, match="different model"):
+        graph.apply(model, plan)
+    with pytest.raises(PlanMismatchError):
+        graph.apply(other, random_plan(graph, 0.5))
+
+
+def test_malformed_and_newer_plan_json():
+    with pytest.raises(PlanFormatError, match="not valid JSON"):
+        Plan.from_json("{not json")
+    with pytest.raises(PlanFormatError, match="not a prunekit plan"):
+        Plan.from_json(json.dumps([1, 2]))
+    doc = Plan({"a": (0, 1)}, "abc").to_dict()
+    doc["version"] = 99
+    with pytest.raises(PlanFormatError, match="newer"):
+        Plan.from_dict(doc)
+    doc["version"] = 1
+    doc["keep"] = {"a": ["x"]}
+    with pytest.raises(PlanFormatError, match="list of ints"):
+        Plan.from_dict(doc)
+
+
+def test_invalid_plan_contents(r20):
+    model, x, graph = r20
+    fp = graph.fingerprint
+    with pytest.raises(PlanError, match="no group"):
+        graph.keep_mask(Plan({"nope": (0,)}, fp))
+    gid = graph.prunable_groups[0].id
+    with pytest.raises(PlanError, match="sorted"):
+        graph.keep_mask(Plan({gid: (3, 1)}, fp))
+    with pytest.raises(PlanError, match="at least one"):
+        graph.keep_mask(Plan({gid: ()}, fp))
+    frozen = next(g for g in graph.groups if g.frozen and g.width > 1)
+    with pytest.raises(PlanError, match="frozen"):
+        graph.keep_mask(Plan({frozen.id: (0,)}, fp))
+
+
+def test_example_inputs_rejected():
+    model = CifarResNet(20)
+    with pytest.raises(ExampleInputError, match="rejected the example inputs"):
+        ChannelGraph.build(model, torch.randn(1, 5, 32, 32))
+
+
+class DataDependent(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.c = nn.Conv2d(3, 4, 1)
+
+    def forward(self, x):
+        if x.sum() > 0:
+            return self.c(x)
+        return x
+
+
+def test_untraceable_model():
+    with pytest.raises(TraceError, match="cannot be traced"):
+        ChannelGraph.build(DataDependent(), torch.randn(1, 3, 8, 8))
+
+
+def test_weights_do_not_match_plan(tmp_path, r20):
+    model, x, graph = r20
+    plan = random_plan(graph, 0.5)
+    save_pruned(tmp_path / "m", graph.apply(model, plan), plan, (x,))
+    other = random_plan(graph, 0.25, seed=5)
+    doc = json.loads((tmp_path / "m" / "plan.json").read_text())
+    doc["keep"] = {k: list(v) for k, v in other.keep.items()}
+    (tmp_path / "m" / "plan.json").write_text(json.dumps(doc))
+    with pytest.raises(WeightsMismatchError, match="do not match"):
+        load_pruned(tmp_path / "m", CifarResNet(20))
+
+
+def test_missing_or_corrupt_files(tmp_path):
+    with pytest.raises(PlanFormatError, match="no plan.json"):
+        load_pruned(tmp_path, CifarResNet(20))
+    (tmp_path / "plan.json").write_text("{")
+    with pytest.raises(PlanFormatError):
+        load_pruned(tmp_path, CifarResNet(20))
+
+
+def test_failed_save_leaves_nothing(tmp_path, r20, monkeypatch):
+    model, x, graph = r20
+    plan = random_plan(graph, 0.5)
+    import prunekit.io as pio
+
+    def boom(*a, **k):
+        raise RuntimeError("disk full")
+    monkeypatch.setattr(pio, "_replace_dir", boom)
+    with pytest.raises(RuntimeError):
+        save_pruned(tmp_path / "m", graph.apply(model, plan), plan, (x,))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unknown_op_freezes_with_reason():
+    class Odd(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Conv2d(3, 6, 1), nn.Conv2d(6, 4, 1)
+
+        def forward(self, x):
+            return self.b(torch.cumsum(self.a(x), dim=1))
+
+    graph = ChannelGraph.build(Odd(), torch.randn(1, 3, 4, 4))
+    g = graph.group("a")
+    assert g.frozen
+    assert "cumsum" in g.reasons[0] and "not understood" in g.reasons[0]
+    assert "cumsum" in graph.explain()
+
+
+def test_model_not_the_graphs(r20):
+    model, x, graph = r20
+    _, xx = make("chain")
+    with pytest.raises(PlanMismatchError):
+        graph.apply(make("chain")[0], graph.full_plan())
