@@ -12,27 +12,33 @@ from torch import nn
 
 
 class PadShortcut(nn.Module):
-    """Option A: subsample by 2 and zero-pad channels (planes // 4 each side); no weights."""
+    """Option A: subsample by 2 and zero-pad ``extra // 2`` channels on each side; no weights.
 
-    def __init__(self, planes: int) -> None:
+    With the standard widths (planes = 2 * in_planes) this is the original's
+    ``planes // 4`` on each side.
+    """
+
+    def __init__(self, extra: int) -> None:
         super().__init__()
-        self.pad = planes // 4
+        self.pad = extra // 2
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, self.pad, self.pad))
 
 
 class BasicBlock(nn.Module):
-    def __init__(self, in_planes: int, planes: int, stride: int, option: str) -> None:
+    def __init__(self, in_planes: int, planes: int, stride: int, option: str,
+                 inner: int | None = None) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        inner = inner or planes
+        self.conv1 = nn.Conv2d(in_planes, inner, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(inner)
+        self.conv2 = nn.Conv2d(inner, planes, 3, 1, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(planes)
         self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or in_planes != planes:
             if option == "A":
-                self.shortcut = PadShortcut(planes)
+                self.shortcut = PadShortcut(planes - in_planes)
             else:
                 self.shortcut = nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride, bias=False),
                                               nn.BatchNorm2d(planes))
@@ -45,7 +51,7 @@ class BasicBlock(nn.Module):
 
 class CifarResNet(nn.Module):
     def __init__(self, depth: int = 20, num_classes: int = 10, option: str = "A",
-                 widths: tuple[int, int, int] = (16, 32, 64)) -> None:
+                 widths: tuple[int, int, int] = (16, 32, 64), inner_ratio: float = 1.0) -> None:
         super().__init__()
         if (depth - 2) % 6:
             raise ValueError(f"CIFAR ResNet depth must be 6n+2, got {depth}")
@@ -59,7 +65,9 @@ class CifarResNet(nn.Module):
         for i, w in enumerate(widths):
             blocks = []
             for j in range(n):
-                blocks.append(BasicBlock(in_planes, w, 2 if (i > 0 and j == 0) else 1, option))
+                inner = max(1, round(w * inner_ratio))
+                blocks.append(BasicBlock(in_planes, w, 2 if (i > 0 and j == 0) else 1, option,
+                                         inner))
                 in_planes = w
             layers.append(nn.Sequential(*blocks))
         self.layer1, self.layer2, self.layer3 = layers
