@@ -1,0 +1,138 @@
+"""The ``prunekit`` command line: train, eval, prune, finetune, export, info.
+
+Every option can come from a YAML/JSON file (``--config``), be overridden with
+``--set key=value``, and then by the explicit flags. All input is validated
+before any work starts; errors print one line on stderr and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from dataclasses import asdict, fields
+from pathlib import Path
+from typing import Any
+
+from .errors import PrunekitError
+
+EXIT_USAGE = 2
+
+
+class CliError(Exception):
+    """A user error: printed as one line, exit code 2."""
+
+
+def _common(p: argparse.ArgumentParser, out: bool = True) -> None:
+    p.add_argument("--model", help="registered model name (see `prunekit info --list`) or tv:<name>")
+    p.add_argument("--checkpoint", help="weights to start from (state_dict or training checkpoint)")
+    p.add_argument("--pruned", help="a saved pruned model folder (plan.json + weights)")
+    p.add_argument("--data", help="data folder (default: $PRUNEKIT_DATA)")
+    p.add_argument("--config", help="YAML or JSON file of options")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one option (repeatable)")
+    if out:
+        p.add_argument("--out", help="output folder")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="prunekit", description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("train", help="train or fine-tune a model")
+    _common(p)
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--resume", action="store_true", help="continue a killed run in --out")
+    p = sub.add_parser("eval", help="top-1/top-5 on the test set")
+    _common(p, out=False)
+    p = sub.add_parser("prune", help="prune a model to a cost target")
+    _common(p)
+    p.add_argument("--method", default=None, help="pruning method (oneshot)")
+    p.add_argument("--target", type=float, help="fraction of MACs/params to keep, in (0, 1]")
+    p.add_argument("--metric", choices=["macs", "params"])
+    p.add_argument("--criterion", help="importance criterion for oneshot")
+    p.add_argument("--finetune-epochs", type=int, help="recovery fine-tuning epochs after pruning")
+    p = sub.add_parser("finetune", help="fine-tune a saved pruned model (optionally distilling)")
+    _common(p)
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--distill", action="store_true", help="distill from --model/--checkpoint")
+    p = sub.add_parser("export", help="export a pruned model to ONNX (checked with onnxruntime)")
+    _common(p)
+    p = sub.add_parser("info", help="groups, widths, params and MACs per layer")
+    _common(p, out=False)
+    p.add_argument("--list", action="store_true", help="list registered models")
+    p.add_argument("--all", action="store_true", help="also show frozen groups")
+    return ap
+
+
+DEFAULTS: dict[str, Any] = {
+    "model": None, "checkpoint": None, "pruned": None, "data": None, "out": None,
+    "epochs": 10, "lr": 0.05, "batch_size": 128, "weight_decay": 5e-4, "schedule": "cosine",
+    "seed": 0, "subset": 0, "method": "oneshot", "target": 0.5, "metric": "macs",
+    "criterion": "l1", "allocation": "global", "round_to": 1, "finetune_epochs": 0,
+    "finetune_lr": 0.01, "distill_alpha": 0.0, "channels_last": True, "max_steps_per_epoch": 0,
+}
+
+
+def resolve(args: argparse.Namespace) -> dict[str, Any]:
+    cfg = dict(DEFAULTS)
+    if args.config:
+        cfg.update(_read_config(args.config))
+    for item in args.set:
+        if "=" not in item:
+            raise CliError(f"--set expects KEY=VALUE, got {item!r}")
+        k, v = item.split("=", 1)
+        cfg[k.replace("-", "_")] = _parse_value(v)
+    for k, v in vars(args).items():
+        if k in ("config", "set", "command") or v is None or v is False:
+            continue
+        cfg[k] = v
+    unknown = sorted(set(cfg) - set(DEFAULTS) - {"resume", "distill", "list", "all"})
+    if unknown:
+        raise CliError(f"unknown option(s): {', '.join(unknown)}")
+    return cfg
+
+
+def _read_config(path: str) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise CliError(f"config file {path} does not exist")
+    text = p.read_text()
+    try:
+        if p.suffix in (".yaml", ".yml"):
+            import yaml
+            data = yaml.safe_load(text)
+        else:
+            data = json.loads(text)
+    except Exception as exc:
+        raise CliError(f"cannot parse config {path}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise CliError(f"config {path} must be a mapping of option: value")
+    return {k.replace("-", "_"): v for k, v in data.items()}
+
+
+def _parse_value(v: str) -> Any:
+    try:
+        return json.loads(v)
+    except json.JSONDecodeError:
+        return v
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        from . import cli_commands
+        cfg = resolve(args)
+        return getattr(cli_commands, f"cmd_{args.command}")(cfg) or 0
+    except (CliError, PrunekitError, ValueError, FileNotFoundError, PermissionError) as exc:
+        print(f"prunekit {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"prunekit {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

