@@ -9,19 +9,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
-from .errors import PrunekitError
+from .errors import CliError, PrunekitError
 
 EXIT_USAGE = 2
-
-
-class CliError(Exception):
-    """A user error: printed as one line, exit code 2."""
 
 
 def _common(p: argparse.ArgumentParser, out: bool = True) -> None:
@@ -127,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg = resolve(args)
         return getattr(cli_commands, f"cmd_{args.command}")(cfg) or 0
     except (CliError, PrunekitError, ValueError, FileNotFoundError, PermissionError) as exc:
-        print(f"prunekit {args.command}: error: {exc}", file=sys.stderr)
+        msg = " ".join(str(exc).split())
+        print(f"prunekit {args.command}: error: {msg[:600]}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print(f"prunekit {args.command}: interrupted", file=sys.stderr)

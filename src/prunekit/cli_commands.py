@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from .cli import CliError
+from .errors import CliError
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
@@ -67,7 +67,8 @@ def _out(cfg: dict, allow_existing: bool = False) -> Path:
                        + (" or --resume)" if not allow_existing else ")"))
     parent = out.parent if not out.exists() else out
     parent_existing = next((p for p in [parent, *parent.parents] if p.exists()), None)
-    if parent_existing is None or not os.access(parent_existing, os.W_OK):
+    if parent_existing is None or not parent_existing.is_dir() or \
+            not os.access(parent_existing, os.W_OK):
         raise CliError(f"output folder {out} is not writable")
     return out
 

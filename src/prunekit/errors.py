@@ -37,3 +37,7 @@ class TraceError(PrunekitError):
 
 class WeightsMismatchError(PrunekitError):
     """A weights file whose tensors do not match the pruned architecture of the plan."""
+
+
+class CliError(PrunekitError):
+    """A command-line user error: printed as one line, exit code 2."""

@@ -1,0 +1,122 @@
+"""The command line end to end on tiny settings, and every bad input: one line on stderr,
+exit code 2, no output folder."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from fixtures import canonical
+from prunekit.cli import main
+from prunekit.models import create
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    canonical(root, n_train=60, n_test=20)
+    return root
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    path = tmp_path_factory.mktemp("ckpt") / "r20.pt"
+    torch.manual_seed(0)
+    torch.save(create("resnet20").state_dict(), path)
+    return path
+
+
+def _err_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    return err[0]
+
+
+def test_prune_finetune_eval_export_info(tmp_path, data, ckpt, capsys, monkeypatch):
+    monkeypatch.setenv("PRUNEKIT_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "run"
+    code = main(["prune", "--model", "resnet20", "--checkpoint", str(ckpt), "--data", str(data),
+                 "--target", "0.5", "--finetune-epochs", "1", "--out", str(out),
+                 "--set", "batch_size=16", "--set", "max_steps_per_epoch=2"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "top-1" in printed and "MACs" in printed and "latency" in printed
+    for f in ("plan.json", "metrics.json", "config.json", "summary.txt", "model/plan.json"):
+        assert (out / f).is_file(), f
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert abs(metrics["after"]["macs"] / metrics["before"]["macs"] - 0.5) <= 0.01
+    assert main(["eval", "--model", "resnet20", "--pruned", str(out / "model"),
+                 "--data", str(data)]) == 0
+    assert "top1" in capsys.readouterr().out
+    assert main(["export", "--model", "resnet20", "--pruned", str(out / "model"),
+                 "--out", str(tmp_path / "m.onnx")]) == 0
+    assert (tmp_path / "m.onnx").is_file()
+    assert main(["info", "--model", "resnet20", "--pruned", str(out / "model")]) == 0
+    text = capsys.readouterr().out
+    assert "layer1.0.conv1" in text and "groups" in text
+    ft = tmp_path / "ft"
+    assert main(["finetune", "--model", "resnet20", "--checkpoint", str(ckpt), "--pruned",
+                 str(out / "model"), "--data", str(data), "--epochs", "1", "--distill",
+                 "--out", str(ft), "--set", "batch_size=16",
+                 "--set", "max_steps_per_epoch=1"]) == 0
+    assert (ft / "model" / "plan.json").is_file()
+
+
+def test_train_resume_and_config_file(tmp_path, data, capsys, monkeypatch):
+    monkeypatch.setenv("PRUNEKIT_CACHE", str(tmp_path / "cache"))
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("epochs: 1\nbatch_size: 16\nmax_steps_per_epoch: 2\nchannels_last: false\n")
+    out = tmp_path / "t"
+    args = ["train", "--model", "resnet20", "--data", str(data), "--config", str(cfg),
+            "--out", str(out)]
+    assert main(args) == 0
+    assert (out / "model.pt").is_file() and (out / "log.jsonl").is_file()
+    capsys.readouterr()
+    assert main(args) == 2 and "not empty" in _err_line(capsys)
+    assert main(args + ["--resume", "--set", "epochs=2"]) == 0
+    assert len((out / "log.jsonl").read_text().splitlines()) == 2
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["prune", "--model", "resnet99", "--target", "0.5"], "unknown model"),
+    (["prune", "--model", "resnet20", "--target", "1.5"], "(0, 1]"),
+    (["prune", "--model", "resnet20", "--target", "0.5", "--method", "magic"], "unknown method"),
+    (["prune", "--model", "resnet20", "--target", "0.5", "--finetune-epochs", "1",
+      "--data", "/nonexistent/data"], "no CIFAR-10"),
+    (["prune", "--model", "resnet20", "--checkpoint", "/nonexistent.pt"], "does not exist"),
+    (["prune", "--model", "resnet20", "--set", "bogus=1"], "unknown option"),
+    (["prune", "--model", "resnet20", "--config", "/nonexistent.yaml"], "does not exist"),
+])
+def test_bad_input(tmp_path, capsys, argv, needle):
+    out = tmp_path / "out"
+    assert main(argv + ["--out", str(out)]) == 2
+    line = _err_line(capsys)
+    assert needle in line and line.startswith("prunekit prune: error:")
+    assert not out.exists() and not list(tmp_path.iterdir())
+
+
+def test_corrupt_and_mismatched_checkpoints(tmp_path, capsys):
+    (tmp_path / "bad.pt").write_bytes(b"garbage")
+    torch.save(create("resnet32").state_dict(), tmp_path / "r32.pt")
+    for f, needle in (("bad.pt", "cannot read"), ("r32.pt", "does not fit")):
+        assert main(["prune", "--model", "resnet20", "--checkpoint", str(tmp_path / f),
+                     "--out", str(tmp_path / "o")]) == 2
+        assert needle in _err_line(capsys)
+    assert not (tmp_path / "o").exists()
+
+
+def test_unwritable_output(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert main(["prune", "--model", "resnet20", "--out", str(blocker / "sub")]) == 2
+    assert "not writable" in _err_line(capsys)
+
+
+def test_exit_code_from_a_real_process(tmp_path):
+    res = subprocess.run([sys.executable, "-m", "prunekit.cli", "prune", "--model", "nope",
+                          "--out", str(tmp_path / "o")], capture_output=True, text=True)
+    assert res.returncode == 2 and res.stderr.count("\n") == 1 and "unknown model" in res.stderr
