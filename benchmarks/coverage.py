@@ -13,7 +13,8 @@ model with the removed channels zeroed:
 
 A model is "verified" when the outputs agree to 1e-4 (relative to the output scale),
 "WRONG" when the tool returned a model whose output differs (silently wrong),
-"crash" when the pruned model fails to run, "refused" when the tool raised.
+"crash" when the pruned model fails to run, "refused" when the tool raised,
+"timeout" when Torch-Pruning gave no result within ``--tp-timeout`` seconds.
 
     python benchmarks/coverage.py --out benchmarks/results/coverage.jsonl
 """
@@ -178,11 +179,30 @@ def theirs(model: nn.Module, x: tuple) -> dict:
             "prune_s": secs}
 
 
+def theirs_limited(model: nn.Module, x: tuple, seconds: float) -> dict:
+    """Torch-Pruning in a forked child with a time limit (its graph analysis can take long)."""
+    import multiprocessing as mp
+    ctx = mp.get_context("fork")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=lambda: queue.put(theirs(model, x)))
+    proc.start()
+    proc.join(seconds)
+    if proc.is_alive():
+        proc.terminate()
+        proc.join()
+        return {"status": "timeout", "reason": f"no result within {seconds:.0f} s"}
+    try:
+        return queue.get(timeout=5)
+    except Exception:
+        return {"status": "harness-error", "reason": f"child exited with {proc.exitcode}"}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="benchmarks/results/coverage.jsonl")
     ap.add_argument("--models", nargs="*")
     ap.add_argument("--skip-tp", action="store_true")
+    ap.add_argument("--tp-timeout", type=float, default=300.0)
     args = ap.parse_args()
     torch.set_num_threads(2)
     out = Path(args.out)
@@ -196,7 +216,7 @@ def main() -> None:
         row = {"model": name, "input": list(x[0].shape), "ours": ours(model, x)}
         if not args.skip_tp:
             try:
-                row["torch_pruning"] = theirs(model, x)
+                row["torch_pruning"] = theirs_limited(model, x, args.tp_timeout)
             except Exception:
                 row["torch_pruning"] = {"status": "harness-error",
                                         "reason": traceback.format_exc()[-300:]}
