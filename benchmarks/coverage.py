@@ -179,22 +179,19 @@ def theirs(model: nn.Module, x: tuple) -> dict:
             "prune_s": secs}
 
 
-def theirs_limited(model: nn.Module, x: tuple, seconds: float) -> dict:
-    """Torch-Pruning in a forked child with a time limit (its graph analysis can take long)."""
-    import multiprocessing as mp
-    ctx = mp.get_context("fork")
-    queue = ctx.Queue()
-    proc = ctx.Process(target=lambda: queue.put(theirs(model, x)))
-    proc.start()
-    proc.join(seconds)
-    if proc.is_alive():
-        proc.terminate()
-        proc.join()
-        return {"status": "timeout", "reason": f"no result within {seconds:.0f} s"}
+def theirs_limited(name: str, seconds: float) -> dict:
+    """Torch-Pruning in a child process with a time limit (its analysis can take long)."""
+    import subprocess
+    import sys
     try:
-        return queue.get(timeout=5)
-    except Exception:
-        return {"status": "harness-error", "reason": f"child exited with {proc.exitcode}"}
+        res = subprocess.run([sys.executable, __file__, "--tp-one", name], capture_output=True,
+                             text=True, timeout=seconds)
+    except subprocess.TimeoutExpired:
+        return {"status": "timeout", "reason": f"no result within {seconds:.0f} s"}
+    lines = [l for l in res.stdout.splitlines() if l.startswith("{")]
+    if res.returncode != 0 or not lines:
+        return {"status": "harness-error", "reason": res.stderr[-300:]}
+    return json.loads(lines[-1])
 
 
 def main() -> None:
@@ -203,8 +200,13 @@ def main() -> None:
     ap.add_argument("--models", nargs="*")
     ap.add_argument("--skip-tp", action="store_true")
     ap.add_argument("--tp-timeout", type=float, default=300.0)
+    ap.add_argument("--tp-one", help=argparse.SUPPRESS)
     args = ap.parse_args()
     torch.set_num_threads(2)
+    if args.tp_one:
+        model, x = get_model(args.tp_one)
+        print(json.dumps(theirs(model, x)))
+        return
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     done = {json.loads(l)["model"] for l in out.read_text().splitlines()} if out.exists() else set()
@@ -216,7 +218,7 @@ def main() -> None:
         row = {"model": name, "input": list(x[0].shape), "ours": ours(model, x)}
         if not args.skip_tp:
             try:
-                row["torch_pruning"] = theirs_limited(model, x, args.tp_timeout)
+                row["torch_pruning"] = theirs_limited(name, args.tp_timeout)
             except Exception:
                 row["torch_pruning"] = {"status": "harness-error",
                                         "reason": traceback.format_exc()[-300:]}
