@@ -27,3 +27,23 @@ def test_torchvision_model(name):
     result = check_plan(model, x, graph, plan)
     with torch.no_grad():
         assert not torch.allclose(result["pruned"](*x), model(*x))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["swin_t", "swin_v2_t"])
+def test_swin_heads_prune_twice_and_reload(name, tmp_path):
+    """Heads of Swin prune; the pruned model can be pruned again and saved/loaded."""
+    from prunekit.io import load_pruned, save_pruned
+    model, x = build(name)
+    graph = ChannelGraph.build(model, x)
+    heads = [g for g in graph.prunable_groups if g.kind == "heads"]
+    assert heads, "Swin heads should be prunable"
+    plan = graph.make_plan({g.id: list(range(1, g.width)) for g in heads})
+    result = check_plan(model, x, graph, plan)
+    pruned = result["pruned"]
+    save_pruned(tmp_path / "m", pruned, plan, x)
+    loaded, _ = load_pruned(tmp_path / "m", build(name, seed=1)[0])
+    with torch.no_grad():
+        assert torch.equal(loaded.eval()(*x), pruned(*x))
+    again = ChannelGraph.build(pruned, x)
+    check_plan(pruned, x, again, random_plan(again, 0.3))

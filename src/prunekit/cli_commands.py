@@ -44,6 +44,14 @@ def _pruned(cfg: dict, base: torch.nn.Module, s) -> tuple[torch.nn.Module, Any]:
     return load_pruned(folder, base, (_example(s),))
 
 
+def _model_or_pruned(cfg: dict) -> tuple[torch.nn.Module, Any]:
+    """The model of --model/--checkpoint, or the saved pruned model of --pruned."""
+    model, s = _model(cfg)
+    if cfg.get("pruned"):
+        model, _ = _pruned(cfg, model, s)
+    return model, s
+
+
 def _data(cfg: dict, required: bool = True):
     from .data import DataError, load_cifar10
     try:
@@ -120,9 +128,7 @@ def cmd_train(cfg: dict) -> int:
 
 
 def cmd_eval(cfg: dict) -> int:
-    model, s = _model(cfg)
-    if cfg.get("pruned"):
-        model, _ = _pruned(cfg, model, s)
+    model, s = _model_or_pruned(cfg)
     arrays = _data(cfg)
     from .train import evaluate
     _, test = _batches(arrays, s, cfg)
@@ -197,9 +203,7 @@ def cmd_finetune(cfg: dict) -> int:
 
 
 def cmd_export(cfg: dict) -> int:
-    model, s = _model(cfg)
-    if cfg.get("pruned"):
-        model, _ = _pruned(cfg, model, s)
+    model, s = _model_or_pruned(cfg)
     if not cfg.get("out"):
         raise CliError("--out FILE.onnx is required")
     from .io import export_onnx
@@ -213,11 +217,9 @@ def cmd_info(cfg: dict) -> int:
     if cfg.get("list"):
         print("\n".join(sorted(REGISTRY)) + "\n(and tv:<any torchvision classifier>)")
         return 0
-    model, s = _model(cfg)
+    model, s = _model_or_pruned(cfg)
     from .graph import ChannelGraph
     from .reporting import layer_table
-    if cfg.get("pruned"):
-        model, _ = _pruned(cfg, model, s)
     graph = ChannelGraph.build(model, _example(s))
     print(layer_table(model, _example(s)))
     print()

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 class MaskedReference(nn.Module):
     def __init__(self, graph: "ChannelGraph", keep: np.ndarray) -> None:
         super().__init__()
-        self.gm = copy.deepcopy(graph.graphs[0][1])
+        self.gm = copy.deepcopy(graph.graphs[0][1]).eval()
         _zero_slices(self.gm, graph, keep)
         self._masks: dict[str, Any] = {}
         for node, value in graph._b.layouts.items():

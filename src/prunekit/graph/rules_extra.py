@@ -1,4 +1,4 @@
-"""Rules for einsum and for torchvision's window attention (Swin)."""
+"""Rules for einsum; registration of torchvision's window attention (Swin) rule."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.fx as fx
-from torch import nn
 
 from .builder import Builder, function_rule, module_rule
 from .layout import Block, Layout
@@ -59,37 +58,7 @@ def einsum(b: Builder, node: fx.Node, _mod: Any) -> Any:
     return Layout(out_shape, tuple(blocks))
 
 
-try:  # torchvision is optional
-    from torchvision.models.swin_transformer import (ShiftedWindowAttention,
-                                                     ShiftedWindowAttentionV2)
-    WINDOW_ATTENTION: tuple[type, ...] = (ShiftedWindowAttention, ShiftedWindowAttentionV2)
-except Exception:  # pragma: no cover
-    WINDOW_ATTENTION = ()
+from .window_attention import TORCHVISION_WINDOW, PrunedWindowAttention, window_rule
 
-
-def window_attention(b: Builder, node: fx.Node, mod: nn.Module) -> Any:
-    """torchvision's Swin attention derives the head size from the input width, so its
-    heads cannot shrink independently of the (LayerNorm-frozen) residual stream: frozen,
-    with its exact cost."""
-    lay = b.layout(node.args[0])
-    out_shape = b.shape(node)
-    if not isinstance(lay, Layout) or out_shape is None or len(lay.shape) != 4:
-        return b.unknown(node)
-    b.freeze_layout(lay, f"{b.where(node)}: Swin window attention ties heads to the input width")
-    bsz, h, w, c = lay.shape
-    ws = mod.window_size
-    ph, pw = -(-h // ws[0]) * ws[0], -(-w // ws[1]) * ws[1]
-    n_tok = ws[0] * ws[1]
-    tokens = bsz * ph * pw
-    macs = tokens * c * 3 * c + 2 * tokens * n_tok * c + tokens * c * c
-    if hasattr(mod, "cpb_mlp"):
-        rows = int(np.prod(mod.relative_coords_table.shape[:-1]))
-        for layer in mod.cpb_mlp:
-            if isinstance(layer, nn.Linear):
-                macs += rows * layer.in_features * layer.out_features
-    b.macs(macs, [], b.where(node))
-    return Layout(out_shape, ())
-
-
-if WINDOW_ATTENTION:
-    module_rule(*WINDOW_ATTENTION)(window_attention)
+WINDOW_ATTENTION: tuple[type, ...] = TORCHVISION_WINDOW + (PrunedWindowAttention,)
+module_rule(*WINDOW_ATTENTION)(window_rule)

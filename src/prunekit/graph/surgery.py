@@ -93,8 +93,16 @@ def _fix_mha(model: nn.Module, fqn: str, original: nn.Module) -> None:
     _set_submodule(model, fqn, PrunedMultiheadAttention.from_module(mod, head_dim))
 
 
+def _fix_window(model: nn.Module, fqn: str, original: nn.Module) -> None:
+    from .window_attention import fix_window
+    wrapper = fix_window(model, fqn, original)
+    if wrapper is not None:
+        _set_submodule(model, fqn, wrapper)
+
+
 _FIXERS = {"conv": _fix_conv, "linear": _fix_linear, "norm": _fix_norm,
-           "embedding": _fix_embedding, "prelu": _fix_prelu, "mha": _fix_mha}
+           "embedding": _fix_embedding, "prelu": _fix_prelu, "mha": _fix_mha,
+           "window_attention": _fix_window}
 
 
 def _set_submodule(model: nn.Module, fqn: str, new: nn.Module) -> None:
