@@ -51,7 +51,7 @@ def speed(meta: str) -> str:
              f"{r['ratio_ours_over_tp']:.2f}" if "ratio_ours_over_tp" in r else ""]
             for r in doc["rows"]]
     return (f"# Pruning speed: build + plan + apply\n\n{meta}\n\nMachine: {doc['machine']}; "
-            f"torch {doc['torch']}; median of {doc['repeats']} runs.\n\n" +
+            f"torch {doc['torch']}; median of {doc['repeats']} runs (1 for depth 254/524).\n\n" +
             _table(["model", "prunekit (s)", "Torch-Pruning (s)", "prunekit / TP"], rows) + "\n")
 
 

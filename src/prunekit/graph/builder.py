@@ -171,6 +171,8 @@ class Builder:
 
     # ------------------------------------------------------------------ running
     def run(self, gm: fx.GraphModule) -> None:
+        from .optional import torchvision_leaves
+        torchvision_leaves()  # registers torchvision's rules if the model may use them
         for node in gm.graph.nodes:
             self.layouts[node] = self._visit(gm, node)
 

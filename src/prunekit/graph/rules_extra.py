@@ -1,4 +1,4 @@
-"""Rules for einsum; registration of torchvision's window attention (Swin) rule."""
+"""Rules for einsum."""
 
 from __future__ import annotations
 
@@ -56,9 +56,3 @@ def einsum(b: Builder, node: fx.Node, _mod: Any) -> Any:
         b.freeze_layout(lays, f"{b.where(node)} is an einsum with a one-sided sum")
     blocks = [Block((d,), ids[lab]) for d, lab in enumerate(out_labels) if ids.get(lab) is not None]
     return Layout(out_shape, tuple(blocks))
-
-
-from .window_attention import TORCHVISION_WINDOW, PrunedWindowAttention, window_rule
-
-WINDOW_ATTENTION: tuple[type, ...] = TORCHVISION_WINDOW + (PrunedWindowAttention,)
-module_rule(*WINDOW_ATTENTION)(window_rule)

@@ -109,13 +109,6 @@ method_rule("add", "sub", "mul", "div", "truediv", "pow", "add_", "mul_", "sub_"
             "clone", "detach", "requires_grad_", "hardtanh_", "square", "erf", "log",
             "reciprocal", "maximum", "minimum")(elementwise)
 
-try:
-    from torchvision.ops import stochastic_depth as _sd  # noqa: F401 - only if installed
-    import torchvision.ops.stochastic_depth as _sdm
-    function_rule(_sdm.stochastic_depth)(first_arg)
-except Exception:  # torchvision is optional
-    pass
-
 _ACT = (torch.nn.ReLU, torch.nn.ReLU6, torch.nn.GELU, torch.nn.SiLU, torch.nn.Sigmoid,
         torch.nn.Tanh, torch.nn.Hardswish, torch.nn.Hardsigmoid, torch.nn.LeakyReLU,
         torch.nn.ELU, torch.nn.SELU, torch.nn.CELU, torch.nn.Mish, torch.nn.Softplus,

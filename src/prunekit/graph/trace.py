@@ -28,10 +28,11 @@ class PrunekitTracer(fx.Tracer):
     """fx tracer whose leaves are torch.nn's built-in layers (the default) and nothing else."""
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        from .rules_extra import WINDOW_ATTENTION
+        from .optional import torchvision_leaves
         if isinstance(m, _TRACE_THROUGH):
             return False
-        if WINDOW_ATTENTION and isinstance(m, WINDOW_ATTENTION):
+        leaves = torchvision_leaves()
+        if leaves and isinstance(m, leaves):
             return True
         return super().is_leaf_module(m, module_qualified_name)
 
