@@ -17,4 +17,5 @@ hist = fit(model, Batches(x, y, 16, CIFAR_NORM, train=True), Batches(x, y, 32, C
            cfg, sys.argv[1], progress=False)
 rank = torch.distributed.get_rank()
 w = sum(p.sum() for p in model.parameters()).item()
-print(f"rank {rank} epochs {len(hist)} weightsum {w:.6f}", flush=True)
+with open(f"{sys.argv[1]}/rank{rank}.txt", "w") as f:
+    f.write(f"rank {rank} epochs {len(hist)} weightsum {w:.6f}\n")

@@ -86,7 +86,8 @@ def test_ddp_two_processes(tmp_path):
            "--master_port=29531", str(Path(__file__).parent / "ddp_worker.py"), str(tmp_path)]
     res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
-    sums = re.findall(r"rank (\d) epochs 2 weightsum (\S+)", res.stdout)
+    text = "".join((tmp_path / f"rank{r}.txt").read_text() for r in (0, 1))
+    sums = re.findall(r"rank (\d) epochs 2 weightsum (\S+)", text)
     assert sorted(r for r, _ in sums) == ["0", "1"]
     assert sums[0][1] == sums[1][1], "DDP keeps replicas identical"
     assert (tmp_path / "checkpoint.pt").is_file()
