@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -102,3 +103,35 @@ def test_calibration_set():
     assert len(cx2) == 30
     with pytest.raises(ValueError):
         calibration_set(x, None, 300)
+
+
+def _write_idx(path, arr, code):
+    import gzip
+    header = bytes([0, 0, code, arr.ndim]) + b"".join(d.to_bytes(4, "big") for d in arr.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + arr.tobytes())
+
+
+def test_fashion_mnist_idx(tmp_path):
+    from prunekit.data import load_fashion_mnist, read_idx
+    rng = np.random.default_rng(0)
+    tx = rng.integers(0, 256, (12, 28, 28), dtype=np.uint8)
+    ty = (np.arange(12) % 10).astype(np.uint8)
+    for name, arr, code in (("train-images-idx3-ubyte", tx, 8), ("train-labels-idx1-ubyte", ty, 8),
+                            ("t10k-images-idx3-ubyte", tx[:4], 8),
+                            ("t10k-labels-idx1-ubyte", ty[:4], 8)):
+        _write_idx(tmp_path / f"{name}.gz", arr, code)
+    a, b, c, d = load_fashion_mnist(tmp_path)
+    assert a.shape == (12, 28, 28, 1) and np.array_equal(a[..., 0], tx) and b.dtype == np.int64
+    assert np.array_equal(d, ty[:4])
+    with pytest.raises(DataError):
+        load_fashion_mnist(tmp_path / "missing")
+
+
+@pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir(),
+                    reason="Debian package dataset-fashion-mnist not installed")
+def test_fashion_mnist_debian_package():
+    from prunekit.data import load_fashion_mnist
+    tx, ty, vx, vy = load_fashion_mnist()
+    assert tx.shape == (60000, 28, 28, 1) and vx.shape == (10000, 28, 28, 1)
+    assert np.bincount(ty).tolist() == [6000] * 10
