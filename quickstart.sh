@@ -13,6 +13,6 @@ if [ "${1:-}" = "--data" ]; then
 fi
 bash scripts/setup.sh
 OUT=runs/quickstart-$(date +%Y%m%d-%H%M%S)
-.venv/bin/prunekit prune --model resnet20 --checkpoint assets/resnet20-cifar10-jpeg.pt \
+.venv/bin/prunekit prune --model resnet20 --checkpoint checkpoints/resnet20-jpeg/model.pt \
   --data "$DATA" --target 0.5 --set round_to=4 --finetune-epochs "$EPOCHS" \
   --set finetune_lr=0.02 --out "$OUT"

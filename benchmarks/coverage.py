@@ -201,6 +201,8 @@ def main() -> None:
     ap.add_argument("--skip-tp", action="store_true")
     ap.add_argument("--tp-timeout", type=float, default=300.0)
     ap.add_argument("--tp-one", help=argparse.SUPPRESS)
+    ap.add_argument("--refresh-ours", action="store_true",
+                    help="recompute prunekit's result for --models, keeping Torch-Pruning's")
     args = ap.parse_args()
     torch.set_num_threads(2)
     if args.tp_one:
@@ -209,6 +211,16 @@ def main() -> None:
         return
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    if args.refresh_ours:
+        rows = [json.loads(l) for l in out.read_text().splitlines()]
+        for row in rows:
+            if row["model"] in (args.models or []):
+                row["ours"] = ours(*get_model(row["model"]))
+                print(row["model"], row["ours"]["status"], flush=True)
+        tmp = out.with_suffix(".tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        tmp.replace(out)
+        return
     done = {json.loads(l)["model"] for l in out.read_text().splitlines()} if out.exists() else set()
     names = args.models or (list(CIFAR) + zoo_names())
     for name in names:

@@ -35,7 +35,14 @@ def coverage(meta: str) -> str:
                                                 sorted(counts['tp'].items(), key=str)) + ".\n",
             "Status: *verified* = the pruned model equals the masked reference (relative "
             "error <= 1e-4); *WRONG* = a model was returned whose output differs (silently "
-            "wrong); *crash* = the returned model fails to run; *refused* = the tool raised. "
+            "wrong); *crash* = the returned model fails to run; *refused* = the tool raised; "
+            "*timeout* = Torch-Pruning's pruning plus this harness's check of it took more "
+            "than the time limit on this 2-core machine, which was running other jobs at the "
+            "same time (the row-matching check of very wide layers, VGG's 25088x4096 "
+            "classifier, is slow): no verdict on correctness. "
+            "Torch-Pruning's ConvNeXt results differ because it prunes channels that a "
+            "LayerNorm normalises over, which changes the function beyond zeroing them; "
+            "prunekit freezes those channels instead. "
             "Error is the max abs difference divided by (output scale + 1). Prunable share "
             "= fraction of producer channels (conv/linear outputs, attention heads) that "
             "prunekit may remove; the rest is frozen with a reason (see `graph.explain()`).\n"]

@@ -1,0 +1,31 @@
+"""The quick start's embedded data and checkpoint ship with the repository and work."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from prunekit.cli import main
+from prunekit.data import load_cifar10
+from prunekit.models import create, load_checkpoint
+
+ROOT = Path(__file__).parents[1]
+
+
+def test_embedded_subset_and_checkpoint(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("PRUNEKIT_CACHE", str(tmp_path / "cache"))
+    tx, ty, vx, vy = load_cifar10(ROOT / "assets" / "cifar10-mini")
+    assert tx.shape == (3000, 32, 32, 3) and vx.shape == (1000, 32, 32, 3)
+    assert np.bincount(ty).tolist() == [300] * 10 and np.bincount(vy).tolist() == [100] * 10
+    model = create("resnet20")
+    load_checkpoint(model, ROOT / "checkpoints" / "resnet20-jpeg" / "model.pt")
+    out = tmp_path / "qs"
+    assert main(["prune", "--model", "resnet20", "--checkpoint",
+                 str(ROOT / "checkpoints" / "resnet20-jpeg" / "model.pt"), "--data",
+                 str(ROOT / "assets" / "cifar10-mini"), "--target", "0.5", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "top-1" in printed and (out / "model" / "plan.json").is_file()
+    before = float(printed.split("top-1 (%)")[1].split()[0])
+    assert before > 80.0, "the shipped checkpoint is a trained CIFAR-10 model"
