@@ -142,8 +142,8 @@ def _global(al: Allocator, scores: np.ndarray) -> list[int]:
 
 def _fill(al: Allocator, keep: np.ndarray, scores: np.ndarray) -> np.ndarray:
     """Return removed channels (best first, ``round_to`` at a time per group) while the
-    cost stays at or under the target; only runs when bisection landed outside the
-    tolerance, and gives up after 64 returns in a row that would overshoot."""
+    cost stays at or under the target; only runs when bisection landed outside half the
+    tolerance, and tries at most 256 returns (each costs one cost evaluation)."""
     target, tol, r = al.budget.target, al.budget.tolerance, al.budget.round_to
     if al.ratio(keep) >= target - tol / 2:
         return keep
@@ -154,17 +154,11 @@ def _fill(al: Allocator, keep: np.ndarray, scores: np.ndarray) -> np.ndarray:
         for i in range(0, len(gone) - r + 1, r):
             steps.append((float(scores[gone[i:i + r]].mean()), gone[i:i + r]))
     steps.sort(key=lambda s: -s[0])
-    misses = 0
-    for _, units in steps:
+    for _, units in steps[:256]:
         keep[units] = True
         ratio = al.ratio(keep)
         if ratio > target:
             keep[units] = False
-            misses += 1
-            if misses >= 64:
-                break
-            continue
-        misses = 0
-        if ratio >= target - tol / 2:
+        elif ratio >= target - tol / 2:
             break
     return keep
