@@ -74,7 +74,8 @@ def main() -> None:
     rows = []
     warm = CifarResNet(20, option="B").eval()  # one untimed run of each tool: imports, kernels
     ours(warm, torch.randn(1, 3, 32, 32))
-    theirs(copy.deepcopy(warm), torch.randn(1, 3, 32, 32), warm.linear)
+    twin = copy.deepcopy(warm)
+    theirs(twin, torch.randn(1, 3, 32, 32), twin.linear)
     for name, make, x, cls_name in cases():
         model = make().eval()
         reps = 1 if ("254" in name or "524" in name) else args.repeats
