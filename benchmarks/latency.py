@@ -61,7 +61,7 @@ def tp_prune(model: nn.Module, x: torch.Tensor, target: float, ignore_stream: bo
              round_to: int | None = None) -> nn.Module:
     import torch_pruning as tp
     base = measured_cost(model, (x,))[1]
-    lo, hi, best = 0.0, 0.95, None
+    lo, hi, best, closest = 0.0, 0.95, None, (2.0, None)
     for _ in range(12):
         mid = (lo + hi) / 2
         work = copy.deepcopy(model)
@@ -73,11 +73,13 @@ def tp_prune(model: nn.Module, x: torch.Tensor, target: float, ignore_stream: bo
                                       round_to=round_to)
         pruner.step()
         frac = measured_cost(work, (x,))[1] / base
+        if frac < closest[0]:
+            closest = (frac, work)
         if frac > target:
             lo = mid
         else:
             hi, best = mid, work
-    return best
+    return best if best is not None else closest[1]  # target unreachable: the nearest
 
 
 def latencies(models: dict[str, nn.Module], x: torch.Tensor, runs: int) -> dict[str, float]:

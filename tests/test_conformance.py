@@ -86,3 +86,17 @@ def test_onnx_parity(name, tmp_path):
     err = export_onnx(pruned, x, tmp_path / "m.onnx")
     assert (tmp_path / "m.onnx").is_file()
     assert err < 1e-4
+
+
+@pytest.mark.parametrize("name", ["depthwise", "cifar_option_a", "tokens_mha", "grouped"])
+def test_inplace_apply_equals_copy(name):
+    model, x = make(name)
+    graph = ChannelGraph.build(model, x)
+    plan = random_plan(graph, 0.5, seed=2)
+    copied = graph.apply(model, plan)
+    same = graph.apply(model, plan, inplace=True)
+    assert same is model or isinstance(same, torch.fx.GraphModule)
+    with torch.no_grad():
+        a, b = copied(*x), same.eval()(*x)
+    a, b = (a[0], b[0]) if isinstance(a, tuple) else (a, b)
+    torch.testing.assert_close(a, b)

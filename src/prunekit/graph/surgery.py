@@ -55,10 +55,12 @@ def _fix_conv(model: nn.Module, fqn: str, original: nn.Module) -> None:
         mod.in_channels = w.shape[0]
         mod.out_channels = w.shape[1] * mod.groups
         return
+    # read the original's attributes first: with inplace=True ``orig`` is ``mod``
     depthwise = orig.groups > 1 and orig.in_channels // orig.groups == 1
+    multiplier = orig.out_channels // orig.groups
     mod.out_channels = w.shape[0]
     if depthwise:
-        mod.groups = w.shape[0] // (orig.out_channels // orig.groups)
+        mod.groups = w.shape[0] // multiplier
         mod.in_channels = mod.groups
     else:
         mod.in_channels = w.shape[1] * mod.groups

@@ -110,7 +110,7 @@ def _uniform(al: Allocator) -> list[int]:
     def removal(r: float) -> list[int]:
         return [int(np.floor(r * len(o))) for o in al.order]
     lo, hi = 0.0, 1.0
-    for _ in range(40):
+    for _ in range(24):  # 2^-24: finer than one channel of any group
         mid = (lo + hi) / 2
         if al.ratio(al.mask(removal(mid))) > al.budget.target:
             lo = mid

@@ -51,13 +51,16 @@ class OneShotConfig:
 def prune_oneshot(model: nn.Module, example_inputs: Sequence[Any] | torch.Tensor,
                   config: OneShotConfig = OneShotConfig(), *, graph: ChannelGraph | None = None,
                   data: Iterable[Any] | None = None,
-                  loss_fn: Callable[[Any, Any], torch.Tensor] | None = None) -> Result:
-    """Prune ``model`` (left untouched) to ``config.target`` of its cost."""
+                  loss_fn: Callable[[Any, Any], torch.Tensor] | None = None,
+                  inplace: bool = False) -> Result:
+    """Prune ``model`` to ``config.target`` of its cost; ``model`` is left untouched unless
+    ``inplace`` (which saves the copy)."""
     graph = graph or ChannelGraph.build(model, example_inputs, ignore=config.ignore)
     scores = unit_scores(graph, model, config.criterion, data=data, loss_fn=loss_fn,
                          seed=config.seed)
     budget = Budget(config.target, config.metric, config.round_to, config.min_width)
     plan = allocate(graph, scores, budget, config.allocation,
                     {"method": "oneshot", "criterion": config.criterion})
-    pruned = graph.apply(model, plan)
-    return Result(pruned, plan, graph, graph.cost(), graph.cost(plan))
+    before, after = graph.cost(), graph.cost(plan)
+    pruned = graph.apply(model, plan, inplace=inplace)
+    return Result(pruned, plan, graph, before, after)
