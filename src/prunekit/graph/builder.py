@@ -170,13 +170,13 @@ class Builder:
         return f"{node.op} '{tgt}' (node {node.name}) in module '{owner}'"
 
     # ------------------------------------------------------------------ running
-    def run(self, gm: fx.GraphModule) -> None:
+    def run(self, gm: Any) -> None:
         from .optional import torchvision_leaves
         torchvision_leaves()  # registers torchvision's rules if the model may use them
         for node in gm.graph.nodes:
             self.layouts[node] = self._visit(gm, node)
 
-    def _visit(self, gm: fx.GraphModule, node: fx.Node) -> Any:
+    def _visit(self, gm: Any, node: fx.Node) -> Any:
         if node.op == "placeholder":
             shape = self.shape(node)
             return untracked(shape) if shape is not None else None
@@ -210,7 +210,7 @@ class Builder:
             for a in arg.values():
                 self._freeze_args(a, reason)
 
-    def _get_attr(self, gm: fx.GraphModule, node: fx.Node) -> Any:
+    def _get_attr(self, gm: Any, node: fx.Node) -> Any:
         shape = self.shape(node)
         if shape is None:
             return None

@@ -26,8 +26,10 @@ if TYPE_CHECKING:
 class MaskedReference(nn.Module):
     def __init__(self, graph: "ChannelGraph", keep: np.ndarray) -> None:
         super().__init__()
-        self.gm = copy.deepcopy(graph.graphs[0][1]).eval()
-        _zero_slices(self.gm, graph, keep)
+        traced = graph.graphs[0][1]
+        self.root = copy.deepcopy(traced.root).eval()
+        self.graph = traced.graph
+        _zero_slices(self.root, graph, keep)
         self._masks: dict[str, Any] = {}
         for node, value in graph._b.layouts.items():
             mask = _node_mask(graph, keep, value)
@@ -35,7 +37,7 @@ class MaskedReference(nn.Module):
                 self._masks[node.name] = mask
 
     def forward(self, *inputs: Any) -> Any:
-        return _Masker(self.gm, self._masks).run(*inputs)
+        return _Masker(self.root, self.graph, self._masks).run(*inputs)
 
 
 def _zero_slices(gm: nn.Module, graph: "ChannelGraph", keep: np.ndarray) -> None:
@@ -91,8 +93,8 @@ def _apply(value: Any, mask: Any) -> Any:
 
 
 class _Masker(fx.Interpreter):
-    def __init__(self, gm: fx.GraphModule, masks: dict[str, Any]) -> None:
-        super().__init__(gm)
+    def __init__(self, root: nn.Module, graph: fx.Graph, masks: dict[str, Any]) -> None:
+        super().__init__(root, graph=graph)
         self.masks = masks
 
     def run_node(self, n: fx.Node) -> Any:
