@@ -6,7 +6,6 @@ readable message when the contract is broken.
 
 from __future__ import annotations
 
-import copy
 from typing import Any, Sequence
 
 import numpy as np
@@ -88,7 +87,3 @@ def check_plan(model: nn.Module, inputs: Sequence[Any], graph: ChannelGraph, pla
     assert cost.macs == macs, f"analytic MACs {cost.macs} != measured {macs}"
     assert Plan.from_json(plan.to_json()) == plan, "plan JSON round-trip changed the plan"
     return {"error": err, "params": params, "macs": macs, "pruned": pruned}
-
-
-def clone(model: nn.Module) -> nn.Module:
-    return copy.deepcopy(model)

@@ -100,7 +100,6 @@ class Builder:
     fixes: dict[str, str] = field(default_factory=dict)
     terms: list[CostTerm] = field(default_factory=list)
     patches: list[Patch] = field(default_factory=list)
-    replaced: dict[str, str] = field(default_factory=dict)
     layouts: dict[fx.Node, Any] = field(default_factory=dict)
     count_cost: bool = True
     mode: str = "eval"

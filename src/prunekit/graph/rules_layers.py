@@ -302,7 +302,7 @@ def pixel_shuffle(b: Builder, node: fx.Node, mod: nn.PixelShuffle) -> Any:
         return b.unknown(node)
     ids = _channel_ids(b, node, lay, -3 % len(lay.shape))
     if ids is None:
-        return spatial_free(out_shape, lay)
+        return Layout(out_shape, ())  # channels fixed: nothing to follow
     r2 = mod.upscale_factor ** 2
     grid = ids.reshape(-1, r2)
     for row in grid:
@@ -317,13 +317,9 @@ def pixel_unshuffle(b: Builder, node: fx.Node, mod: nn.PixelUnshuffle) -> Any:
         return b.unknown(node)
     ids = _channel_ids(b, node, lay, -3 % len(lay.shape))
     if ids is None:
-        return spatial_free(out_shape, lay)
+        return Layout(out_shape, ())  # channels fixed: nothing to follow
     r2 = mod.downscale_factor ** 2
     return Layout(out_shape, (Block((len(out_shape) - 3,), np.repeat(ids, r2)),))
-
-
-def spatial_free(out_shape: tuple[int, ...], lay: Layout) -> Layout:
-    return Layout(out_shape, ())
 
 
 @module_rule(nn.ChannelShuffle)
