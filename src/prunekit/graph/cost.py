@@ -4,8 +4,7 @@ MACs follow ``torch.utils.flop_counter.FlopCounterMode`` exactly (MACs = FLOPs/2
 only convolutions, matrix products and attention count; normalisation,
 activations, pooling and additions do not. Each cost term is a coefficient
 times the kept sizes of a few dims; a plan is a bool mask over units, so one
-evaluation is a handful of vectorised numpy reductions (tens of microseconds
-for ResNet-56), cheap enough for searches that cost thousands of plans.
+evaluation is a handful of vectorised numpy reductions, cheap enough for searches that cost thousands of plans.
 """
 
 from __future__ import annotations
