@@ -14,7 +14,9 @@ import torch
 
 from .errors import CliError
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# PRUNEKIT_THREADS lets two jobs share a small machine (one thread each) without
+# oversubscribing it; the default uses up to 2 cores.
+torch.set_num_threads(int(os.environ.get("PRUNEKIT_THREADS") or min(2, os.cpu_count() or 1)))
 
 
 # ------------------------------------------------------------------ validation
