@@ -204,6 +204,16 @@ class ChannelGraph:
         from .cost import Cost
         return Cost(self._cost.params(keep), self._cost.macs(keep))
 
+    def layers_cost(self, group_ids: Sequence[str]) -> "Cost":
+        """Params and MACs of the layers (parameters, cost terms) the given groups touch,
+        at full width: the base of a target that counts only those layers."""
+        from .cost import Cost
+        units = np.zeros(self.n_units, dtype=bool)
+        for gid in group_ids:
+            units[self.group(gid).units] = True
+        params, macs = self._cost.touching(units)
+        return Cost(params, macs)
+
     # ----------------------------------------------------------------- surgery
     def apply(self, model: nn.Module, plan: Plan, inplace: bool = False) -> nn.Module:
         """The physically pruned model; the input model is untouched unless ``inplace``."""
@@ -212,10 +222,15 @@ class ChannelGraph:
             raise PlanMismatchError("this model is not the architecture the graph was built on")
         return apply_plan(self, model, self.keep_mask(plan), inplace)
 
-    def masked_reference(self, plan: Plan) -> nn.Module:
-        """The original model with every removed channel zeroed at every op (eval graph)."""
+    def masked_reference(self, plan: Plan, root: nn.Module | None = None) -> nn.Module:
+        """The original model with every removed channel zeroed at every op (eval graph).
+
+        ``root``: use this model's weights (same architecture) instead of the traced one's.
+        """
         from .masked import MaskedReference
-        return MaskedReference(self, self.keep_mask(plan))
+        if root is not None and fingerprint(root) != self.fingerprint:
+            raise PlanMismatchError("root is not the architecture the graph was built on")
+        return MaskedReference(self, self.keep_mask(plan), root)
 
     def explain(self, show_frozen: bool = True) -> str:
         from .report import explain

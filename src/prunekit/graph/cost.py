@@ -49,6 +49,17 @@ class _Products:
             np.multiply.at(prod, self.owner, kept)
         return int((self.coeffs * prod).sum())
 
+    def touching(self, units: np.ndarray) -> int:
+        """Full-width total of the terms with a factor that holds any of ``units`` (bool)."""
+        hit = np.zeros(len(self.coeffs), dtype=bool)
+        if len(self.offsets):
+            any_f = np.logical_or.reduceat(units[self.flat], self.offsets)
+            np.logical_or.at(hit, self.owner, any_f)
+        full = np.ones(len(self.coeffs), dtype=np.int64)
+        if len(self.offsets):
+            np.multiply.at(full, self.owner, np.diff(np.append(self.offsets, len(self.flat))))
+        return int((self.coeffs * full)[hit].sum())
+
 
 class CostModel:
     def __init__(self, graph: "ChannelGraph", builder: "Builder") -> None:
@@ -70,3 +81,7 @@ class CostModel:
 
     def params(self, keep: np.ndarray) -> int:
         return self._params.total(keep)
+
+    def touching(self, units: np.ndarray) -> tuple[int, int]:
+        """(params, MACs) of the full model's layers that hold any of ``units`` (bool)."""
+        return self._params.touching(units), self._macs.touching(units)

@@ -24,10 +24,11 @@ if TYPE_CHECKING:
 
 
 class MaskedReference(nn.Module):
-    def __init__(self, graph: "ChannelGraph", keep: np.ndarray) -> None:
+    def __init__(self, graph: "ChannelGraph", keep: np.ndarray,
+                 root: nn.Module | None = None) -> None:
         super().__init__()
         traced = graph.graphs[0][1]
-        self.root = copy.deepcopy(traced.root).eval()
+        self.root = copy.deepcopy(root if root is not None else traced.root).eval()
         self.graph = traced.graph
         _zero_slices(self.root, graph, keep)
         self._masks: dict[str, Any] = {}

@@ -2,5 +2,7 @@
 
 from .base import Result
 from .oneshot import OneShotConfig, prune_oneshot
+from .submodular import SubmodularConfig, prune_submodular, reweight
 
-__all__ = ["Result", "OneShotConfig", "prune_oneshot"]
+__all__ = ["Result", "OneShotConfig", "prune_oneshot", "SubmodularConfig", "prune_submodular",
+           "reweight"]

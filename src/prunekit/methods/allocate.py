@@ -25,6 +25,7 @@ from ..plan import Plan
 
 METRICS = ("macs", "params")
 ALLOCATIONS = ("uniform", "global")
+SCOPES = ("network", "groups")
 
 
 @dataclass(frozen=True)
@@ -34,8 +35,11 @@ class Budget:
     round_to: int = 1
     min_width: int = 1
     tolerance: float = 0.01
+    scope: str = "network"     # "groups": the target counts only the layers pruned groups touch
 
     def __post_init__(self) -> None:
+        if self.scope not in SCOPES:
+            raise TargetError(f"scope must be one of {SCOPES}, got {self.scope!r}")
         if not isinstance(self.target, (int, float)) or not 0.0 < self.target <= 1.0:
             raise TargetError(f"target must be a fraction of the original cost in (0, 1], "
                               f"got {self.target!r}")
@@ -52,9 +56,13 @@ def _value(cost: Cost, metric: str) -> int:
 class Allocator:
     """Builds keep masks from per-group removal counts, with rounding and minimum width."""
 
-    def __init__(self, graph: ChannelGraph, scores: np.ndarray, budget: Budget) -> None:
+    def __init__(self, graph: ChannelGraph, scores: np.ndarray, budget: Budget,
+                 group_ids: set[str] | None = None) -> None:
         self.graph, self.budget = graph, budget
-        self.groups = graph.prunable_groups
+        self.groups = [g for g in graph.prunable_groups
+                       if group_ids is None or g.id in group_ids]
+        if not self.groups:
+            raise TargetError("no prunable group to allocate over")
         self.order = []   # per group: prunable local indices, least important first
         self.cap = []     # per group: most units that may go
         for g in self.groups:
@@ -62,6 +70,10 @@ class Allocator:
             self.order.append(idx[np.argsort(scores[g.units[idx]], kind="stable")])
             self.cap.append(max(0, min(len(idx), g.width - budget.min_width)))
         self.base = _value(graph.cost(), budget.metric)
+        self.offset = 0  # cost outside the target's scope (constant under these groups)
+        if budget.scope == "groups":
+            inside = _value(graph.layers_cost([g.id for g in self.groups]), budget.metric)
+            self.offset = self.base - inside
 
     def mask(self, removed: list[int]) -> np.ndarray:
         keep = np.ones(self.graph.n_units, dtype=bool)
@@ -76,7 +88,8 @@ class Allocator:
         return keep
 
     def ratio(self, keep: np.ndarray) -> float:
-        return _value(self.graph.cost_of_mask(keep), self.budget.metric) / self.base
+        value = _value(self.graph.cost_of_mask(keep), self.budget.metric)
+        return (value - self.offset) / max(self.base - self.offset, 1)
 
     def plan(self, keep: np.ndarray, meta: dict) -> Plan:
         kept = {}
@@ -88,10 +101,11 @@ class Allocator:
 
 
 def allocate(graph: ChannelGraph, scores: np.ndarray, budget: Budget, allocation: str,
-             meta: dict | None = None) -> Plan:
+             meta: dict | None = None, group_ids: set[str] | None = None) -> Plan:
+    """A plan over the prunable groups (or only ``group_ids``) that meets ``budget``."""
     if allocation not in ALLOCATIONS:
         raise TargetError(f"allocation must be one of {ALLOCATIONS}, got {allocation!r}")
-    al = Allocator(graph, scores, budget)
+    al = Allocator(graph, scores, budget, group_ids)
     floor = al.ratio(al.mask(list(al.cap)))
     if floor > budget.target + budget.tolerance:
         raise UnreachableTargetError(
@@ -102,7 +116,7 @@ def allocate(graph: ChannelGraph, scores: np.ndarray, budget: Budget, allocation
     keep = _fill(al, al.mask(removal), scores)
     ratio = al.ratio(keep)
     info = {"target": budget.target, "metric": budget.metric, "achieved": round(ratio, 6),
-            "allocation": allocation}
+            "allocation": allocation, "scope": budget.scope}
     return al.plan(keep, {**(meta or {}), **info})
 
 

@@ -1,0 +1,501 @@
+"""Data-efficient structured pruning by submodular selection with reweighting.
+
+El Halabi, Srinivas and Lacoste-Julien (NeurIPS 2022). Per group, with its
+consumers' inputs B on a few hundred unlabeled images, keep the channels S that
+maximise F(S) = 1 - min_W' ||B_S W' - A W||^2 / ||A W||^2 (greedy, on Gram
+matrices, see :mod:`.lsq`), then replace the consumers' weights by the
+least-squares W' (reweighting). Variants (``variant``):
+
+- ``layer`` (LayerInChange): every group on the original network's activations;
+- ``seq`` (SeqInChange): groups in execution order, B recomputed on the partly
+  pruned (and reweighted) network, A = B;
+- ``asym`` (AsymInChange): like ``seq``, but the target is the *original*
+  network's input A W, so reweighting also undoes error accumulated upstream.
+
+Baseline selectors run in the same harness (``selector``): ``weightnorm`` (norm
+of each channel's outgoing consumer weights), ``random`` and ``actgrad``
+(|activation x gradient| at the consumer input, with the original network's own
+predictions as labels, so no labels are needed); each with or without
+reweighting. :func:`reweight` is the same least-squares step as a recovery for
+any pruned model.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import asdict, dataclass
+from fnmatch import fnmatch
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import TargetError
+from ..graph import ChannelGraph
+from ..plan import Plan
+from .allocate import Budget, allocate
+from .base import Result
+from .consumers import GroupInfo, analyse
+from .lsq import (Gram, Problem, greedy, is_consumer, patches, set_weight, solve,
+                  weight_matrix)
+
+VARIANTS = ("layer", "seq", "asym")
+SELECTORS = ("greedy", "weightnorm", "random", "actgrad")
+SUB_ALLOCATIONS = ("uniform", "sensitivity")
+OPEN_POLICIES = ("skip", "select")
+
+
+@dataclass(frozen=True)
+class SubmodularConfig:
+    """``target``: fraction of the cost (``metric``) to keep, over the whole network
+    (``scope='network'``) or over the layers the pruned groups touch (``'groups'``).
+    ``groups``: fnmatch patterns of group ids to prune (empty: every prunable group).
+    ``open_groups``: what to do with groups whose channels also reach non-conv uses
+    (residual streams): ``skip`` them, or ``select`` them by the objective without
+    reweighting. ``stochastic``: epsilon of stochastic greedy (0 = exact)."""
+
+    target: float = 0.5
+    metric: str = "params"
+    scope: str = "network"
+    variant: str = "asym"
+    selector: str = "greedy"
+    reweight: bool = True
+    allocation: str = "uniform"
+    groups: tuple[str, ...] = ()
+    open_groups: str = "skip"
+    stochastic: float = 0.0
+    ridge: float = 1e-6
+    round_to: int = 1
+    min_width: int = 1
+    batch_size: int = 128
+    cache_activations: bool = True
+    seed: int = 0
+    ignore: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        Budget(self.target, self.metric, self.round_to, self.min_width, scope=self.scope)
+        for name, value, allowed in (("variant", self.variant, VARIANTS),
+                                     ("selector", self.selector, SELECTORS),
+                                     ("allocation", self.allocation, SUB_ALLOCATIONS),
+                                     ("open_groups", self.open_groups, OPEN_POLICIES)):
+            if value not in allowed:
+                raise TargetError(f"{name} must be one of {allowed}, got {value!r}")
+        if not 0 <= self.stochastic < 1 or self.ridge < 0 or self.batch_size < 1:
+            raise TargetError("stochastic must be in [0, 1), ridge >= 0, batch_size >= 1")
+        object.__setattr__(self, "groups", tuple(self.groups))
+        object.__setattr__(self, "ignore", tuple(self.ignore))
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> "SubmodularConfig":
+        return cls(**json.loads(text))
+
+
+# ------------------------------------------------------------------ activations
+class _Stop(Exception):
+    pass
+
+
+def _inputs(model: nn.Module, modules: dict[str, nn.Module],
+            x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The inputs of ``modules`` (hooked inside ``model``) on batch ``x``; the forward
+    stops once all of them have run."""
+    got: dict[str, torch.Tensor] = {}
+    handles = []
+
+    def hook(name: str):
+        def fn(_m, args):
+            got[name] = args[0].detach()
+            if len(got) == len(modules):
+                raise _Stop
+        return fn
+    for n, mod in modules.items():
+        handles.append(mod.register_forward_pre_hook(hook(n)))
+    try:
+        with torch.inference_mode():
+            model(x)
+    except _Stop:
+        pass
+    finally:
+        for h in handles:
+            h.remove()
+    missing = set(modules) - set(got)
+    if missing:
+        raise RuntimeError(f"layers {sorted(missing)[:3]} never ran on the calibration data")
+    return got
+
+
+class _Reference:
+    """The original network's consumer inputs per calibration batch: computed once and
+    kept (``cache``), or recomputed on demand (bounded memory)."""
+
+    def __init__(self, model: nn.Module, names: Sequence[str], batches: list[torch.Tensor],
+                 cache: bool) -> None:
+        self.model, self.batches, self.cache = model, batches, cache
+        self.store: list[dict[str, torch.Tensor]] = []
+        if cache:
+            mods = {n: model.get_submodule(n) for n in names}
+            self.store = [_inputs(model, mods, x) for x in batches]
+
+    def __call__(self, i: int, names: Sequence[str]) -> dict[str, torch.Tensor]:
+        if self.cache:
+            return {n: self.store[i][n] for n in names}
+        return _inputs(self.model, {n: self.model.get_submodule(n) for n in names},
+                       self.batches[i])
+
+
+def _batches(data: torch.Tensor | Iterable[Any], size: int) -> list[torch.Tensor]:
+    if isinstance(data, torch.Tensor):
+        return list(data.split(size))
+    out = []
+    for item in data:
+        out.append(item[0] if isinstance(item, (tuple, list)) else item)
+    if not out:
+        raise ValueError("the calibration data is empty")
+    return out
+
+
+def _grams(forward: nn.Module, hooked: dict[str, nn.Module], geometry: nn.Module,
+           batches: list[torch.Tensor], ref: _Reference | None,
+           targets: dict[str, torch.Tensor] | None = None) -> dict[str, Gram]:
+    """Gram statistics of the consumers ``hooked`` (modules inside ``forward``): B from
+    ``forward``'s activations; with ``ref``, the target is the reference input times
+    ``targets[name]`` (default: ``geometry``'s weight), else it is symmetric (A = B).
+    ``geometry`` holds the consumers' kernel sizes, strides and padding."""
+    grams: dict[str, Gram] = {}
+    names = list(hooked)
+    for i, x in enumerate(batches):
+        b_in = _inputs(forward, hooked, x)
+        a_in = ref(i, names) if ref is not None else None
+        for n in names:
+            mod = geometry.get_submodule(n)
+            if n not in grams:
+                grams[n] = Gram(mod.weight[0].numel(), ref is None)
+            if ref is None:
+                grams[n].add(patches(mod, b_in[n]))
+            else:
+                W = targets[n] if targets and n in targets else weight_matrix(mod)
+                grams[n].add(patches(mod, b_in[n]), patches(mod, a_in[n]), W)
+    return grams
+
+
+# ------------------------------------------------------------------ selectors
+def _weightnorm(model: nn.Module, info: GroupInfo, width: int) -> np.ndarray:
+    score = np.zeros(width)
+    for c in info.consumers:
+        W = weight_matrix(model.get_submodule(c.name))
+        for u, cols in enumerate(c.unit_cols(width)):
+            if len(cols):
+                score[u] += float(W[torch.as_tensor(cols)].norm())
+    return score
+
+
+def _actgrad(model: nn.Module, infos: list[GroupInfo], widths: dict[str, int],
+             batches: list[torch.Tensor]) -> dict[str, np.ndarray]:
+    """sum over consumers of mean_images |sum_positions a * dL/da| per unit, where L is the
+    cross-entropy against the model's own prediction (no labels needed)."""
+    names = sorted({c.name for i in infos for c in i.consumers})
+    acts: dict[str, torch.Tensor] = {}
+    per: dict[str, torch.Tensor] = {n: 0 for n in names}
+
+    def hook(name: str):
+        def fn(_m, args):
+            args[0].retain_grad()
+            acts[name] = args[0]
+        return fn
+    handles = [model.get_submodule(n).register_forward_pre_hook(hook(n)) for n in names]
+    was = model.training
+    model.eval()
+    try:
+        for x in batches:
+            x = x.clone().requires_grad_(True)
+            out = model(x)
+            loss = F.cross_entropy(out, out.argmax(1).detach(), reduction="sum")
+            model.zero_grad(set_to_none=True)
+            loss.backward()
+            for n in names:
+                a = acts[n]
+                ag = (a * a.grad) if a.grad is not None else torch.zeros_like(a)
+                red = ag.flatten(2).sum(2) if ag.dim() > 2 else ag
+                per[n] = per[n] + red.abs().sum(0).detach()
+    finally:
+        for h in handles:
+            h.remove()
+        model.zero_grad(set_to_none=True)
+        model.train(was)
+    out: dict[str, np.ndarray] = {}
+    for info in infos:
+        score = np.zeros(widths[info.gid])
+        for c in info.consumers:
+            per_col = per[c.name].double().numpy()
+            ch_unit = c.col_unit[:: max(1, len(c.col_unit) // len(per_col))][: len(per_col)]
+            for u in range(len(score)):
+                score[u] += per_col[ch_unit == u].sum()
+        out[info.gid] = score
+    return out
+
+
+# ------------------------------------------------------------------ allocation
+def _counts(graph: ChannelGraph, infos: list[GroupInfo], config: SubmodularConfig,
+            curves: dict[str, list[float]] | None) -> dict[str, int]:
+    """Kept units per group that meet the budget."""
+    budget = Budget(config.target, config.metric, config.round_to, config.min_width,
+                    scope=config.scope)
+    ids = {i.gid for i in infos}
+    if config.allocation == "uniform" or curves is None:
+        plan = allocate(graph, np.zeros(graph.n_units), budget, "uniform", {}, ids)
+        return {gid: len(plan.keep.get(gid, range(graph.group(gid).width))) for gid in ids}
+    return _equal_change(graph, infos, budget, curves)
+
+
+def _equal_change(graph: ChannelGraph, infos: list[GroupInfo], budget: Budget,
+                  curves: dict[str, list[float]]) -> dict[str, int]:
+    """Sensitivity allocation: the smallest widths at which every group's consumers keep
+    their input within a common relative change tau (1 - F), tau found by bisection."""
+    from .allocate import Allocator
+    al = Allocator(graph, np.zeros(graph.n_units), budget, {i.gid for i in infos})
+
+    def counts(tau: float) -> dict[str, int]:
+        out = {}
+        for info in infos:
+            g = graph.group(info.gid)
+            frozen = int((~g.prunable).sum())
+            curve = np.asarray(curves[info.gid])       # F after 1, 2, ... greedy picks
+            ok = np.nonzero(1.0 - curve <= tau)[0]
+            picks = int(ok[0]) + 1 if len(ok) else len(curve)
+            kept = max(frozen + picks, budget.min_width)
+            kept = min(g.width, -(-kept // budget.round_to) * budget.round_to)
+            out[info.gid] = kept
+        return out
+
+    def ratio(c: dict[str, int]) -> float:
+        keep = np.ones(graph.n_units, dtype=bool)
+        for gid, k in c.items():
+            g = graph.group(gid)
+            keep[g.units[np.nonzero(g.prunable)[0][: g.width - k]]] = False
+        return al.ratio(keep)
+
+    lo, hi = 0.0, 1.0
+    if ratio(counts(hi)) > budget.target + budget.tolerance:
+        from ..errors import UnreachableTargetError
+        raise UnreachableTargetError(f"target {budget.target} is unreachable for these groups")
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        if ratio(counts(mid)) > budget.target:
+            lo = mid
+        else:
+            hi = mid
+    return counts(hi)
+
+
+# ------------------------------------------------------------------ the method
+def _select(config: SubmodularConfig, info: GroupInfo, width: int, prunable: np.ndarray,
+            k: int, grams: dict[str, Gram] | None, work: nn.Module, target: nn.Module,
+            scores: dict[str, np.ndarray] | None) -> tuple[np.ndarray, float | None]:
+    """Local indices to keep and, for greedy, the objective reached. ``target``: the
+    network whose consumer weights define Y (the original one for ``asym``)."""
+    frozen = np.nonzero(~prunable)[0]
+    cands = np.nonzero(prunable)[0]
+    n_pick = max(0, k - len(frozen))
+    if config.selector == "greedy":
+        problems = [Problem.of(grams[c.name], weight_matrix(target.get_submodule(c.name)),
+                               c.unit_cols(width), c.fixed) for c in info.consumers]
+        picks, values = greedy(problems, cands, n_pick, stochastic=config.stochastic,
+                               seed=config.seed, rel_ridge=config.ridge)
+        keep = np.sort(np.concatenate([frozen, np.asarray(picks, dtype=np.int64)]))
+        return keep.astype(np.int64), (values[-1] if values else None)
+    if config.selector == "random":
+        rng = np.random.default_rng([config.seed, abs(hash(info.gid)) % (2 ** 31)])
+        picks = rng.choice(cands, size=n_pick, replace=False)
+    else:
+        s = _weightnorm(work, info, width) if config.selector == "weightnorm" \
+            else scores[info.gid]
+        picks = cands[np.argsort(-s[cands], kind="stable")[:n_pick]]
+    return np.sort(np.concatenate([frozen, picks])).astype(np.int64), None
+
+
+def prune_submodular(model: nn.Module, example_inputs: Sequence[Any] | torch.Tensor,
+                     data: torch.Tensor | Iterable[Any],
+                     config: SubmodularConfig = SubmodularConfig(), *,
+                     graph: ChannelGraph | None = None, progress: bool = False) -> Result:
+    """Prune ``model`` (left untouched) with ``data`` (unlabeled calibration images: a tensor
+    or batches; labels in (x, y) batches are ignored)."""
+    graph = graph or ChannelGraph.build(model, example_inputs, ignore=config.ignore)
+    batches = _batches(data, config.batch_size)
+    chosen = [g.id for g in graph.prunable_groups
+              if not config.groups or any(fnmatch(g.id, p) for p in config.groups)]
+    if not chosen:
+        raise TargetError(f"no prunable group matches {list(config.groups)}")
+    infos_all = analyse(graph, chosen)
+    infos = [i for i in infos_all if i.closed or (config.open_groups == "select" and
+                                                  i.consumers)]
+    if not infos:
+        raise TargetError("no selected group can be pruned by this method: "
+                          + "; ".join(f"{i.gid}: {i.reason}" for i in infos_all[:3]))
+    st = _State(graph, config, copy.deepcopy(model).eval(), copy.deepcopy(model).eval(),
+                batches, np.ones(graph.n_units, dtype=bool))
+    names = sorted({c.name for i in infos for c in i.consumers})
+    if config.variant == "layer" or config.allocation == "sensitivity":
+        st.layer_grams = _grams(st.original, _modules(st.original, names), st.original,
+                                batches, None)
+    if config.variant == "asym":
+        st.ref = _Reference(st.original, names, batches, config.cache_activations)
+    curves = _curves(st, infos) if config.allocation == "sensitivity" else None
+    counts = _counts(graph, infos, config, curves)
+    if config.selector == "actgrad":
+        st.scores = _actgrad(st.original, infos, {i.gid: graph.group(i.gid).width
+                                                  for i in infos}, batches)
+    iterator = infos
+    if progress:
+        from tqdm.auto import tqdm
+        iterator = tqdm(infos, desc=f"submodular/{config.variant}", unit="group")
+    history = [_prune_group(st, info, counts[info.gid]) for info in iterator]
+    history += [{"group": i.gid, "width": graph.group(i.gid).width,
+                 "kept": graph.group(i.gid).width, "objective": None, "closed": i.closed,
+                 "reason": i.reason, "reweighted": False, "skipped": True,
+                 "consumers": [c.name for c in i.consumers]}
+                for i in infos_all if i not in infos]
+    meta = {"method": "submodular", "config": asdict(config),
+            "achieved": _ratio(graph, st.keep, config, [i.gid for i in infos])}
+    plan = _plan(graph, st.keep, meta)
+    pruned = graph.apply(st.work, plan)
+    return Result(pruned, plan, graph, graph.cost(), graph.cost(plan), history)
+
+
+@dataclass
+class _State:
+    graph: ChannelGraph
+    config: SubmodularConfig
+    original: nn.Module
+    work: nn.Module           # consumer weights reweighted, removed rows of closed groups zero
+    batches: list[torch.Tensor]
+    keep: np.ndarray          # per unit
+    native: bool = True       # work's own forward equals the masked network so far
+    ref: _Reference | None = None
+    layer_grams: dict[str, Gram] | None = None
+    scores: dict[str, np.ndarray] | None = None
+
+
+def _modules(model: nn.Module, names: Sequence[str]) -> dict[str, nn.Module]:
+    return {n: model.get_submodule(n) for n in names}
+
+
+def _curves(st: _State, infos: list[GroupInfo]) -> dict[str, list[float]]:
+    """F after each greedy pick of every group, on the original activations."""
+    curves = {}
+    for info in infos:
+        g = st.graph.group(info.gid)
+        probs = [Problem.of(st.layer_grams[c.name],
+                            weight_matrix(st.original.get_submodule(c.name)),
+                            c.unit_cols(g.width), c.fixed) for c in info.consumers]
+        _, curves[info.gid] = greedy(probs, np.nonzero(g.prunable)[0], g.n_prunable,
+                                     rel_ridge=st.config.ridge)
+    return curves
+
+
+def _current_grams(st: _State, names: list[str]) -> dict[str, Gram]:
+    if st.config.variant == "layer":
+        return {n: st.layer_grams[n] for n in names}
+    if st.native:
+        fwd, hooked = st.work, _modules(st.work, names)
+    else:
+        fwd = st.graph.masked_reference(_plan(st.graph, st.keep), root=st.work)
+        hooked = _modules(fwd.root, names)
+    return _grams(fwd, hooked, st.original, st.batches, st.ref)
+
+
+def _prune_group(st: _State, info: GroupInfo, k: int) -> dict[str, Any]:
+    cfg, g = st.config, st.graph.group(info.gid)
+    names = [c.name for c in info.consumers]
+    kept, value, grams = np.arange(g.width), None, None
+    if k < g.width:
+        if cfg.selector == "greedy" or (cfg.reweight and info.closed):
+            grams = _current_grams(st, names)
+        target = st.original if cfg.variant == "asym" else st.work
+        kept, value = _select(cfg, info, g.width, g.prunable, k, grams, st.work, target,
+                              st.scores)
+    mask = np.zeros(g.width, dtype=bool)
+    mask[kept] = True
+    st.keep[g.units[~mask]] = False
+    reweighted = bool(cfg.reweight and info.closed and k < g.width)
+    for c in info.consumers if k < g.width and info.closed else ():
+        mod = st.work.get_submodule(c.name)
+        cols = np.nonzero((c.col_unit < 0) | mask[np.maximum(c.col_unit, 0)])[0]
+        W = weight_matrix(st.original.get_submodule(c.name) if cfg.variant == "asym" else mod)
+        if reweighted:
+            W = solve(grams[c.name], W, cols, cfg.ridge)
+        else:  # zero the removed channels' rows: the same function as removing them
+            drop = torch.ones(len(W), dtype=torch.bool)
+            drop[torch.as_tensor(cols)] = False
+            W = weight_matrix(mod).masked_fill(drop[:, None], 0.0)
+        set_weight(mod, W)
+    if k < g.width and not info.closed:
+        st.native = False
+    return {"group": info.gid, "width": g.width, "kept": int(mask.sum()), "objective": value,
+            "closed": info.closed, "reason": info.reason, "reweighted": reweighted,
+            "consumers": names}
+
+
+def _plan(graph: ChannelGraph, keep: np.ndarray, meta: dict | None = None) -> Plan:
+    kept = {}
+    for g in graph.prunable_groups:
+        k = keep[g.units]
+        if not k.all():
+            kept[g.id] = np.nonzero(k)[0].tolist()
+    return graph.make_plan(kept, meta or {})
+
+
+def _ratio(graph: ChannelGraph, keep: np.ndarray, config: SubmodularConfig,
+           ids: list[str]) -> float:
+    from .allocate import Allocator
+    budget = Budget(config.target, config.metric, scope=config.scope)
+    return round(Allocator(graph, np.zeros(graph.n_units), budget, set(ids)).ratio(keep), 6)
+
+
+# ------------------------------------------------------------------ recovery
+def reweight(original: nn.Module, pruned: nn.Module, plan: Plan, graph: ChannelGraph,
+             data: torch.Tensor | Iterable[Any], *, batch_size: int = 128,
+             ridge: float = 1e-6, progress: bool = False) -> tuple[nn.Module, list[dict]]:
+    """Recovery for any plan: re-solve, in execution order, the weights of every conv/linear
+    layer whose input channels the plan removed, so its output on ``data`` matches the
+    original network's (AsymInChange's least squares, selection fixed). Returns a reweighted
+    copy of ``pruned`` and, per layer, the relative output error before and after."""
+    if plan.fingerprint != graph.fingerprint:
+        from ..errors import PlanMismatchError
+        raise PlanMismatchError("the plan was made for another architecture")
+    keep = graph.keep_mask(plan)
+    batches = _batches(data, batch_size)
+    original = copy.deepcopy(original).eval()
+    out = copy.deepcopy(pruned).eval()
+    order = [n for n, _ in original.named_modules()]
+    targets = []
+    for (fqn, dim), units in graph.slices.items():
+        if dim != 1 or not fqn.endswith(".weight") or keep[units].all():
+            continue
+        name = fqn[: -len(".weight")]
+        if is_consumer(original.get_submodule(name)):
+            targets.append(name)
+    targets.sort(key=order.index)
+    ref = _Reference(original, targets, batches, cache=True)
+    report = []
+    it = targets
+    if progress:
+        from tqdm.auto import tqdm
+        it = tqdm(targets, desc="reweight", unit="layer")
+    for name in it:
+        orig_mod, mod = original.get_submodule(name), out.get_submodule(name)
+        rows = keep[graph.slices[(f"{name}.weight", 0)]] if (f"{name}.weight", 0) in \
+            graph.slices else np.ones(orig_mod.weight.shape[0], dtype=bool)
+        W = weight_matrix(orig_mod)[:, torch.as_tensor(np.nonzero(rows)[0])]
+        gram = _grams(out, {name: mod}, out, batches, ref, {name: W})[name]
+        before = gram.rel_err(weight_matrix(mod), W)
+        new = solve(gram, W, np.arange(gram.n), ridge)
+        set_weight(mod, new)
+        report.append({"layer": name, "rel_err_before": before,
+                       "rel_err_after": gram.rel_err(new, W)})
+    return out, report

@@ -1,0 +1,251 @@
+"""Submodular selection with reweighting: the greedy, the Gram fast path, reweighting,
+budgets, variants, open groups and the recovery step."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from prunekit import ChannelGraph
+from prunekit.errors import TargetError
+from prunekit.methods import OneShotConfig, prune_oneshot
+from prunekit.methods.consumers import analyse
+from prunekit.methods.lsq import Gram, Problem, greedy, objective, patches, solve, weight_matrix
+from prunekit.methods.submodular import SubmodularConfig, prune_submodular, reweight
+from prunekit.models import CifarResNet
+
+INTERNAL = ("layer*.conv1",)
+
+
+def _problem(rng: np.random.Generator, n_units: int, taps: int, rows: int = 120,
+             asym: bool = False) -> tuple[Problem, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A random consumer: B (rows x n_units*taps, correlated columns), W, Y."""
+    mix = rng.normal(size=(n_units * taps, n_units * taps)) * 0.5 + np.eye(n_units * taps)
+    B = torch.from_numpy(rng.normal(size=(rows, n_units * taps)) @ mix)
+    A = B + 0.3 * torch.from_numpy(rng.normal(size=B.shape)) if asym else B
+    W = torch.from_numpy(rng.normal(size=(n_units * taps, 5)))
+    gram = Gram(B.shape[1], not asym)
+    gram.add(B.t()[None].float(), A.t()[None].float() if asym else None, W if asym else None)
+    cols = [np.arange(u * taps, (u + 1) * taps) for u in range(n_units)]
+    return Problem.of(gram, W, cols, np.zeros(0, dtype=np.int64)), B, A @ W, W
+
+
+def _direct_f(B: torch.Tensor, Y: torch.Tensor, cols: np.ndarray) -> float:
+    if len(cols) == 0:
+        return 0.0
+    Bs = B[:, torch.as_tensor(cols)]
+    sol = torch.linalg.lstsq(Bs, Y).solution
+    return 1.0 - float(((Bs @ sol - Y) ** 2).sum() / (Y ** 2).sum())
+
+
+@pytest.mark.parametrize("asym", [False, True])
+def test_gram_objective_equals_direct_least_squares(asym):
+    rng = np.random.default_rng(0)
+    for trial in range(5):
+        prob, B, Y, _ = _problem(rng, 6, 3, asym=asym)
+        for S in ([0], [1, 4], [0, 2, 3, 5]):
+            cols = np.concatenate([prob.unit_cols[u] for u in S])
+            assert objective([prob], S, rel_ridge=0.0) == pytest.approx(
+                _direct_f(B, Y, cols), abs=1e-6)
+
+
+def test_solve_equals_direct_least_squares():
+    rng = np.random.default_rng(1)
+    B = torch.from_numpy(rng.normal(size=(200, 12)))
+    W = torch.from_numpy(rng.normal(size=(12, 4)))
+    A = B + 0.2 * torch.from_numpy(rng.normal(size=B.shape))
+    gram = Gram(12, False)
+    gram.add(B.t()[None].float(), A.t()[None].float(), W)
+    keep = np.array([0, 1, 5, 7, 8, 11])
+    got = solve(gram, W, keep, rel_ridge=0.0)
+    ref = torch.linalg.lstsq(B[:, keep], A @ W).solution
+    assert torch.allclose(got[torch.as_tensor(keep)], ref, atol=1e-3, rtol=1e-3)
+    others = np.setdiff1d(np.arange(12), keep)
+    assert got[torch.as_tensor(others)].abs().max() == 0
+
+
+def test_greedy_against_exhaustive_search():
+    rng = np.random.default_rng(2)
+    equal = total = 0
+    for trial in range(12):
+        prob, B, Y, _ = _problem(rng, 7, 2, rows=60)
+        ev = torch.linalg.eigvalsh(prob.G)
+        gamma = float(ev.min() / ev.max())   # a lower bound on the submodularity ratio
+        for k in (1, 2, 3):
+            picks, values = greedy([prob], np.arange(7), k, rel_ridge=0.0)
+            best = max(objective([prob], list(S), rel_ridge=0.0)
+                       for S in itertools.combinations(range(7), k))
+            assert len(picks) == k and len(set(picks)) == k
+            assert values[-1] == pytest.approx(objective([prob], picks, rel_ridge=0.0), abs=1e-9)
+            assert values[-1] >= (1 - np.exp(-gamma)) * best - 1e-9
+            assert values[-1] <= best + 1e-9
+            equal += values[-1] >= best - 1e-9
+            total += 1
+    assert equal / total >= 0.6, f"greedy optimal in only {equal}/{total} cases"
+
+
+def test_greedy_values_increase_and_stochastic_is_seeded():
+    rng = np.random.default_rng(3)
+    prob, *_ = _problem(rng, 10, 1)
+    _, values = greedy([prob], np.arange(10), 10)
+    assert all(b >= a - 1e-12 for a, b in zip(values, values[1:]))
+    assert values[-1] == pytest.approx(1.0, abs=1e-5)  # all kept: everything explained
+    a = greedy([prob], np.arange(10), 4, stochastic=0.3, seed=5)
+    b = greedy([prob], np.arange(10), 4, stochastic=0.3, seed=5)
+    assert a == b and len(a[0]) == 4
+
+
+def test_reweighting_never_increases_the_error():
+    rng = np.random.default_rng(4)
+    for asym in (False, True):
+        for trial in range(4):
+            B = torch.from_numpy(rng.normal(size=(150, 10)))
+            A = B + (0.3 * torch.from_numpy(rng.normal(size=B.shape)) if asym else 0)
+            W = torch.from_numpy(rng.normal(size=(10, 3)))
+            gram = Gram(10, not asym)
+            gram.add(B.t()[None].float(), A.t()[None].float() if asym else None,
+                     W if asym else None)
+            keep = np.sort(rng.choice(10, 5, replace=False))
+            plain = W.clone()
+            plain[torch.as_tensor(np.setdiff1d(np.arange(10), keep))] = 0
+            assert gram.rel_err(solve(gram, W, keep), W) <= gram.rel_err(plain, W) + 1e-9
+
+
+def test_patches_match_the_convolution():
+    conv = nn.Conv2d(4, 6, 3, stride=2, padding=1, bias=False)
+    x = torch.randn(2, 4, 9, 9)
+    P = patches(conv, x)                                  # (batch, 36, positions)
+    y = torch.matmul(weight_matrix(conv).t().float(), P)
+    assert torch.allclose(y.reshape(2, 6, 5, 5), conv(x), atol=1e-5)
+
+
+# ------------------------------------------------------------------ on networks
+@pytest.fixture(scope="module")
+def net():
+    torch.manual_seed(0)
+    model = CifarResNet(14, widths=(8, 16, 16))
+    with torch.no_grad():  # realistic batch-norm statistics
+        model.train()
+        for _ in range(5):
+            model(torch.randn(32, 3, 32, 32))
+    model.eval()
+    data = torch.randn(64, 3, 32, 32)
+    return model, data, ChannelGraph.build(model, data[:1])
+
+
+@pytest.mark.parametrize("variant", ["layer", "seq", "asym"])
+@pytest.mark.parametrize("selector", ["greedy", "weightnorm", "random", "actgrad"])
+def test_variants_and_selectors_meet_the_budget(net, variant, selector):
+    model, data, graph = net
+    before = [p.clone() for p in model.parameters()]
+    cfg = SubmodularConfig(target=0.5, scope="groups", groups=INTERNAL, variant=variant,
+                           selector=selector, batch_size=32)
+    res = prune_submodular(model, data[:1], data, cfg, graph=graph)
+    assert abs(res.plan.meta["achieved"] - 0.5) <= 0.02
+    assert set(res.plan.keep) == {h["group"] for h in res.history if h["kept"] < h["width"]}
+    assert all(g.startswith("layer") and g.endswith("conv1") for g in res.plan.keep)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # untouched
+    out = res.model(data[:4])
+    assert out.shape == (4, 10) and torch.isfinite(out).all()
+
+
+def test_network_scope_budget(net):
+    model, data, graph = net
+    cfg = SubmodularConfig(target=0.7, metric="macs", groups=INTERNAL, batch_size=32)
+    res = prune_submodular(model, data[:1], data, cfg, graph=graph)
+    assert res.after.macs / res.before.macs == pytest.approx(0.7, abs=0.02)
+
+
+def test_keeping_every_channel_reproduces_the_model(net):
+    model, data, graph = net
+    res = prune_submodular(model, data[:1], data, SubmodularConfig(target=1.0, groups=INTERNAL),
+                           graph=graph)
+    assert res.plan.keep == {}
+    with torch.no_grad():
+        assert torch.allclose(res.model(data[:8]), model(data[:8]), atol=1e-5)
+
+
+def test_reweighting_reduces_the_consumer_error(net):
+    model, data, graph = net
+    common = dict(target=0.5, scope="groups", groups=INTERNAL, selector="weightnorm",
+                  variant="asym", batch_size=32)
+    plain = prune_submodular(model, data[:1], data, SubmodularConfig(reweight=False, **common),
+                             graph=graph)
+    rew = prune_submodular(model, data[:1], data, SubmodularConfig(**common), graph=graph)
+    assert plain.plan.keep == rew.plan.keep
+    with torch.no_grad():
+        ref = model(data)
+        err_plain = (plain.model(data) - ref).pow(2).mean()
+        err_rew = (rew.model(data) - ref).pow(2).mean()
+    assert err_rew < err_plain
+
+
+def test_greedy_beats_random_selection_on_its_objective(net):
+    model, data, graph = net
+    common = dict(target=0.5, scope="groups", groups=INTERNAL, variant="layer", batch_size=32)
+    g = prune_submodular(model, data[:1], data, SubmodularConfig(**common), graph=graph)
+    with torch.no_grad():
+        ref = model(data)
+        err_g = (g.model(data) - ref).pow(2).mean()
+        errs = []
+        for seed in range(3):
+            r = prune_submodular(model, data[:1], data, SubmodularConfig(
+                selector="random", seed=seed, **common), graph=graph)
+            errs.append((r.model(data) - ref).pow(2).mean())
+    assert err_g < min(errs)
+
+
+def test_open_groups_are_reported_and_skipped_or_selected(net):
+    model, data, graph = net
+    infos = {i.gid: i for i in analyse(graph, [g.id for g in graph.prunable_groups])}
+    stream = [i for i in infos.values() if not i.closed]
+    assert stream and all("add" in i.reason or "output" in i.reason for i in stream)
+    assert infos["layer1.0.conv1"].closed
+    assert [c.name for c in infos["layer1.0.conv1"].consumers] == ["layer1.0.conv2"]
+    skip = prune_submodular(model, data[:1], data, SubmodularConfig(target=0.8), graph=graph)
+    assert all(h.get("skipped") for h in skip.history if not h["closed"])
+    assert all(gid in {i.gid for i in infos.values() if i.closed} for gid in skip.plan.keep)
+    sel = prune_submodular(model, data[:1], data,
+                           SubmodularConfig(target=0.6, open_groups="select"), graph=graph)
+    opened = [h for h in sel.history if not h["closed"] and h["kept"] < h["width"]]
+    assert opened and not any(h["reweighted"] for h in opened)
+
+
+def test_recovery_reweights_any_plan(net):
+    model, data, graph = net
+    res = prune_oneshot(model, data[:1], OneShotConfig(target=0.5, criterion="l1"), graph=graph)
+    fixed, report = reweight(model, res.model, res.plan, graph, data, batch_size=32)
+    assert report and all(r["rel_err_after"] <= r["rel_err_before"] + 1e-9 for r in report)
+    with torch.no_grad():
+        ref = model(data)
+        assert (fixed(data) - ref).pow(2).mean() < (res.model(data) - ref).pow(2).mean()
+
+
+def test_config_validation_and_json():
+    cfg = SubmodularConfig(target=0.25, variant="seq", groups=["a*"])
+    assert SubmodularConfig.from_json(cfg.to_json()) == cfg
+    for bad in (dict(target=0.0), dict(variant="x"), dict(selector="l9"),
+                dict(allocation="global"), dict(stochastic=1.0), dict(scope="layer")):
+        with pytest.raises(TargetError):
+            SubmodularConfig(**bad)
+
+
+def test_no_matching_group_is_an_error(net):
+    model, data, graph = net
+    with pytest.raises(TargetError, match="no prunable group"):
+        prune_submodular(model, data[:1], data, SubmodularConfig(groups=("nothing*",)),
+                         graph=graph)
+
+
+def test_sensitivity_allocation_meets_the_budget(net):
+    model, data, graph = net
+    cfg = SubmodularConfig(target=0.5, scope="groups", groups=INTERNAL,
+                           allocation="sensitivity", batch_size=32)
+    res = prune_submodular(model, data[:1], data, cfg, graph=graph)
+    assert res.plan.meta["achieved"] <= 0.5 + 0.01
+    widths = {h["group"]: h["kept"] / h["width"] for h in res.history}
+    assert len(set(np.round(list(widths.values()), 3))) > 1  # not uniform
