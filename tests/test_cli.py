@@ -120,3 +120,41 @@ def test_exit_code_from_a_real_process(tmp_path):
     res = subprocess.run([sys.executable, "-m", "prunekit.cli", "prune", "--model", "nope",
                           "--out", str(tmp_path / "o")], capture_output=True, text=True)
     assert res.returncode == 2 and res.stderr.count("\n") == 1 and "unknown model" in res.stderr
+
+
+def test_submodular_prune_and_reweight(tmp_path, data, ckpt, capsys, monkeypatch):
+    monkeypatch.setenv("PRUNEKIT_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "sub"
+    assert main(["prune", "--model", "resnet20", "--checkpoint", str(ckpt), "--data", str(data),
+                 "--method", "submodular", "--target", "0.5", "--groups", "layer*.conv1",
+                 "--calib", "32", "--set", "scope=groups", "--out", str(out)]) == 0
+    plan = json.loads((out / "plan.json").read_text())
+    assert plan["meta"]["method"] == "submodular"
+    assert set(plan["keep"]) and all(g.endswith("conv1") for g in plan["keep"])
+    assert abs(plan["meta"]["achieved"] - 0.5) < 0.02
+    one = tmp_path / "one"
+    assert main(["prune", "--model", "resnet20", "--checkpoint", str(ckpt), "--target", "0.5",
+                 "--out", str(one)]) == 0
+    capsys.readouterr()
+    rew = tmp_path / "rew"
+    assert main(["reweight", "--model", "resnet20", "--checkpoint", str(ckpt), "--data",
+                 str(data), "--pruned", str(one / "model"), "--calib", "32",
+                 "--out", str(rew)]) == 0
+    printed = capsys.readouterr().out
+    assert "relative output error" in printed and (rew / "model" / "plan.json").is_file()
+
+
+@pytest.mark.parametrize("extra,needle", [
+    (["--set", "selector=magic"], "selector must be one of"),
+    (["--set", "variant=sideways"], "variant must be one of"),
+    (["--calib", "0"], "--calib must be >= 1"),
+    (["--calib", "100000"], "calibration images"),
+    (["--groups", "nothing*", "--calib", "16"], "no prunable group matches"),
+])
+def test_submodular_bad_input(tmp_path, data, capsys, monkeypatch, extra, needle):
+    monkeypatch.setenv("PRUNEKIT_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "out"
+    assert main(["prune", "--model", "resnet20", "--method", "submodular", "--data", str(data),
+                 "--out", str(out)] + extra) == 2
+    assert needle in _err_line(capsys)
+    assert not out.exists()

@@ -43,11 +43,19 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p, out=False)
     p = sub.add_parser("prune", help="prune a model to a cost target")
     _common(p)
-    p.add_argument("--method", default=None, help="pruning method (oneshot)")
+    p.add_argument("--method", default=None, help="pruning method: oneshot or submodular")
     p.add_argument("--target", type=float, help="fraction of MACs/params to keep, in (0, 1]")
     p.add_argument("--metric", choices=["macs", "params"])
     p.add_argument("--criterion", help="importance criterion for oneshot")
     p.add_argument("--finetune-epochs", type=int, help="recovery fine-tuning epochs after pruning")
+    p.add_argument("--variant", choices=["layer", "seq", "asym"],
+                   help="submodular: LayerInChange, SeqInChange or AsymInChange (default)")
+    p.add_argument("--calib", type=int, help="submodular: unlabeled calibration images (512)")
+    p.add_argument("--groups", nargs="+", help="only prune groups matching these patterns")
+    p = sub.add_parser("reweight", help="re-solve the layers after pruned channels by least "
+                       "squares on unlabeled images (recovery for any pruned model)")
+    _common(p)
+    p.add_argument("--calib", type=int, help="unlabeled calibration images (512)")
     p = sub.add_parser("finetune", help="fine-tune a saved pruned model (optionally distilling)")
     _common(p)
     p.add_argument("--epochs", type=int)
@@ -65,8 +73,11 @@ DEFAULTS: dict[str, Any] = {
     "model": None, "checkpoint": None, "pruned": None, "data": None, "out": None,
     "epochs": 10, "lr": 0.05, "batch_size": 128, "weight_decay": 5e-4, "schedule": "cosine",
     "seed": 0, "subset": 0, "method": "oneshot", "target": 0.5, "metric": "macs",
-    "criterion": "l1", "allocation": "global", "round_to": 1, "finetune_epochs": 0,
+    "criterion": "l1", "allocation": None, "round_to": 1, "finetune_epochs": 0,
     "finetune_lr": 0.01, "distill_alpha": 0.0, "channels_last": True, "max_steps_per_epoch": 0,
+    # submodular
+    "variant": "asym", "selector": "greedy", "reweight": True, "scope": "network",
+    "groups": [], "calib": 512, "stochastic": 0.0,
 }
 
 

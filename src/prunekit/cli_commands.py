@@ -138,18 +138,67 @@ def cmd_eval(cfg: dict) -> int:
     return 0
 
 
+METHODS = ("oneshot", "submodular")
+
+
 def cmd_prune(cfg: dict) -> int:
-    from .methods import OneShotConfig, prune_oneshot
-    if cfg["method"] != "oneshot":
-        raise CliError(f"unknown method {cfg['method']!r}; available: oneshot")
+    if cfg["method"] not in METHODS:
+        raise CliError(f"unknown method {cfg['method']!r}; available: {', '.join(METHODS)}")
     model, s = _model(cfg)
     out = _out(cfg)
-    ocfg = OneShotConfig(target=cfg["target"], metric=cfg["metric"], criterion=cfg["criterion"],
-                         allocation=cfg["allocation"], round_to=int(cfg["round_to"]),
-                         seed=int(cfg["seed"]))
-    arrays = _data(cfg, required=bool(cfg["finetune_epochs"]) or bool(cfg.get("data")))
-    result = prune_oneshot(model, _example(s), ocfg)
+    if cfg["method"] == "oneshot":
+        from .methods import OneShotConfig, prune_oneshot
+        mcfg = OneShotConfig(target=cfg["target"], metric=cfg["metric"],
+                             criterion=cfg["criterion"], allocation=cfg["allocation"] or "global",
+                             round_to=int(cfg["round_to"]), seed=int(cfg["seed"]))
+        arrays = _data(cfg, required=bool(cfg["finetune_epochs"]) or bool(cfg.get("data")))
+        result = prune_oneshot(model, _example(s), mcfg)
+    else:
+        from .methods import SubmodularConfig, prune_submodular
+        mcfg = SubmodularConfig(
+            target=cfg["target"], metric=cfg["metric"], scope=cfg["scope"],
+            variant=cfg["variant"], selector=cfg["selector"], reweight=bool(cfg["reweight"]),
+            allocation=cfg["allocation"] or "uniform", groups=tuple(cfg["groups"] or ()),
+            stochastic=float(cfg["stochastic"]), round_to=int(cfg["round_to"]),
+            seed=int(cfg["seed"]))
+        arrays = _data(cfg)
+        result = prune_submodular(model, _example(s), _calibration(arrays, s, cfg), mcfg,
+                                  progress=True)
     return _finish(cfg, out, model, result.model, result.plan, arrays, s)
+
+
+def _calibration(arrays, s, cfg: dict) -> torch.Tensor:
+    """``calib`` unlabeled training images with one draw of train-time augmentation."""
+    from .data import Batches, calibration_set
+    n = int(cfg["calib"])
+    if n < 1:
+        raise CliError(f"--calib must be >= 1, got {n}")
+    try:
+        x, _ = calibration_set(arrays[0], None, n, int(cfg["seed"]))
+    except ValueError as exc:
+        raise CliError(str(exc)) from exc
+    import numpy as np
+    batches = Batches(x, np.zeros(len(x), dtype=np.int64), 256, s.norm, train=True,
+                      seed=int(cfg["seed"]))
+    return torch.cat([b for b, _ in batches])
+
+
+def cmd_reweight(cfg: dict) -> int:
+    base, s = _model(cfg)
+    if not cfg.get("pruned"):
+        raise CliError("--pruned is required")
+    pruned, plan = _pruned(cfg, base, s)
+    out = _out(cfg)
+    arrays = _data(cfg)
+    from .graph import ChannelGraph
+    from .methods import reweight
+    graph = ChannelGraph.build(base, _example(s))
+    fixed, report = reweight(base, pruned, plan, graph, _calibration(arrays, s, cfg),
+                             progress=True)
+    for r in report:
+        print(f"{r['layer']:<28} relative output error {r['rel_err_before']:.4f} -> "
+              f"{r['rel_err_after']:.4f}")
+    return _finish(cfg, out, base, fixed, plan, arrays, s)
 
 
 def _finish(cfg, out: Path, original, pruned, plan, arrays, s) -> int:

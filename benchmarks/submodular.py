@@ -1,0 +1,255 @@
+"""Submodular selection with reweighting against the alternatives, on the fine-tuned CIFAR
+ResNets, in one harness.
+
+Prunes the inner channels of every residual block (each block's first conv's outputs,
+as the paper does) to a parameter compression of 2x, 4x and 8x *of those layers*
+(``scope=groups``: the block's two convs and its BN), with 512 unlabeled training
+images (one draw of train-time augmentation), no fine-tuning; then also after a
+short fine-tune on the same 512 images (with their labels). Per seed, the
+calibration images (and the random selector) change.
+
+Methods, each with and without least-squares reweighting:
+  asym, seq, layer     AsymInChange, SeqInChange, LayerInChange (greedy selection)
+  weightnorm           LayerWeightNorm: norm of each channel's outgoing weights
+  random               random channels
+  actgrad              |activation x gradient| (gradient of the loss against the
+                       network's own predictions: no labels)
+Baselines select per layer and, when reweighted, use AsymInChange's reweighting, so
+the rows differ only in how channels are chosen. Torch-Pruning 1.6.1 (magnitude, its
+default L2 group importance; Taylor, gradients of the same label-free loss) prunes the
+same layers at the same per-layer ratio, without reweighting.
+
+Rows are appended to a JSON-lines file as they finish; a rerun skips finished rows.
+
+    python benchmarks/submodular.py --model resnet56 \
+        --checkpoint checkpoints/resnet56-jpeg/model.pt --data ../shared/datasets/cifar10 \
+        --out benchmarks/results/submodular-resnet56.jsonl
+    python benchmarks/submodular.py --report benchmarks/results/submodular-*.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import platform
+import resource
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from prunekit import ChannelGraph
+from prunekit.data import Batches, calibration_set, load_cifar10
+from prunekit.methods import SubmodularConfig, prune_submodular
+from prunekit.models import create, load_checkpoint, spec
+from prunekit.train import TrainConfig, evaluate, fit
+
+GREEDY = {"asym": "asym", "seq": "seq", "layer": "layer"}
+SELECTORS = ("weightnorm", "random", "actgrad")
+METHODS = ("asym", "seq", "layer", *SELECTORS, "tp-magnitude", "tp-taylor")
+INTERNAL = ("layer*.conv1",)
+
+
+def config(method: str, compression: float, reweight: bool, seed: int) -> SubmodularConfig:
+    common = dict(target=1.0 / compression, metric="params", scope="groups", groups=INTERNAL,
+                  reweight=reweight, seed=seed)
+    if method in GREEDY:
+        return SubmodularConfig(variant=GREEDY[method], **common)
+    return SubmodularConfig(variant="asym", selector=method, **common)
+
+
+def tp_prune(model: nn.Module, calib: torch.Tensor, compression: float, kind: str) -> nn.Module:
+    import torch_pruning as tp
+    work = copy.deepcopy(model).eval()
+    inner = [m for n, m in work.named_modules() if n.startswith("layer") and n.endswith("conv1")]
+    ignored = [m for m in work.modules() if isinstance(m, (nn.Conv2d, nn.Linear))
+               and all(m is not i for i in inner)]
+    imp = tp.importance.MagnitudeImportance() if kind == "tp-magnitude" \
+        else tp.importance.TaylorImportance()
+    pruner = tp.pruner.MetaPruner(work, calib[:2], importance=imp,
+                                  pruning_ratio=1.0 - 1.0 / compression, ignored_layers=ignored)
+    if kind == "tp-taylor":
+        work.zero_grad()
+        for x in calib.split(128):
+            out = work(x)
+            F.cross_entropy(out, out.argmax(1).detach(), reduction="sum").backward()
+    pruner.step()
+    work.zero_grad(set_to_none=True)
+    return work.eval()
+
+
+def finetune(model: nn.Module, x: np.ndarray, y: np.ndarray, norm, epochs: int,
+             seed: int) -> nn.Module:
+    model = copy.deepcopy(model)
+    cfg = TrainConfig(epochs=epochs, lr=0.01, weight_decay=5e-4, seed=seed,
+                      channels_last=False)
+    with tempfile.TemporaryDirectory() as tmp:
+        fit(model, Batches(x, y, 64, norm, train=True, seed=seed), None, cfg, Path(tmp),
+            progress=False)
+    return model.eval()
+
+
+def run(args: argparse.Namespace) -> None:
+    torch.set_num_threads(args.threads)
+    s = spec(args.model)
+    model = create(args.model)
+    load_checkpoint(model, args.checkpoint)
+    model.eval()
+    tx, ty, vx, vy = load_cifar10(args.data)
+    if args.test_n:
+        pick = np.random.default_rng(0).choice(len(vx), args.test_n, replace=False)
+        vx, vy = vx[pick], vy[pick]
+    test = Batches(vx, vy, 500, s.norm)
+    out = Path(args.out)
+    done = set()
+    if out.exists():
+        for line in out.read_text().splitlines():
+            r = json.loads(line)
+            done.add((r["method"], r["compression"], r["seed"], r["reweight"]))
+    dense = evaluate(model, test)["top1"]
+    graph = ChannelGraph.build(model, torch.zeros(1, *s.input_size))
+    machine = f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    for seed in args.seeds:
+        cx, cy = calibration_set(tx, ty, args.calib, seed=seed)
+        calib = torch.cat([b for b, _ in Batches(cx, cy, 256, s.norm, train=True, seed=seed)])
+        for compression in args.compressions:
+            for method in args.methods:
+                for rw in ((False,) if method.startswith("tp-") else (True, False)):
+                    key = (method, compression, seed, rw)
+                    if key in done:
+                        continue
+                    t = time.perf_counter()
+                    if method.startswith("tp-"):
+                        pruned = tp_prune(model, calib, compression, method)
+                    else:
+                        pruned = prune_submodular(model, calib[:1], calib,
+                                                  config(method, compression, rw, seed),
+                                                  graph=graph).model
+                    secs = time.perf_counter() - t
+                    row = {"model": args.model, "method": method, "reweight": rw,
+                           "compression": compression, "seed": seed, "calib": args.calib,
+                           "dense_top1": dense, "top1": evaluate(pruned, test)["top1"],
+                           "prune_s": round(secs, 2),
+                           "params": sum(p.numel() for p in pruned.parameters()),
+                           "test_n": len(vx), "machine": machine}
+                    if args.finetune_epochs:
+                        ft = finetune(pruned, cx, cy, s.norm, args.finetune_epochs, seed)
+                        row["top1_ft"] = evaluate(ft, test)["top1"]
+                    print(json.dumps(row), flush=True)
+                    with out.open("a") as f:
+                        f.write(json.dumps(row) + "\n")
+
+
+def timing(args: argparse.Namespace) -> None:
+    """Wall time and peak memory of AsymInChange on the whole model (one process)."""
+    torch.set_num_threads(args.threads)
+    s = spec(args.model)
+    model = create(args.model)
+    load_checkpoint(model, args.checkpoint)
+    tx, ty, _, _ = load_cifar10(args.data)
+    cx, cy = calibration_set(tx, ty, args.calib, seed=0)
+    calib = torch.cat([b for b, _ in Batches(cx, cy, 256, s.norm, train=True, seed=0)])
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t = time.perf_counter()
+    res = prune_submodular(model.eval(), calib[:1], calib, config("asym", 2, True, 0))
+    secs = time.perf_counter() - t
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"model": args.model, "variant": "asym", "compression": 2,
+                      "calib": args.calib, "seconds": round(secs, 1),
+                      "peak_rss_gb": round(rss / 2 ** 20, 2),
+                      "rss_before_gb": round(rss0 / 2 ** 20, 2),
+                      "groups": len(res.plan.keep), "threads": torch.get_num_threads(),
+                      "machine": platform.machine()}))
+
+
+def report(paths: list[str], out_md: Path, out_png: Path) -> None:
+    rows = [json.loads(line) for p in paths for line in Path(p).read_text().splitlines()]
+    lines = ["# Submodular selection with reweighting: CIFAR-10 (JPEG), block-inner channels", ""]
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    models = sorted({r["model"] for r in rows})
+    fig, axes = plt.subplots(1, len(models), figsize=(6 * len(models), 4.5), squeeze=False)
+    for ax, name in zip(axes[0], models):
+        mine = [r for r in rows if r["model"] == name]
+        comps = sorted({r["compression"] for r in mine})
+        dense = mine[0]["dense_top1"]
+        lines += [f"## {name} (unpruned {dense:.2f}%, {mine[0]['calib']} unlabeled images, "
+                  f"{len({r['seed'] for r in mine})} seeds, test images {mine[0]['test_n']})",
+                  "", "top-1 % (mean ± std over seeds); `+rw` = with reweighting; "
+                  "in brackets: after the 512-image fine-tune", "",
+                  "| method | " + " | ".join(f"{c:g}x" for c in comps) + " |",
+                  "|---|" + "---|" * len(comps)]
+        for method in METHODS:
+            for rw in (True, False):
+                cells, ys = [], []
+                for c in comps:
+                    sel = [r for r in mine if r["method"] == method and r["reweight"] == rw
+                           and r["compression"] == c]
+                    if not sel:
+                        cells.append("")
+                        ys.append(np.nan)
+                        continue
+                    acc = [r["top1"] for r in sel]
+                    cell = f"{statistics.mean(acc):.2f} ± {np.std(acc):.2f}"
+                    if all("top1_ft" in r for r in sel):
+                        cell += f" ({statistics.mean(r['top1_ft'] for r in sel):.2f})"
+                    cells.append(cell)
+                    ys.append(statistics.mean(acc))
+                if all(c == "" for c in cells):
+                    continue
+                label = method + ("+rw" if rw else "")
+                lines.append(f"| {label} | " + " | ".join(cells) + " |")
+                ax.plot(comps, ys, marker="o", linestyle="-" if rw else "--", label=label)
+        ax.axhline(dense, color="k", linewidth=0.8, label="unpruned")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("parameter compression of the pruned layers")
+        ax.set_ylabel("top-1 (%), no fine-tuning")
+        ax.set_title(name)
+        ax.legend(fontsize=7, ncol=2)
+        secs = [r["prune_s"] for r in mine if r["method"] == "asym" and r["reweight"]]
+        if secs:
+            lines += ["", f"AsymInChange+rw pruning time: median {statistics.median(secs):.1f} s "
+                      f"({mine[0]['machine']})"]
+        lines.append("")
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=120)
+    out_md.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="resnet56")
+    ap.add_argument("--checkpoint")
+    ap.add_argument("--data")
+    ap.add_argument("--out", default="benchmarks/results/submodular.jsonl")
+    ap.add_argument("--calib", type=int, default=512)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--compressions", type=float, nargs="+", default=[2, 4, 8])
+    ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    ap.add_argument("--finetune-epochs", type=int, default=10,
+                    help="epochs over the calibration images (0: skip)")
+    ap.add_argument("--test-n", type=int, default=0, help="evaluate on a fixed random subset")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--timing", action="store_true", help="time AsymInChange on the model")
+    ap.add_argument("--report", nargs="+", help="JSON-lines files to tabulate and plot")
+    ap.add_argument("--report-md", default="benchmarks/submodular.md")
+    ap.add_argument("--report-png", default="benchmarks/results/submodular.png")
+    args = ap.parse_args()
+    if args.report:
+        report(args.report, Path(args.report_md), Path(args.report_png))
+    elif args.timing:
+        timing(args)
+    else:
+        run(args)
+
+
+if __name__ == "__main__":
+    main()
