@@ -249,3 +249,27 @@ def test_sensitivity_allocation_meets_the_budget(net):
     assert res.plan.meta["achieved"] <= 0.5 + 0.01
     widths = {h["group"]: h["kept"] / h["width"] for h in res.history}
     assert len(set(np.round(list(widths.values()), 3))) > 1  # not uniform
+
+
+def test_layers_cost_counts_exactly_the_touched_layers(net):
+    model, data, graph = net
+    ids = [g.id for g in graph.prunable_groups if g.id.startswith("layer") and
+           g.id.endswith("conv1")]
+    expect = sum(p.numel() for n, p in model.named_parameters()
+                 if n.startswith("layer") and (".conv1." in n or ".bn1." in n or ".conv2." in n))
+    assert graph.layers_cost(ids).params == expect
+    macs = sum(m.weight.numel() * o.shape[2] * o.shape[3]
+               for n, m, o in _conv_outputs(model, data[:1]) if n.endswith(("conv1", "conv2"))
+               and n.startswith("layer"))
+    assert graph.layers_cost(ids).macs == macs
+
+
+def _conv_outputs(model, x):
+    outs = []
+    hooks = [m.register_forward_hook(lambda mod, i, o, n=n: outs.append((n, mod, o)))
+             for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    with torch.no_grad():
+        model(x)
+    for h in hooks:
+        h.remove()
+    return outs
