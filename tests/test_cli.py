@@ -158,3 +158,24 @@ def test_submodular_bad_input(tmp_path, data, capsys, monkeypatch, extra, needle
                  "--out", str(out)] + extra) == 2
     assert needle in _err_line(capsys)
     assert not out.exists()
+
+
+def test_train_with_a_teacher(tmp_path, data, ckpt, capsys, monkeypatch):
+    monkeypatch.setenv("PRUNEKIT_CACHE", str(tmp_path / "cache"))
+    torch.manual_seed(1)
+    t_ckpt = tmp_path / "r32.pt"
+    torch.save(create("resnet32").state_dict(), t_ckpt)
+    base = ["train", "--model", "resnet20", "--checkpoint", str(ckpt), "--data", str(data),
+            "--epochs", "1", "--set", "batch_size=16", "--set", "max_steps_per_epoch=2"]
+    out = tmp_path / "kd"
+    assert main(base + ["--teacher", "resnet32", "--teacher-checkpoint", str(t_ckpt),
+                        "--set", "distill_alpha=0.5", "--out", str(out)]) == 0
+    assert (out / "model.pt").is_file()
+    capsys.readouterr()
+    for extra, needle in ((["--teacher", "resnet32"], "needs --teacher-checkpoint"),
+                          (["--set", "distill_alpha=0.5"], "needs --teacher"),
+                          (["--teacher", "resnet32", "--teacher-checkpoint", str(t_ckpt)],
+                           "distill_alpha")):
+        assert main(base + extra + ["--out", str(tmp_path / "bad")]) == 2
+        assert needle in _err_line(capsys)
+        assert not (tmp_path / "bad").exists()

@@ -39,6 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--resume", action="store_true", help="continue a killed run in --out")
+    p.add_argument("--teacher", help="distill from this registered model (with "
+                   "--teacher-checkpoint and --set distill_alpha=A)")
+    p.add_argument("--teacher-checkpoint", help="the teacher's weights")
     p = sub.add_parser("eval", help="top-1/top-5 on the test set")
     _common(p, out=False)
     p = sub.add_parser("prune", help="prune a model to a cost target")
@@ -78,6 +81,8 @@ DEFAULTS: dict[str, Any] = {
     # submodular
     "variant": "asym", "selector": "greedy", "reweight": True, "scope": "network",
     "groups": [], "calib": 512, "stochastic": 0.0,
+    # train: knowledge distillation from another model
+    "teacher": None, "teacher_checkpoint": None,
 }
 
 

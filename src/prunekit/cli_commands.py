@@ -109,8 +109,26 @@ def _write_json(path: Path, obj: Any) -> None:
 
 
 # -------------------------------------------------------------------- commands
+def _teacher(cfg: dict, s) -> torch.nn.Module | None:
+    """The distillation teacher of ``train`` (same input size and classes as the student)."""
+    if not cfg.get("teacher"):
+        if cfg["distill_alpha"]:
+            raise CliError("distill_alpha > 0 needs --teacher and --teacher-checkpoint")
+        return None
+    if not cfg.get("teacher_checkpoint"):
+        raise CliError("--teacher needs --teacher-checkpoint")
+    if not cfg["distill_alpha"]:
+        raise CliError("--teacher needs --set distill_alpha=A with 0 < A <= 1")
+    teacher, ts = _model({"model": cfg["teacher"], "checkpoint": cfg["teacher_checkpoint"]})
+    if ts.input_size != s.input_size or ts.num_classes != s.num_classes or ts.norm != s.norm:
+        raise CliError(f"teacher {cfg['teacher']} does not take the student's inputs or "
+                       "predict its classes")
+    return teacher
+
+
 def cmd_train(cfg: dict) -> int:
     model, s = _model(cfg)
+    teacher = _teacher(cfg, s)
     out = _out(cfg, allow_existing=bool(cfg.get("resume")))
     tcfg = _train_config(cfg, int(cfg["epochs"]), float(cfg["lr"]))
     arrays = _data(cfg)
@@ -118,7 +136,7 @@ def cmd_train(cfg: dict) -> int:
     train, test = _batches(arrays, s, cfg)
     out.mkdir(parents=True, exist_ok=True)
     _write_json(out / "config.json", cfg)
-    history = fit(model, train, test, tcfg, out, resume=bool(cfg.get("resume")),
+    history = fit(model, train, test, tcfg, out, resume=bool(cfg.get("resume")), teacher=teacher,
                   on_epoch=lambda r: print(json.dumps({k: round(v, 4) if isinstance(v, float)
                                                        else v for k, v in r.items()}),
                                            flush=True))
