@@ -36,6 +36,10 @@ class BasicBlock(nn.Module):
         self.conv2 = nn.Conv2d(inner, planes, 3, 1, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(planes)
         self.shortcut: nn.Module = nn.Identity()
+        # an optional cheap branch from the block input to its output (LAPP's bypass),
+        # so the block still transforms its input when the inner width is pruned narrow
+        self.bypass: nn.Module | None = None
+        self.bypass_shape = (in_planes, planes, stride)
         if stride != 1 or in_planes != planes:
             if option == "A":
                 self.shortcut = PadShortcut(planes - in_planes)
@@ -46,6 +50,8 @@ class BasicBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
+        if self.bypass is not None:
+            out = out + self.bypass(x)
         return F.relu(out + self.shortcut(x))
 
 

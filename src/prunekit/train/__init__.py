@@ -1,5 +1,5 @@
 """Training, evaluation, fine-tuning and distillation."""
 
-from .engine import TrainConfig, evaluate, fit, lr_at
+from .engine import Callback, TrainConfig, evaluate, fit, lr_at
 
-__all__ = ["TrainConfig", "evaluate", "fit", "lr_at"]
+__all__ = ["Callback", "TrainConfig", "evaluate", "fit", "lr_at"]

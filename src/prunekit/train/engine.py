@@ -104,11 +104,30 @@ def write_text_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+class Callback:
+    """Hooks a method can put into the training loop (LAPP's penalty and threshold step)."""
+
+    def penalty(self, progress: float) -> torch.Tensor | None:
+        """Added to the loss; ``progress`` = global step / total steps, in [0, 1)."""
+        return None
+
+    def after_step(self) -> None:
+        """Called after every optimizer step."""
+
+    def log(self) -> dict[str, Any]:
+        """Extra entries for the epoch's log row."""
+        return {}
+
+
 def fit(model: nn.Module, train: Batches, test: Batches | None, cfg: TrainConfig,
         out_dir: str | os.PathLike[str], teacher: nn.Module | None = None,
         resume: bool = False, progress: bool = True,
-        on_epoch: Callable[[dict], None] | None = None) -> list[dict]:
-    """Train ``model`` in place; returns the per-epoch log (also in ``out_dir/log.jsonl``)."""
+        on_epoch: Callable[[dict], None] | None = None,
+        callback: Callback | None = None, epochs: tuple[int, int] | None = None) -> list[dict]:
+    """Train ``model`` in place; returns the per-epoch log (also in ``out_dir/log.jsonl``).
+
+    ``epochs=(first, stop)`` runs only those epochs of the ``cfg.epochs``-long schedule
+    (the learning rate continues where a previous phase stopped)."""
     out = Path(out_dir)
     rank, world = _dist()
     torch.manual_seed(cfg.seed)
@@ -120,7 +139,7 @@ def fit(model: nn.Module, train: Batches, test: Batches | None, cfg: TrainConfig
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                           nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)
     history: list[dict] = []
-    start = 0
+    start, stop = epochs or (0, cfg.epochs)
     ckpt = out / "checkpoint.pt"
     if resume and ckpt.is_file():
         state = torch.load(ckpt, map_location="cpu", weights_only=True)
@@ -133,9 +152,10 @@ def fit(model: nn.Module, train: Batches, test: Batches | None, cfg: TrainConfig
     train.shard = (rank, world)
     steps = len(train) if not cfg.max_steps_per_epoch else min(len(train), cfg.max_steps_per_epoch)
     total = steps * cfg.epochs
-    for epoch in range(start, cfg.epochs):
+    for epoch in range(start, stop):
         train.set_epoch(epoch)
-        row = _epoch(net, opt, train, cfg, epoch, steps, total, teacher, progress and rank == 0)
+        row = _epoch(net, opt, train, cfg, epoch, steps, total, teacher, progress and rank == 0,
+                     callback)
         if test is not None and rank == 0:
             row.update({f"test_{k}": v for k, v in evaluate(model, test, cfg.channels_last).items()})
         history.append(row)
@@ -156,7 +176,7 @@ def fit(model: nn.Module, train: Batches, test: Batches | None, cfg: TrainConfig
 
 def _epoch(net: nn.Module, opt: torch.optim.Optimizer, data: Batches, cfg: TrainConfig,
            epoch: int, steps: int, total: int, teacher: nn.Module | None,
-           progress: bool) -> dict:
+           progress: bool, callback: Callback | None = None) -> dict:
     net.train()
     bar = _bar(steps, f"epoch {epoch + 1}/{cfg.epochs}", progress)
     seen = correct = 0
@@ -179,9 +199,15 @@ def _epoch(net: nn.Module, opt: torch.optim.Optimizer, data: Batches, cfg: Train
             kd = F.kl_div(F.log_softmax(out / T, 1), F.softmax(t_out / T, 1),
                           reduction="batchmean") * T * T
             loss = (1 - cfg.distill_alpha) * loss + cfg.distill_alpha * kd
+        if callback is not None:
+            extra = callback.penalty((epoch * steps + i) / total)
+            if extra is not None:
+                loss = loss + extra
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        if callback is not None:
+            callback.after_step()
         seen += len(y)
         correct += (out.argmax(1) == y).sum().item()
         loss_sum += loss.item() * len(y)
@@ -192,9 +218,12 @@ def _epoch(net: nn.Module, opt: torch.optim.Optimizer, data: Batches, cfg: Train
     if bar is not None:
         bar.close()
     secs = time.perf_counter() - t0
-    return {"epoch": epoch + 1, "lr": lr, "train_loss": loss_sum / max(seen, 1),
-            "train_top1": 100.0 * correct / max(seen, 1), "images_per_s": seen / secs,
-            "seconds": secs}
+    row = {"epoch": epoch + 1, "lr": lr, "train_loss": loss_sum / max(seen, 1),
+           "train_top1": 100.0 * correct / max(seen, 1), "images_per_s": seen / secs,
+           "seconds": secs}
+    if callback is not None:
+        row.update(callback.log())
+    return row
 
 
 def _bar(total: int, desc: str, enabled: bool):

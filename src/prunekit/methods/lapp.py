@@ -1,0 +1,357 @@
+"""LAPP: layer-adaptive progressive pruning under a FLOPs constraint (Zhai et al., 2023).
+
+Every managed group (a prunable group with batch-norm members) has an importance
+score per channel, the BN scale |gamma| (mean over the group's BN layers, divided by
+its detached group mean), and **one learnable threshold** t_g. During the first
+``prune_epochs`` of training a channel is kept iff its score exceeds t_g; the mask
+is applied to the group's BN outputs with a straight-through estimator: the
+forward pass uses the hard 0/1 mask (so the training-time network *is* a pruned
+network), the backward pass the gradient of sigmoid((score - t_g) / temperature).
+The loss adds ``penalty * relu(cost(mask) / base - target_now)``, where cost is the
+engine's cost model as a polynomial in the masks (exact for 0/1 masks, see
+:mod:`.soft_cost`) and target_now ramps from 1 to ``target`` over the first 80% of
+the pruning phase (``progressive``; without it the final target applies from the
+first step). Task loss and constraint both move the thresholds (Adam) and the
+scores (the model's optimizer), so per-layer rates follow the scores as they change.
+At the end of the phase the mask is frozen, projected onto the budget (within
+``tolerance``), the network is physically pruned by the engine, and training
+continues on the smaller dense model.
+
+:class:`Lapp` is also a :class:`~prunekit.train.Callback` for a user's own loop:
+``loss = task + lapp.penalty(progress)``; after ``opt.step()`` call
+``lapp.after_step()``; at the end ``plan = lapp.freeze()``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from fnmatch import fnmatch
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import TargetError
+from ..graph import ChannelGraph, Cost
+from ..plan import Plan
+from ..train.engine import Callback, TrainConfig, fit
+from .allocate import METRICS
+from .base import Result
+from .soft_cost import SoftCost
+
+
+@dataclass(frozen=True)
+class LappConfig:
+    """``target``: fraction of the *dense* model's cost (without bypass) to keep."""
+
+    target: float = 0.403
+    metric: str = "macs"
+    prune_epochs: float = 5.0
+    progressive: bool = True
+    bypass: bool = True
+    penalty: float = 4.0
+    temperature: float = 0.1
+    threshold_lr: float = 0.02
+    min_width: int = 1
+    tolerance: float = 0.01
+    groups: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not 0 < self.target <= 1:
+            raise TargetError(f"target must be a fraction in (0, 1], got {self.target!r}")
+        if self.metric not in METRICS:
+            raise TargetError(f"metric must be one of {METRICS}, got {self.metric!r}")
+        if self.prune_epochs <= 0 or self.penalty <= 0 or self.temperature <= 0 or \
+                self.threshold_lr <= 0 or self.min_width < 1 or not 0 < self.tolerance < 0.5:
+            raise TargetError("prune_epochs, penalty, temperature and threshold_lr must be "
+                              "> 0, min_width >= 1, tolerance in (0, 0.5)")
+        object.__setattr__(self, "groups", tuple(self.groups))
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> "LappConfig":
+        return cls(**json.loads(text))
+
+
+# ------------------------------------------------------------------ bypass
+def add_bypass(model: nn.Module) -> int:
+    """Give every block that declares ``bypass_shape = (in, out, stride)`` and has an empty
+    ``bypass`` slot a cheap branch from its input to its output: a depthwise 3x3 conv + BN
+    when in == out, else a 1x1 conv + BN. Returns how many were added."""
+    n = 0
+    for mod in model.modules():
+        shape = getattr(mod, "bypass_shape", None)
+        if shape is None or getattr(mod, "bypass", 1) is not None:
+            continue
+        cin, cout, stride = shape
+        conv = nn.Conv2d(cin, cin, 3, stride, 1, groups=cin, bias=False) if cin == cout else \
+            nn.Conv2d(cin, cout, 1, stride, bias=False)
+        mod.bypass = nn.Sequential(conv, nn.BatchNorm2d(cout))
+        n += 1
+    return n
+
+
+# ------------------------------------------------------------------ controller
+class Lapp(nn.Module, Callback):
+    """Scores, thresholds, masks and the cost constraint of one model (see module doc)."""
+
+    def __init__(self, model: nn.Module, graph: ChannelGraph, config: LappConfig,
+                 base_cost: float, phase_end: float = 1.0) -> None:
+        nn.Module.__init__(self)
+        self.config, self.graph, self.base = config, graph, float(base_cost)
+        self.phase_end = phase_end          # fraction of the whole schedule that prunes
+        self.cost = SoftCost(graph, config.metric)
+        self.groups: list[Any] = []
+        self.members: list[list[tuple[nn.Module, torch.Tensor]]] = []
+        self.skipped: dict[str, str] = {}
+        bns = {f"{n}.weight": m for n, m in model.named_modules()
+               if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine}
+        for g in graph.prunable_groups:
+            if config.groups and not any(fnmatch(g.id, p) for p in config.groups):
+                continue
+            local = {int(u): i for i, u in enumerate(g.units)}
+            mem = []
+            for (fqn, dim), units in graph.slices.items():
+                if dim == 0 and fqn in bns and int(units[0]) in local:
+                    mem.append((bns[fqn], torch.as_tensor([local[int(u)] for u in units])))
+            if not mem:
+                self.skipped[g.id] = "no batch-norm layer scores these channels"
+                continue
+            self.groups.append(g)
+            self.members.append(mem)
+        if not self.groups:
+            raise TargetError("LAPP found no prunable group with batch-norm scores")
+        self.thresholds = nn.Parameter(torch.zeros(len(self.groups)))
+        # no momentum (beta1 = 0): a threshold stops where its gradient vanishes instead of
+        # coasting past every score; the second moment keeps steps scale-free
+        self.opt = torch.optim.Adam([self.thresholds], lr=config.threshold_lr, betas=(0.0, 0.999))
+        self._masks: list[torch.Tensor] | None = None
+        self._handles: list[Any] = []
+        self._target_now = 1.0
+        self._ratio = 1.0
+        self.history: list[dict[str, Any]] = []
+        self.attach(model)
+
+    # ----------------------------------------------------------- scores, masks
+    def scores(self) -> list[torch.Tensor]:
+        out = []
+        for g, mem in zip(self.groups, self.members):
+            s = torch.zeros(g.width)
+            n = torch.zeros(g.width)
+            for bn, idx in mem:
+                s = s.index_add(0, idx, bn.weight.abs().float())
+                n = n.index_add(0, idx, torch.ones(len(idx)))
+            s = s / n.clamp_min(1)
+            out.append(s / s.detach().mean().clamp_min(1e-12))
+        return out
+
+    def masks(self, hard_only: bool = False) -> list[torch.Tensor]:
+        out = []
+        for i, (g, s) in enumerate(zip(self.groups, self.scores())):
+            z = (s - self.thresholds[i]) / self.config.temperature
+            hard = (z > 0) | ~torch.as_tensor(g.prunable)
+            hard[self._floor(g, s.detach().numpy())] = True
+            hard = hard.float()
+            out.append(hard if hard_only else hard + torch.sigmoid(z) - torch.sigmoid(z).detach())
+        return out
+
+    def _floor(self, g: Any, score: np.ndarray) -> torch.Tensor:
+        """Local units that are always kept: the ``min_width`` best channels of every BN
+        member (a group can span several tensors, e.g. a residual stream through padded
+        shortcuts, and none of them may end up empty)."""
+        gi = next(i for i, h in enumerate(self.groups) if h is g)
+        keep = []
+        for _bn, idx in self.members[gi]:
+            part = score[idx.numpy()]
+            keep += idx[np.argsort(-part, kind="stable")[: self.config.min_width]].tolist()
+        return torch.as_tensor(sorted(set(keep)), dtype=torch.long)
+
+    def unit_keep(self, masks: Sequence[torch.Tensor]) -> torch.Tensor:
+        keep = torch.ones(self.graph.n_units)
+        for g, m in zip(self.groups, masks):
+            keep = keep.index_put((torch.as_tensor(g.units),), m)
+        return keep
+
+    # ----------------------------------------------------------- hooks
+    def attach(self, model: nn.Module) -> None:
+        self.detach()
+        self._handles.append(model.register_forward_pre_hook(self._refresh))
+        for gi, mem in enumerate(self.members):
+            for bn, idx in mem:
+                self._handles.append(bn.register_forward_hook(self._hook(gi, idx)))
+
+    def detach(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+    def _refresh(self, _module, _args) -> None:
+        self._masks = self.masks()
+
+    def _hook(self, gi: int, idx: torch.Tensor):
+        def fn(_m, _args, out):
+            m = self._masks[gi][idx].to(out.dtype)
+            return out * m.view(1, -1, *([1] * (out.dim() - 2)))
+        return fn
+
+    # ----------------------------------------------------------- training
+    def target_at(self, progress: float) -> float:
+        t = self.config.target
+        if not self.config.progressive:
+            return t
+        ramp = min(1.0, progress / max(0.8 * self.phase_end, 1e-12))
+        return 1.0 - (1.0 - t) * ramp
+
+    def penalty(self, progress: float) -> torch.Tensor | None:
+        if progress >= self.phase_end:
+            return None
+        self._target_now = self.target_at(progress)
+        ratio = self.cost(self.unit_keep(self._masks or self.masks())) / self.base
+        self._ratio = float(ratio.detach())
+        return self.config.penalty * torch.relu(ratio - self._target_now).float()
+
+    def after_step(self) -> None:
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        with torch.no_grad():  # a threshold above every score means nothing to learn from
+            top = torch.stack([s.max() for s in self.scores()])
+            self.thresholds.copy_(torch.minimum(self.thresholds.clamp_min(0.0), top))
+
+    def log(self) -> dict[str, Any]:
+        with torch.no_grad():
+            hard = self.masks(hard_only=True)
+            ratio = float(self.cost(self.unit_keep(hard))) / self.base
+        row = {"lapp_cost_ratio": round(ratio, 5), "lapp_target": round(self._target_now, 5),
+               "lapp_thresholds": [round(float(t), 5) for t in self.thresholds.detach()],
+               "lapp_widths": {g.id: int(m.sum()) for g, m in zip(self.groups, hard)}}
+        self.history.append(row)
+        return row
+
+    def hard_plan(self, meta: dict | None = None) -> Plan:
+        """The current hard mask as a Plan (no projection onto the budget)."""
+        with torch.no_grad():
+            keep = self.unit_keep(self.masks(hard_only=True)).numpy() > 0.5
+        kept = {g.id: np.nonzero(keep[g.units])[0].tolist() for g in self.groups
+                if not keep[g.units].all()}
+        return self.graph.make_plan(kept, meta or {})
+
+    def verify(self, model: nn.Module, example_inputs: Sequence[Any]) -> None:
+        """Check, on a mask that drops about half of every group, that masking the BN outputs
+        equals physical pruning (eval mode); refuse the model otherwise."""
+        from ..conformance import outputs_close
+        saved = self.thresholds.detach().clone()
+        was = model.training
+        self.attach(model)
+        try:
+            with torch.no_grad():
+                for i, sc in enumerate(self.scores()):
+                    self.thresholds[i] = sc.median()
+                plan = self.hard_plan()
+                model.eval()
+                masked = model(*example_inputs)
+                self.detach()
+                pruned = self.graph.apply(model, plan)(*example_inputs)
+        finally:
+            self.attach(model)
+            model.train(was)
+            with torch.no_grad():
+                self.thresholds.copy_(saved)
+        try:
+            outputs_close(masked, pruned)
+        except AssertionError:
+            raise TargetError("masking the batch-norm outputs does not equal removing the "
+                              "channels in this model (a group has a producer without BN); "
+                              "restrict LAPP with `groups`") from None
+
+    def _fill(self, keep: np.ndarray, margins: list[np.ndarray], value: Any,
+              goal: float) -> np.ndarray:
+        """Give back removed units, best margin first, while the cost stays within the goal
+        (ties in the margins make the bisection's steps coarse)."""
+        if value(keep) >= goal * (1 - self.config.tolerance / 2):
+            return keep
+        gone = [(float(m[i]), int(g.units[i])) for g, m in zip(self.groups, margins)
+                for i in np.nonzero(~keep[g.units])[0]]
+        for _, u in sorted(gone, reverse=True)[:4096]:
+            keep[u] = True
+            v = value(keep)
+            if v > goal:
+                keep[u] = False
+            elif v >= goal * (1 - self.config.tolerance / 2):
+                break
+        return keep
+
+    # ----------------------------------------------------------- the end
+    def freeze(self, meta: dict | None = None) -> Plan:
+        """The frozen mask as a Plan, projected onto the budget within ``tolerance``: units
+        ranked by margin (score - threshold), a global offset bisected."""
+        with torch.no_grad():
+            margins = [(s - t).numpy() for s, t in zip(self.scores(), self.thresholds)]
+        goal = self.config.target * self.base
+
+        def keep_at(delta: float) -> np.ndarray:
+            keep = np.ones(self.graph.n_units, dtype=bool)
+            for g, m in zip(self.groups, margins):
+                k = (m > delta) | ~g.prunable
+                k[self._floor(g, m).numpy()] = True
+                keep[g.units] = k
+            return keep
+
+        def value(keep: np.ndarray) -> float:
+            c = self.graph.cost_of_mask(keep)
+            return c.macs if self.config.metric == "macs" else c.params
+        lo = min(float(m.min()) for m in margins) - 1.0
+        hi = max(float(m.max()) for m in margins) + 1.0
+        if value(keep_at(hi)) > goal * (1 + self.config.tolerance):
+            raise TargetError(f"target {self.config.target} is unreachable with min_width "
+                              f"{self.config.min_width} on the managed groups")
+        for _ in range(60):  # smallest offset (most kept) whose cost is within the budget
+            mid = (lo + hi) / 2
+            if value(keep_at(mid)) > goal:
+                lo = mid
+            else:
+                hi = mid
+        with torch.no_grad():
+            learned = float(self.cost(self.unit_keep(self.masks(hard_only=True)))) / self.base
+        keep = self._fill(keep_at(hi), margins, value, goal)
+        kept = {g.id: np.nonzero(keep[g.units])[0].tolist() for g in self.groups
+                if not keep[g.units].all()}
+        info = {"method": "lapp", "config": asdict(self.config), "bypass": self.config.bypass,
+                "achieved": round(value(keep) / self.base, 6), "learned": round(learned, 6),
+                "skipped": self.skipped}
+        return self.graph.make_plan(kept, {**info, **(meta or {})})
+
+
+# ------------------------------------------------------------------ driver
+def train_lapp(model: nn.Module, example_inputs: Sequence[Any] | torch.Tensor, train: Any,
+               test: Any, config: LappConfig, train_config: TrainConfig,
+               out_dir: str | Path, progress: bool = True) -> Result:
+    """Train ``model`` (in place until the prune, from scratch or pretrained) with LAPP, then
+    train the physically pruned model to the end of the schedule. Logs of both phases go to
+    ``out_dir/prune`` and ``out_dir/train``."""
+    if isinstance(example_inputs, torch.Tensor):
+        example_inputs = (example_inputs,)
+    base = ChannelGraph.build(model, example_inputs).cost()
+    if config.bypass and add_bypass(model) == 0:
+        raise TargetError(f"{type(model).__name__} has no bypass slot (bypass_shape); "
+                          "use bypass=False")
+    graph = ChannelGraph.build(model, example_inputs)
+    first = min(train_config.epochs, max(1, math.ceil(config.prune_epochs)))
+    lapp = Lapp(model, graph, config, base.macs if config.metric == "macs" else base.params,
+                phase_end=config.prune_epochs / train_config.epochs)
+    lapp.verify(model, example_inputs)
+    out = Path(out_dir)
+    hist = fit(model, train, test, train_config, out / "prune", progress=progress,
+               callback=lapp, epochs=(0, first))
+    plan = lapp.freeze()
+    lapp.detach()
+    pruned = graph.apply(model.eval(), plan)
+    if first < train_config.epochs:
+        hist += fit(pruned, train, test, train_config, out / "train", progress=progress,
+                    epochs=(first, train_config.epochs))
+    return Result(pruned.eval(), plan, graph, base, graph.cost(plan), hist)

@@ -1,0 +1,148 @@
+"""LAPP: differentiable cost, thresholds, the budget, equivalence, bypass and save/load."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from prunekit import ChannelGraph
+from prunekit.data import CIFAR_NORM, Batches
+from prunekit.errors import TargetError
+from prunekit.io import load_pruned, save_pruned
+from prunekit.methods.lapp import Lapp, LappConfig, add_bypass, train_lapp
+from prunekit.methods.soft_cost import SoftCost
+from prunekit.models import CifarResNet
+from prunekit.models.cifar_misc import CifarMobileNetV2
+from prunekit.train import TrainConfig
+
+X = torch.randn(2, 3, 32, 32)
+
+
+def _lapp(model: nn.Module, config: LappConfig = LappConfig(), bypass: bool = True):
+    base = ChannelGraph.build(model, X).cost().macs
+    if bypass:
+        add_bypass(model)
+    graph = ChannelGraph.build(model, X)
+    return Lapp(model, graph, config, base), graph, base
+
+
+@pytest.mark.parametrize("make", [lambda: CifarResNet(20), lambda: CifarMobileNetV2()])
+@pytest.mark.parametrize("metric", ["macs", "params"])
+def test_soft_cost_equals_engine_cost_for_hard_masks(make, metric):
+    torch.manual_seed(0)
+    model = make()
+    add_bypass(model)
+    graph = ChannelGraph.build(model, X)
+    cost = SoftCost(graph, metric)
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        keep = rng.random(graph.n_units) > rng.random()
+        for g in graph.groups:
+            if g.frozen or not keep[g.units].any():
+                keep[g.units] = True
+        exact = graph.cost_of_mask(keep)
+        got = float(cost(torch.as_tensor(keep, dtype=torch.float64)))
+        assert got == (exact.macs if metric == "macs" else exact.params)
+
+
+def test_thresholds_get_gradients_and_move_toward_the_budget():
+    torch.manual_seed(0)
+    model = CifarResNet(20).train()
+    lapp, graph, base = _lapp(model, LappConfig(target=0.4, threshold_lr=0.05))
+    start = lapp.log()["lapp_cost_ratio"]
+    for step in range(60):
+        model(torch.randn(4, 3, 32, 32))
+        pen = lapp.penalty(0.5)        # past the ramp: the final target applies
+        pen.backward()
+        if step == 0:
+            assert (lapp.thresholds.grad.abs() > 0).all()
+            assert (lapp.thresholds.grad < 0).all()  # raising thresholds lowers the cost
+        lapp.after_step()
+    end = lapp.log()["lapp_cost_ratio"]
+    assert end < start - 0.2
+
+
+def test_progressive_target_schedule():
+    lapp, _, _ = _lapp(CifarResNet(8), LappConfig(target=0.4))
+    lapp.phase_end = 0.5
+    assert lapp.target_at(0.0) == 1.0
+    assert lapp.target_at(0.2) == pytest.approx(1 - 0.6 * 0.5)
+    assert lapp.target_at(0.4) == pytest.approx(0.4) == lapp.target_at(0.45)
+    flat, _, _ = _lapp(CifarResNet(8), LappConfig(target=0.4, progressive=False))
+    assert flat.target_at(0.0) == 0.4
+    assert lapp.penalty(0.6) is None   # after the pruning phase: no constraint
+
+
+def _toy_data(n: int = 256, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 10, n)
+    x = rng.integers(0, 60, (n, 32, 32, 3)).astype(np.uint8)
+    for c in range(10):  # a learnable signal: class-dependent bright square
+        x[y == c, 3 * c:3 * c + 4, 3 * c:3 * c + 4, c % 3] = 250
+    return x, y.astype(np.int64)
+
+
+@pytest.mark.parametrize("bypass", [True, False])
+def test_toy_task_meets_budget_and_saves(tmp_path, bypass):
+    torch.manual_seed(0)
+    x, y = _toy_data()
+    train = Batches(x, y, 32, CIFAR_NORM, train=True, drop_last=True)
+    model = CifarResNet(8, widths=(8, 16, 32))
+    cfg = LappConfig(target=0.5, prune_epochs=2, bypass=bypass, threshold_lr=0.3)
+    res = train_lapp(model, X, train, None, cfg,
+                     TrainConfig(epochs=3, lr=0.05, channels_last=False), tmp_path,
+                     progress=False)
+    ratio = res.after.macs / res.before.macs
+    assert 0.5 - 0.01 <= ratio <= 0.5
+    assert res.plan.meta["bypass"] is bypass and res.plan.meta["learned"] < 0.9
+    assert (tmp_path / "prune" / "log.jsonl").is_file() and (tmp_path / "train").is_dir()
+    assert "lapp_thresholds" in res.history[0]
+    save_pruned(tmp_path / "saved", res.model, res.plan, (X,))
+    base = CifarResNet(8, widths=(8, 16, 32))
+    if bypass:
+        add_bypass(base)
+    loaded, _ = load_pruned(tmp_path / "saved", base)
+    with torch.no_grad():
+        assert torch.allclose(loaded.eval()(X), res.model(X), atol=1e-5)
+
+
+def test_pruned_model_equals_masked_training_model():
+    torch.manual_seed(0)
+    model = CifarResNet(20)
+    lapp, graph, _ = _lapp(model, LappConfig(target=0.5))
+    with torch.no_grad():
+        model.train()
+        for _ in range(3):
+            model(torch.randn(8, 3, 32, 32))   # batch-norm statistics
+        for bn in (m for m in model.modules() if isinstance(m, nn.BatchNorm2d)):
+            bn.weight.uniform_(0.2, 1.5)         # distinct scores
+        for i, s in enumerate(lapp.scores()):
+            lapp.thresholds[i] = s.quantile(0.6)
+        model.eval()
+        masked = model(X)
+    plan = lapp.hard_plan()
+    assert len(plan.keep) == len(lapp.groups)
+    lapp.detach()
+    with torch.no_grad():
+        assert torch.allclose(graph.apply(model, plan)(X), masked, atol=1e-4)
+    lapp.verify(model, (X,))   # the built-in check passes too
+
+
+def test_validation_and_refusals():
+    for bad in (dict(target=0), dict(metric="flops"), dict(prune_epochs=0),
+                dict(temperature=0), dict(tolerance=0.9)):
+        with pytest.raises(TargetError):
+            LappConfig(**bad)
+    cfg = LappConfig(target=0.3, groups=["layer*"])
+    assert LappConfig.from_json(cfg.to_json()) == cfg
+    no_slot = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(),
+                            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10))
+    with pytest.raises(TargetError, match="bypass slot"):
+        train_lapp(no_slot, X, None, None, LappConfig(), TrainConfig(epochs=1), "/tmp/x")
+    no_bn = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10))
+    graph = ChannelGraph.build(no_bn, X)
+    with pytest.raises(TargetError, match="batch-norm"):
+        Lapp(no_bn, graph, LappConfig(bypass=False), 1.0)
