@@ -46,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p, out=False)
     p = sub.add_parser("prune", help="prune a model to a cost target")
     _common(p)
-    p.add_argument("--method", default=None, help="pruning method: oneshot or submodular")
+    p.add_argument("--method", default=None, help="pruning method: oneshot, submodular or lapp")
     p.add_argument("--target", type=float, help="fraction of MACs/params to keep, in (0, 1]")
     p.add_argument("--metric", choices=["macs", "params"])
     p.add_argument("--criterion", help="importance criterion for oneshot")
@@ -55,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="submodular: LayerInChange, SeqInChange or AsymInChange (default)")
     p.add_argument("--calib", type=int, help="submodular: unlabeled calibration images (512)")
     p.add_argument("--groups", nargs="+", help="only prune groups matching these patterns")
+    p.add_argument("--epochs", type=int, help="lapp: total training epochs")
+    p.add_argument("--lr", type=float, help="lapp: peak learning rate")
     p = sub.add_parser("reweight", help="re-solve the layers after pruned channels by least "
                        "squares on unlabeled images (recovery for any pruned model)")
     _common(p)
@@ -81,6 +83,9 @@ DEFAULTS: dict[str, Any] = {
     # submodular
     "variant": "asym", "selector": "greedy", "reweight": True, "scope": "network",
     "groups": [], "calib": 512, "stochastic": 0.0,
+    # lapp
+    "prune_epochs": 5.0, "bypass": True, "progressive": True, "penalty": 4.0,
+    "temperature": 0.1, "threshold_lr": 0.02,
     # train: knowledge distillation from another model
     "teacher": None, "teacher_checkpoint": None,
 }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
@@ -43,6 +44,13 @@ def _pruned(cfg: dict, base: torch.nn.Module, s) -> tuple[torch.nn.Module, Any]:
     folder = Path(cfg["pruned"])
     if not (folder / "plan.json").is_file():
         raise CliError(f"{folder} is not a saved pruned model (no plan.json)")
+    try:
+        meta = json.loads((folder / "plan.json").read_text()).get("meta", {})
+    except (OSError, ValueError, AttributeError) as exc:
+        raise CliError(f"cannot read {folder / 'plan.json'}: {exc}") from exc
+    if meta.get("bypass"):  # LAPP kept its bypass branches: rebuild them before replay
+        from .methods.lapp import add_bypass
+        add_bypass(base)
     return load_pruned(folder, base, (_example(s),))
 
 
@@ -156,7 +164,7 @@ def cmd_eval(cfg: dict) -> int:
     return 0
 
 
-METHODS = ("oneshot", "submodular")
+METHODS = ("oneshot", "submodular", "lapp")
 
 
 def cmd_prune(cfg: dict) -> int:
@@ -171,6 +179,8 @@ def cmd_prune(cfg: dict) -> int:
                              round_to=int(cfg["round_to"]), seed=int(cfg["seed"]))
         arrays = _data(cfg, required=bool(cfg["finetune_epochs"]) or bool(cfg.get("data")))
         result = prune_oneshot(model, _example(s), mcfg)
+    elif cfg["method"] == "lapp":
+        return _prune_lapp(cfg, model, s, out)
     else:
         from .methods import SubmodularConfig, prune_submodular
         mcfg = SubmodularConfig(
@@ -183,6 +193,34 @@ def cmd_prune(cfg: dict) -> int:
         result = prune_submodular(model, _example(s), _calibration(arrays, s, cfg), mcfg,
                                   progress=True)
     return _finish(cfg, out, model, result.model, result.plan, arrays, s)
+
+
+def _prune_lapp(cfg: dict, model: torch.nn.Module, s, out: Path) -> int:
+    """LAPP trains: from scratch without --checkpoint, else from the given weights."""
+    from .methods.lapp import LappConfig, train_lapp
+    lcfg = LappConfig(target=cfg["target"], metric=cfg["metric"],
+                      prune_epochs=float(cfg["prune_epochs"]), bypass=bool(cfg["bypass"]),
+                      progressive=bool(cfg["progressive"]), penalty=float(cfg["penalty"]),
+                      temperature=float(cfg["temperature"]),
+                      threshold_lr=float(cfg["threshold_lr"]),
+                      groups=tuple(cfg["groups"] or ()))
+    tcfg = _train_config(cfg, int(cfg["epochs"]), float(cfg["lr"]))
+    if lcfg.prune_epochs > tcfg.epochs:
+        raise CliError(f"prune_epochs ({lcfg.prune_epochs}) exceeds epochs ({tcfg.epochs})")
+    arrays = _data(cfg)
+    original = copy.deepcopy(model)
+    train, test = _batches(arrays, s, cfg)
+    logs = Path(tempfile.mkdtemp(dir=out.parent if out.parent.exists() else None,
+                                 prefix=f".{out.name}.lapp."))
+    try:
+        result = train_lapp(model.train(), _example(s), train, test, lcfg, tcfg, logs)
+        _plot_curves(result.history, logs / "training.png")
+        from .reporting import plot_lapp
+        plot_lapp(result.history, logs / "thresholds.png")
+        return _finish({**cfg, "finetune_epochs": 0}, out, original, result.model,
+                       result.plan, arrays, s, extra={"lapp": logs})
+    finally:
+        shutil.rmtree(logs, ignore_errors=True)
 
 
 def _calibration(arrays, s, cfg: dict) -> torch.Tensor:
@@ -219,8 +257,10 @@ def cmd_reweight(cfg: dict) -> int:
     return _finish(cfg, out, base, fixed, plan, arrays, s)
 
 
-def _finish(cfg, out: Path, original, pruned, plan, arrays, s) -> int:
-    """Optionally fine-tune, measure before/after, write the run folder atomically."""
+def _finish(cfg, out: Path, original, pruned, plan, arrays, s,
+            extra: dict[str, Path] | None = None) -> int:
+    """Optionally fine-tune, measure before/after, write the run folder atomically
+    (``extra``: folders to move into it under the given names)."""
     from .io import save_pruned
     from .reporting import before_after, plot_widths
     tmp = Path(tempfile.mkdtemp(dir=out.parent if out.parent.exists() else None,
@@ -241,6 +281,8 @@ def _finish(cfg, out: Path, original, pruned, plan, arrays, s) -> int:
         _write_json(tmp / "config.json", cfg)
         plot_widths(original, pruned, tmp / "widths.png")
         (tmp / "summary.txt").write_text(table + "\n")
+        for name, folder in (extra or {}).items():
+            shutil.move(str(folder), str(tmp / name))
         out.parent.mkdir(parents=True, exist_ok=True)
         os.replace(tmp, out)
     except BaseException:

@@ -123,3 +123,31 @@ def plot_curves(history: list[dict], path: Path) -> bool:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return True
+
+
+def plot_lapp(history: list[dict], path: Path) -> bool:
+    """LAPP's learned thresholds and kept widths per group over the pruning epochs."""
+    plt = _plt()
+    rows = [h for h in history if "lapp_thresholds" in h]
+    if plt is None or not rows:
+        return False
+    ep = [h["epoch"] for h in rows]
+    groups = list(rows[0]["lapp_widths"])
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))
+    for i, g in enumerate(groups):
+        a.plot(ep, [h["lapp_thresholds"][i] for h in rows], marker=".", label=g)
+        b.plot(ep, [h["lapp_widths"][g] for h in rows], marker=".", label=g)
+    a.set_ylabel("threshold (normalised BN scale)")
+    b.set_ylabel("kept channels")
+    b2 = b.twinx()
+    b2.plot(ep, [h["lapp_cost_ratio"] for h in rows], "k--", label="cost / dense")
+    b2.plot(ep, [h["lapp_target"] for h in rows], "k:", label="target now")
+    b2.set_ylabel("cost / dense cost")
+    b2.legend(fontsize=7, loc="upper right")
+    for ax in (a, b):
+        ax.set_xlabel("epoch")
+    a.legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
