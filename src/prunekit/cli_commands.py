@@ -216,7 +216,9 @@ def _prune_lapp(cfg: dict, model: torch.nn.Module, s, out: Path) -> int:
         result = train_lapp(model.train(), _example(s), train, test, lcfg, tcfg, logs)
         _plot_curves(result.history, logs / "training.png")
         from .reporting import plot_lapp
-        plot_lapp(result.history, logs / "thresholds.png")
+        trace = logs / "prune" / "lapp_trace.jsonl"
+        rows = [json.loads(r) for r in trace.read_text().splitlines()] if trace.is_file() else []
+        plot_lapp(rows or result.history, logs / "thresholds.png", "step" if rows else "epoch")
         return _finish({**cfg, "finetune_epochs": 0}, out, original, result.model,
                        result.plan, arrays, s, extra={"lapp": logs})
     finally:

@@ -125,13 +125,14 @@ def plot_curves(history: list[dict], path: Path) -> bool:
     return True
 
 
-def plot_lapp(history: list[dict], path: Path) -> bool:
-    """LAPP's learned thresholds and kept widths per group over the pruning epochs."""
+def plot_lapp(history: list[dict], path: Path, x_key: str = "epoch") -> bool:
+    """LAPP's learned thresholds and kept widths per group over the pruning phase
+    (``history``: epoch rows, or the step trace with ``x_key='step'``)."""
     plt = _plt()
     rows = [h for h in history if "lapp_thresholds" in h]
     if plt is None or not rows:
         return False
-    ep = [h["epoch"] for h in rows]
+    ep = [h[x_key] for h in rows]
     groups = list(rows[0]["lapp_widths"])
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))
     for i, g in enumerate(groups):
@@ -145,7 +146,7 @@ def plot_lapp(history: list[dict], path: Path) -> bool:
     b2.set_ylabel("cost / dense cost")
     b2.legend(fontsize=7, loc="upper right")
     for ax in (a, b):
-        ax.set_xlabel("epoch")
+        ax.set_xlabel(x_key)
     a.legend(fontsize=6, ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

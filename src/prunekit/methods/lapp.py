@@ -135,7 +135,9 @@ class Lapp(nn.Module, Callback):
         self._handles: list[Any] = []
         self._target_now = 1.0
         self._ratio = 1.0
+        self._steps = 0
         self.history: list[dict[str, Any]] = []
+        self.trace: list[dict[str, Any]] = []   # every 25 steps: thresholds, widths, cost
         self.attach(model)
 
     # ----------------------------------------------------------- scores, masks
@@ -219,18 +221,22 @@ class Lapp(nn.Module, Callback):
     def after_step(self) -> None:
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
+        self._steps += 1
+        if self._steps % 25 == 0:
+            self.trace.append({"step": self._steps, **self.log(record=False)})
         with torch.no_grad():  # a threshold above every score means nothing to learn from
             top = torch.stack([s.max() for s in self.scores()])
             self.thresholds.copy_(torch.minimum(self.thresholds.clamp_min(0.0), top))
 
-    def log(self) -> dict[str, Any]:
+    def log(self, record: bool = True) -> dict[str, Any]:
         with torch.no_grad():
             hard = self.masks(hard_only=True)
             ratio = float(self.cost(self.unit_keep(hard))) / self.base
         row = {"lapp_cost_ratio": round(ratio, 5), "lapp_target": round(self._target_now, 5),
                "lapp_thresholds": [round(float(t), 5) for t in self.thresholds.detach()],
                "lapp_widths": {g.id: int(m.sum()) for g, m in zip(self.groups, hard)}}
-        self.history.append(row)
+        if record:
+            self.history.append(row)
         return row
 
     def hard_plan(self, meta: dict | None = None) -> Plan:
@@ -350,6 +356,9 @@ def train_lapp(model: nn.Module, example_inputs: Sequence[Any] | torch.Tensor, t
                callback=lapp, epochs=(0, first))
     plan = lapp.freeze()
     lapp.detach()
+    (out / "prune").mkdir(parents=True, exist_ok=True)
+    (out / "prune" / "lapp_trace.jsonl").write_text(
+        "".join(json.dumps(r) + "\n" for r in lapp.trace))
     pruned = graph.apply(model.eval(), plan)
     if first < train_config.epochs:
         hist += fit(pruned, train, test, train_config, out / "train", progress=progress,
