@@ -57,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--groups", nargs="+", help="only prune groups matching these patterns")
     p.add_argument("--epochs", type=int, help="lapp: total training epochs")
     p.add_argument("--lr", type=float, help="lapp: peak learning rate")
+    p.add_argument("--resume", action="store_true", help="lapp: continue a killed run")
     p = sub.add_parser("reweight", help="re-solve the layers after pruned channels by least "
                        "squares on unlabeled images (recovery for any pruned model)")
     _common(p)

@@ -210,19 +210,22 @@ def _prune_lapp(cfg: dict, model: torch.nn.Module, s, out: Path) -> int:
     arrays = _data(cfg)
     original = copy.deepcopy(model)
     train, test = _batches(arrays, s, cfg)
-    logs = Path(tempfile.mkdtemp(dir=out.parent if out.parent.exists() else None,
-                                 prefix=f".{out.name}.lapp."))
-    try:
-        result = train_lapp(model.train(), _example(s), train, test, lcfg, tcfg, logs)
-        _plot_curves(result.history, logs / "training.png")
-        from .reporting import plot_lapp
-        trace = logs / "prune" / "lapp_trace.jsonl"
-        rows = [json.loads(r) for r in trace.read_text().splitlines()] if trace.is_file() else []
-        plot_lapp(rows or result.history, logs / "thresholds.png", "step" if rows else "epoch")
-        return _finish({**cfg, "finetune_epochs": 0}, out, original, result.model,
-                       result.plan, arrays, s, extra={"lapp": logs})
-    finally:
-        shutil.rmtree(logs, ignore_errors=True)
+    # a fixed work folder beside --out: a killed run continues with --resume; it moves into
+    # the output folder when the run completes
+    logs = out.parent / f".{out.name}.lapp-work"
+    resume = bool(cfg.get("resume")) and logs.is_dir()
+    if logs.exists() and not resume:
+        shutil.rmtree(logs)
+    logs.mkdir(parents=True, exist_ok=True)
+    result = train_lapp(model.train(), _example(s), train, test, lcfg, tcfg, logs,
+                        resume=resume)
+    _plot_curves(result.history, logs / "training.png")
+    from .reporting import plot_lapp
+    trace = logs / "prune" / "lapp_trace.jsonl"
+    rows = [json.loads(r) for r in trace.read_text().splitlines()] if trace.is_file() else []
+    plot_lapp(rows or result.history, logs / "thresholds.png", "step" if rows else "epoch")
+    return _finish({**cfg, "finetune_epochs": 0}, out, original, result.model, result.plan,
+                   arrays, s, extra={"lapp": logs})
 
 
 def _calibration(arrays, s, cfg: dict) -> torch.Tensor:

@@ -336,10 +336,13 @@ class Lapp(nn.Module, Callback):
 # ------------------------------------------------------------------ driver
 def train_lapp(model: nn.Module, example_inputs: Sequence[Any] | torch.Tensor, train: Any,
                test: Any, config: LappConfig, train_config: TrainConfig,
-               out_dir: str | Path, progress: bool = True) -> Result:
+               out_dir: str | Path, progress: bool = True, resume: bool = False) -> Result:
     """Train ``model`` (in place until the prune, from scratch or pretrained) with LAPP, then
     train the physically pruned model to the end of the schedule. Logs of both phases go to
-    ``out_dir/prune`` and ``out_dir/train``."""
+    ``out_dir/prune`` and ``out_dir/train``; the model as pruned is saved in
+    ``out_dir/pruned-at-freeze``. ``resume``: a run killed in the second phase continues
+    from its last epoch; one killed in the pruning phase restarts that phase."""
+    from ..io import load_pruned, save_pruned
     if isinstance(example_inputs, torch.Tensor):
         example_inputs = (example_inputs,)
     base = ChannelGraph.build(model, example_inputs).cost()
@@ -348,19 +351,25 @@ def train_lapp(model: nn.Module, example_inputs: Sequence[Any] | torch.Tensor, t
                           "use bypass=False")
     graph = ChannelGraph.build(model, example_inputs)
     first = min(train_config.epochs, max(1, math.ceil(config.prune_epochs)))
-    lapp = Lapp(model, graph, config, base.macs if config.metric == "macs" else base.params,
-                phase_end=config.prune_epochs / train_config.epochs)
-    lapp.verify(model, example_inputs)
     out = Path(out_dir)
-    hist = fit(model, train, test, train_config, out / "prune", progress=progress,
-               callback=lapp, epochs=(0, first))
-    plan = lapp.freeze()
-    lapp.detach()
-    (out / "prune").mkdir(parents=True, exist_ok=True)
-    (out / "prune" / "lapp_trace.jsonl").write_text(
-        "".join(json.dumps(r) + "\n" for r in lapp.trace))
-    pruned = graph.apply(model.eval(), plan)
+    frozen = out / "pruned-at-freeze"
+    if resume and (frozen / "plan.json").is_file():
+        pruned, plan = load_pruned(frozen, model, example_inputs)
+        hist = json.loads((out / "prune" / "history.json").read_text())
+    else:
+        lapp = Lapp(model, graph, config, base.macs if config.metric == "macs" else base.params,
+                    phase_end=config.prune_epochs / train_config.epochs)
+        lapp.verify(model, example_inputs)
+        hist = fit(model, train, test, train_config, out / "prune", progress=progress,
+                   callback=lapp, epochs=(0, first))
+        plan = lapp.freeze()
+        lapp.detach()
+        pruned = graph.apply(model.eval(), plan)
+        (out / "prune" / "lapp_trace.jsonl").write_text(
+            "".join(json.dumps(r) + "\n" for r in lapp.trace))
+        (out / "prune" / "history.json").write_text(json.dumps(hist))
+        save_pruned(frozen, pruned, plan, example_inputs)
     if first < train_config.epochs:
-        hist += fit(pruned, train, test, train_config, out / "train", progress=progress,
-                    epochs=(first, train_config.epochs))
+        hist = hist + fit(pruned, train, test, train_config, out / "train", progress=progress,
+                          epochs=(first, train_config.epochs), resume=resume)
     return Result(pruned.eval(), plan, graph, base, graph.cost(plan), hist)

@@ -1,0 +1,176 @@
+"""LAPP against the alternatives: CIFAR-10 (JPEG), ResNet-20, all trained from scratch with
+the same number of epochs E and the same schedule (SGD + Nesterov, lr 0.1 cosine,
+weight decay 5e-4, batch 128, crop + flip).
+
+Runs (each in its own resumable folder under --runs; rerun the command to continue):
+  dense          the unpruned network, E epochs
+  lapp           LAPP at --target of the dense MACs (pruning during the first
+                 --prune-epochs, bypass kept), E epochs in all
+  lapp-nobypass  the same without the bypass
+  lapp-noprog    the same with the final target from the first step (no ramp)
+  uniform        a hand-built ResNet-20 with every width scaled by one factor to the
+                 same MACs, E epochs from scratch
+  l1             the dense network trained E/2 epochs, pruned one-shot (L1, global
+                 allocation) to the same MACs, fine-tuned E/2 epochs: E in all
+Then one table (top-1, params, MACs, CPU latency at batch 64 measured side by side in
+one process, seconds per epoch) and plots of LAPP's per-layer widths and thresholds.
+
+    python benchmarks/lapp.py --data ../shared/datasets/cifar10 --epochs 30 \\
+        --runs runs/lapp-bench --out benchmarks/results/lapp.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+from pathlib import Path
+
+import torch
+
+from prunekit import ChannelGraph
+from prunekit.data import Batches, load_cifar10
+from prunekit.io import load_pruned, save_pruned
+from prunekit.methods import OneShotConfig, prune_oneshot
+from prunekit.methods.lapp import LappConfig, add_bypass, train_lapp
+from prunekit.models import CifarResNet, spec
+from prunekit.reporting import latency_ms, plot_lapp
+from prunekit.train import TrainConfig, evaluate, fit
+
+X = torch.zeros(1, 3, 32, 32)
+RUNS = ("dense", "lapp", "lapp-nobypass", "lapp-noprog", "uniform", "l1")
+
+
+def uniform_widths(target: float) -> tuple[int, int, int]:
+    """Even stage widths (option A pads by half the difference) scaled by one factor, the
+    widest whose MACs stay within ``target`` of ResNet-20's."""
+    base = ChannelGraph.build(CifarResNet(20), X).cost().macs
+    best = (2, 2, 2)
+    for k in range(1, 33):
+        w = (2 * max(1, round(8 * k / 32)), 2 * max(1, round(16 * k / 32)), 2 * k)
+        if ChannelGraph.build(CifarResNet(20, widths=w), X).cost().macs <= target * base:
+            best = w
+    return best
+
+
+def lapp_config(args, name: str) -> LappConfig:
+    return LappConfig(target=args.target, prune_epochs=args.prune_epochs,
+                      bypass=name != "lapp-nobypass", progressive=name != "lapp-noprog")
+
+
+def run_one(name: str, args, train: Batches, test: Batches) -> None:
+    folder = Path(args.runs) / name
+    if (folder / "done.json").is_file():
+        return
+    torch.manual_seed(args.seed)
+    tcfg = TrainConfig(epochs=args.epochs, lr=args.lr, weight_decay=5e-4, seed=args.seed)
+    if name == "dense":
+        model = CifarResNet(20)
+        fit(model, train, test, tcfg, folder, resume=True)
+        save_pruned(folder / "model", model.eval(), ChannelGraph.build(model, X).full_plan(),
+                    (X,))
+    elif name.startswith("lapp"):
+        res = train_lapp(CifarResNet(20), X, train, test, lapp_config(args, name), tcfg, folder,
+                         resume=True)
+        save_pruned(folder / "model", res.model, res.plan, (X,))
+    elif name == "uniform":
+        model = CifarResNet(20, widths=uniform_widths(args.target))
+        fit(model, train, test, tcfg, folder, resume=True)
+        torch.save(model.state_dict(), folder / "model.pt")
+    elif name == "l1":
+        half = args.epochs // 2
+        model = CifarResNet(20)
+        fit(model, train, test, TrainConfig(epochs=half, lr=args.lr, weight_decay=5e-4,
+                                            seed=args.seed), folder / "dense-half", resume=True)
+        res = prune_oneshot(model.eval(), X, OneShotConfig(target=args.target, criterion="l1"))
+        pruned = res.model
+        fit(pruned, train, test, TrainConfig(epochs=args.epochs - half, lr=args.lr / 2,
+                                             weight_decay=5e-4, seed=args.seed),
+            folder / "finetune", resume=True)
+        save_pruned(folder / "model", pruned.eval(), res.plan, (X,))
+    (folder / "done.json").write_text(json.dumps({"test": evaluate(_load(name, args), test)}))
+
+
+def _load(name: str, args) -> torch.nn.Module:
+    folder = Path(args.runs) / name
+    if name == "uniform":
+        model = CifarResNet(20, widths=uniform_widths(args.target))
+        model.load_state_dict(torch.load(folder / "model.pt", weights_only=True))
+        return model.eval()
+    base = CifarResNet(20)
+    if name in ("lapp", "lapp-noprog"):
+        add_bypass(base)
+    return load_pruned(folder / "model", base, (X,))[0].eval()
+
+
+def _epoch_seconds(folder: Path, log: str) -> float | None:
+    path = folder / log / "log.jsonl" if log else folder / "log.jsonl"
+    if not path.is_file():
+        return None
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    return statistics.median(r["seconds"] for r in rows) if rows else None
+
+
+def report(args) -> None:
+    torch.set_num_threads(2)
+    done = [n for n in RUNS if (Path(args.runs) / n / "done.json").is_file()]
+    models = {n: _load(n, args) for n in done}
+    dense_macs = ChannelGraph.build(CifarResNet(20), X).cost().macs
+    lat = {n: [] for n in models}
+    for _ in range(5):  # interleaved rounds, median
+        for n, m in models.items():
+            lat[n].append(latency_ms(m, X, batch=64, runs=5))
+    rows = []
+    for n, m in models.items():
+        cost = ChannelGraph.build(m, X).cost()
+        folder = Path(args.runs) / n
+        test = json.loads((folder / "done.json").read_text())["test"]
+        secs = _epoch_seconds(folder, "prune") if n.startswith("lapp") else \
+            _epoch_seconds(folder, "")
+        rows.append({"run": n, "top1": test["top1"], "params": cost.params, "macs": cost.macs,
+                     "macs_vs_dense": round(cost.macs / dense_macs, 4),
+                     "latency_ms": round(statistics.median(lat[n]), 2),
+                     "epoch_s": round(secs, 1) if secs else None})
+    doc = {"machine": f"{platform.machine()}, 2 threads, torch {torch.__version__}",
+           "epochs": args.epochs, "target": args.target, "rows": rows}
+    Path(args.out).write_text(json.dumps(doc, indent=1))
+    lines = ["| run | top-1 % | params | MACs | MACs / dense | latency b64 (ms) | s / epoch |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['run']} | {r['top1']:.2f} | {r['params']:,} | {r['macs']:,} | "
+                     f"{r['macs_vs_dense']:.3f} | {r['latency_ms']} | {r['epoch_s']} |")
+    print("\n".join(lines))
+    trace = Path(args.runs) / "lapp" / "prune" / "lapp_trace.jsonl"
+    if trace.is_file():
+        plot_lapp([json.loads(r) for r in trace.read_text().splitlines()],
+                  Path(args.out).with_suffix(".png"), "step")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data")
+    ap.add_argument("--runs", default="runs/lapp-bench")
+    ap.add_argument("--out", default="benchmarks/results/lapp.json")
+    ap.add_argument("--epochs", type=int, default=30)
+    ap.add_argument("--prune-epochs", type=float, default=5.0)
+    ap.add_argument("--lr", type=float, default=0.1)
+    ap.add_argument("--target", type=float, default=0.403)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--only", nargs="+", choices=RUNS, default=list(RUNS))
+    ap.add_argument("--report", action="store_true", help="tabulate finished runs")
+    args = ap.parse_args()
+    if args.report:
+        report(args)
+        return
+    torch.set_num_threads(2)
+    s = spec("resnet20")
+    tx, ty, vx, vy = load_cifar10(args.data)
+    train = Batches(tx, ty, 128, s.norm, train=True, seed=args.seed, drop_last=True)
+    test = Batches(vx, vy, 500, s.norm)
+    for name in args.only:
+        run_one(name, args, train, test)
+
+
+if __name__ == "__main__":
+    main()
