@@ -179,3 +179,27 @@ def test_train_with_a_teacher(tmp_path, data, ckpt, capsys, monkeypatch):
         assert main(base + extra + ["--out", str(tmp_path / "bad")]) == 2
         assert needle in _err_line(capsys)
         assert not (tmp_path / "bad").exists()
+
+
+def test_lapp_from_scratch_end_to_end(tmp_path, data, capsys, monkeypatch):
+    monkeypatch.setenv("PRUNEKIT_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "lapp"
+    assert main(["prune", "--model", "resnet20", "--data", str(data), "--method", "lapp",
+                 "--target", "0.6", "--epochs", "2", "--set", "prune_epochs=1",
+                 "--set", "threshold_lr=0.5", "--set", "batch_size=16",
+                 "--set", "max_steps_per_epoch=3", "--out", str(out)]) == 0
+    plan = json.loads((out / "plan.json").read_text())
+    assert plan["meta"]["method"] == "lapp" and plan["meta"]["bypass"] is True
+    assert plan["meta"]["achieved"] <= 0.6
+    for f in ("lapp/prune/log.jsonl", "lapp/train/log.jsonl", "lapp/thresholds.png",
+              "metrics.json", "model/plan.json"):
+        assert (out / f).is_file(), f
+    assert not list(tmp_path.glob(".lapp.lapp-work"))
+    capsys.readouterr()
+    assert main(["eval", "--model", "resnet20", "--pruned", str(out / "model"),
+                 "--data", str(data)]) == 0       # the bypass is rebuilt before replay
+    assert "top1" in capsys.readouterr().out
+    bad = tmp_path / "bad"
+    assert main(["prune", "--model", "resnet20", "--data", str(data), "--method", "lapp",
+                 "--epochs", "2", "--set", "prune_epochs=5", "--out", str(bad)]) == 2
+    assert "exceeds epochs" in _err_line(capsys) and not bad.exists()
