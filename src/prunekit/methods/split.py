@@ -1,0 +1,169 @@
+"""Divide a network into sub-networks at single-tensor cut points, and run one of them.
+
+A *cut point* is a node of the (eval-mode) graph after which exactly one value is
+still needed: its own output. Between consecutive chosen cuts lies a sub-network
+that maps one tensor to one tensor, so it can be evaluated (and trained) on its
+own, on the features the original network produces at its input. A group is
+*local* to a sub-network when every node that carries its channels lies inside it;
+groups that cross a cut (a residual stream through zero-padded shortcuts, for
+example) are not searched per sub-network and stay whole.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.fx as fx
+from torch import nn
+
+from ..errors import TargetError
+from ..graph import ChannelGraph
+from ..graph.layout import Layout
+from ..graph.masked import _Masker, _node_mask, _zero_slices
+
+
+@dataclass(frozen=True)
+class Segment:
+    index: int
+    start: int          # node index of the input value (a cut, or the placeholder)
+    stop: int           # node index of the output value (a cut, or the output's argument)
+    groups: tuple[str, ...]
+
+
+def cut_points(graph: ChannelGraph) -> tuple[list[fx.Node], list[int]]:
+    """All nodes and the indices of single-tensor cut points, in execution order."""
+    traced = graph.graphs[0][1]
+    nodes = list(traced.graph.nodes)
+    pos = {n: i for i, n in enumerate(nodes)}
+    if sum(n.op == "placeholder" for n in nodes) != 1:
+        raise TargetError("sub-network division needs a model with exactly one input")
+    last = [max([pos[u] for u in n.users], default=i) for i, n in enumerate(nodes)]
+    cuts, live = [], set()
+    layouts = graph._b.layouts
+    for i, n in enumerate(nodes):
+        live.add(i)
+        live = {j for j in live if last[j] > i}
+        if n.op != "output" and live == {i} and isinstance(layouts.get(n), Layout):
+            cuts.append(i)
+    return nodes, cuts
+
+
+def split(graph: ChannelGraph, parts: int, group_ids: list[str]) -> list[Segment]:
+    """``parts`` consecutive sub-networks of about equal MACs (a ResNet's stages), each
+    with the groups local to it."""
+    nodes, cuts = cut_points(graph)
+    out = nodes[-1].args[0]
+    if not isinstance(out, fx.Node):
+        raise TargetError("sub-network division needs a model with a single tensor output")
+    end = nodes.index(out)
+    cuts = [c for c in cuts if c < end]
+    pos = {n.name: i for i, n in enumerate(nodes)}
+    macs = np.zeros(len(nodes))
+    for term in graph._b.terms:
+        m = re.search(r"\(node (\S+)\)", term.where)
+        if m and m.group(1) in pos:
+            macs[pos[m.group(1)]] += term.coeff * np.prod([len(f) for f in term.factors])
+    cum = np.cumsum(macs)
+    chosen = [cuts[0]]
+    for p in range(1, parts):
+        goal = cum[end] * p / parts
+        best = min(cuts, key=lambda c: abs(cum[c] - goal))
+        if best > chosen[-1]:
+            chosen.append(best)
+    bounds = chosen + [end]
+    span = _spans(graph, nodes, group_ids)
+    segs = []
+    for s in range(len(bounds) - 1):
+        lo, hi = bounds[s], bounds[s + 1]
+        local = tuple(g for g, (a, b) in span.items() if lo < a and b <= hi)
+        segs.append(Segment(s, lo, hi, local))
+    return segs
+
+
+def _spans(graph: ChannelGraph, nodes: list[fx.Node], ids: list[str]) -> dict[str, tuple]:
+    """First and last node index carrying each group's channels."""
+    pos = {n: i for i, n in enumerate(nodes)}
+    member = {}
+    for gid in ids:
+        m = np.zeros(graph.n_units, dtype=bool)
+        m[graph.group(gid).units] = True
+        member[gid] = m
+    span: dict[str, list[int]] = {}
+    for node, value in graph._b.layouts.items():
+        vals = value if isinstance(value, tuple) else (value,)
+        units = [graph.unit_of[b.ids].ravel() for v in vals if isinstance(v, Layout)
+                 for b in v.blocks]
+        if not units:
+            continue
+        u = np.concatenate(units)
+        for gid, m in member.items():
+            if m[u].any():
+                i = pos[node]
+                lo, hi = span.get(gid, [i, i])
+                span[gid] = [min(lo, i), max(hi, i)]
+    return {g: tuple(v) for g, v in span.items()}
+
+
+class Runner:
+    """Runs the nodes of one segment of the graph on a given input value, optionally with
+    removed channels zeroed (the engine's masked reference: equal to the pruned model)."""
+
+    def __init__(self, graph: ChannelGraph, root: nn.Module, keep: np.ndarray | None = None):
+        traced = graph.graphs[0][1]
+        self.nodes = list(traced.graph.nodes)
+        self.root = copy.deepcopy(root).eval()
+        masks: dict[str, Any] = {}
+        if keep is not None and not keep.all():
+            _zero_slices(self.root, graph, keep)
+            for node, value in graph._b.layouts.items():
+                m = _node_mask(graph, keep, value)
+                if m is not None:
+                    masks[node.name] = m
+        self.interp = _Masker(self.root, traced.graph, masks)
+
+    def run(self, seg: Segment, x: torch.Tensor) -> torch.Tensor:
+        interp = self.interp
+        interp.env = {self.nodes[seg.start]: x}
+        with torch.no_grad():
+            for node in self.nodes[seg.start + 1: seg.stop + 1]:
+                interp.env[node] = interp.run_node(node)
+        out = interp.env[self.nodes[seg.stop]]
+        interp.env = {}
+        return out
+
+    def recalibrate(self, seg: Segment, inputs: list[torch.Tensor]) -> None:
+        """Re-estimate the running statistics of the segment's batch norms on ``inputs``."""
+        bns = []
+        for node in self.nodes[seg.start + 1: seg.stop + 1]:
+            if node.op == "call_module":
+                mod = self.root.get_submodule(node.target)
+                if isinstance(mod, nn.modules.batchnorm._BatchNorm) and mod.track_running_stats:
+                    bns.append(mod)
+        if not bns:
+            return
+        for bn in bns:
+            bn.reset_running_stats()
+            bn.momentum = None        # cumulative average over the calibration batches
+            bn.train()
+        try:
+            for x in inputs:
+                self.run(seg, x)
+        finally:
+            for bn in bns:
+                bn.eval()
+
+
+def features(graph: ChannelGraph, model: nn.Module, segments: list[Segment],
+             batches: list[torch.Tensor]) -> list[list[torch.Tensor]]:
+    """The original network's value at every segment boundary, per batch:
+    ``out[s][b]`` is segment s's input on batch b; ``out[len(segments)]`` the output."""
+    runner = Runner(graph, model)
+    feats = [list(batches)]
+    for seg in segments:
+        feats.append([runner.run(seg, x) for x in feats[-1]])
+    return feats
