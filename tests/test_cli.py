@@ -203,3 +203,21 @@ def test_lapp_from_scratch_end_to_end(tmp_path, data, capsys, monkeypatch):
     assert main(["prune", "--model", "resnet20", "--data", str(data), "--method", "lapp",
                  "--epochs", "2", "--set", "prune_epochs=5", "--out", str(bad)]) == 2
     assert "exceeds epochs" in _err_line(capsys) and not bad.exists()
+
+
+def test_emo_search_end_to_end(tmp_path, data, ckpt, capsys, monkeypatch):
+    monkeypatch.setenv("PRUNEKIT_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "emo"
+    assert main(["prune", "--model", "resnet20", "--checkpoint", str(ckpt), "--data", str(data),
+                 "--method", "emo", "--target", "0.9", "--calib", "16", "--set", "pop_size=4",
+                 "--set", "generations=1", "--set", "chain_points=4", "--out", str(out)]) == 0
+    for f in ("emo/front.json", "emo/front.csv", "emo/hypervolume.json", "emo/front.png",
+              "plan.json", "model/plan.json", "metrics.json"):
+        assert (out / f).is_file(), f
+    plan = json.loads((out / "plan.json").read_text())
+    assert plan["meta"]["method"] == "emo" and plan["meta"]["cost_ratio"] <= 0.9
+    capsys.readouterr()
+    bad = tmp_path / "bad"
+    assert main(["prune", "--model", "resnet20", "--data", str(data), "--method", "emo",
+                 "--set", "executor=mpi", "--out", str(bad)]) == 2
+    assert "executor must be" in _err_line(capsys) and not bad.exists()

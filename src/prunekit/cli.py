@@ -46,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p, out=False)
     p = sub.add_parser("prune", help="prune a model to a cost target")
     _common(p)
-    p.add_argument("--method", default=None, help="pruning method: oneshot, submodular or lapp")
+    p.add_argument("--method", default=None, help="pruning method: oneshot, submodular, lapp or emo")
     p.add_argument("--target", type=float, help="fraction of MACs/params to keep, in (0, 1]")
     p.add_argument("--metric", choices=["macs", "params"])
     p.add_argument("--criterion", help="importance criterion for oneshot")
@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--groups", nargs="+", help="only prune groups matching these patterns")
     p.add_argument("--epochs", type=int, help="lapp: total training epochs")
     p.add_argument("--lr", type=float, help="lapp: peak learning rate")
-    p.add_argument("--resume", action="store_true", help="lapp: continue a killed run")
+    p.add_argument("--resume", action="store_true", help="lapp, emo: continue a killed run")
     p = sub.add_parser("reweight", help="re-solve the layers after pruned channels by least "
                        "squares on unlabeled images (recovery for any pruned model)")
     _common(p)
@@ -87,6 +87,9 @@ DEFAULTS: dict[str, Any] = {
     # lapp
     "prune_epochs": 5.0, "bypass": True, "progressive": True, "penalty": 4.0,
     "temperature": 0.1, "threshold_lr": 0.02,
+    # emo
+    "parts": 3, "pop_size": 16, "generations": 8, "chain_points": 12, "feature_steps": 0,
+    "executor": "inprocess", "workers": 2,
     # train: knowledge distillation from another model
     "teacher": None, "teacher_checkpoint": None,
 }

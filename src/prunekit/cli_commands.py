@@ -164,7 +164,7 @@ def cmd_eval(cfg: dict) -> int:
     return 0
 
 
-METHODS = ("oneshot", "submodular", "lapp")
+METHODS = ("oneshot", "submodular", "lapp", "emo")
 
 
 def cmd_prune(cfg: dict) -> int:
@@ -181,6 +181,8 @@ def cmd_prune(cfg: dict) -> int:
         result = prune_oneshot(model, _example(s), mcfg)
     elif cfg["method"] == "lapp":
         return _prune_lapp(cfg, model, s, out)
+    elif cfg["method"] == "emo":
+        return _prune_emo(cfg, model, s, out)
     else:
         from .methods import SubmodularConfig, prune_submodular
         mcfg = SubmodularConfig(
@@ -226,6 +228,46 @@ def _prune_lapp(cfg: dict, model: torch.nn.Module, s, out: Path) -> int:
     plot_lapp(rows or result.history, logs / "thresholds.png", "step" if rows else "epoch")
     return _finish({**cfg, "finetune_epochs": 0}, out, original, result.model, result.plan,
                    arrays, s, extra={"lapp": logs})
+
+
+def _prune_emo(cfg: dict, model: torch.nn.Module, s, out: Path) -> int:
+    """EMO-DIR search on unlabeled calibration images; the front plan closest under the
+    target is applied (and fine-tuned with --finetune-epochs); the whole front is kept."""
+    from .methods.emo import EmoConfig, EmoSearch
+    from .reporting import plot_front
+    if cfg["executor"] not in ("inprocess", "ray"):
+        raise CliError(f"executor must be inprocess or ray, got {cfg['executor']!r}")
+    ecfg = EmoConfig(parts=int(cfg["parts"]), pop_size=int(cfg["pop_size"]),
+                     generations=int(cfg["generations"]), metric=cfg["metric"],
+                     criterion=cfg["criterion"], chain_points=int(cfg["chain_points"]),
+                     feature_steps=int(cfg["feature_steps"]), groups=tuple(cfg["groups"] or ()),
+                     seed=int(cfg["seed"]))
+    from .methods.allocate import Budget
+    Budget(cfg["target"], cfg["metric"])  # validates the target before any work
+    arrays = _data(cfg)
+    calib = _calibration(arrays, s, cfg)
+    work = out.parent / f".{out.name}.emo-work"
+    if work.exists() and not cfg.get("resume"):
+        shutil.rmtree(work)
+    search = EmoSearch(model, _example(s), list(calib.split(128)), ecfg,
+                       executor=cfg["executor"], workers=int(cfg["workers"]),
+                       checkpoint=work / "checkpoint")
+    try:
+        result = search.run(progress=True)
+    finally:
+        search.close()
+    result.save(work)
+    plot_front(result, work / "front.png")
+    under = [i for i, r in enumerate(result.front) if r["cost_ratio"] <= cfg["target"]]
+    if not under:
+        raise CliError(f"no plan on the front reaches target {cfg['target']} (smallest: "
+                       f"{min(r['cost_ratio'] for r in result.front):.3f}); raise the target")
+    pick = max(under, key=lambda i: result.front[i]["cost_ratio"])
+    plan = result.plans[pick]
+    graph = search.local.graph
+    pruned = graph.apply(model, plan)
+    code = _finish(cfg, out, model, pruned, plan, arrays, s, extra={"emo": work})
+    return code
 
 
 def _calibration(arrays, s, cfg: dict) -> torch.Tensor:

@@ -152,3 +152,26 @@ def plot_lapp(history: list[dict], path: Path, x_key: str = "epoch") -> bool:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return True
+
+
+def plot_front(result, path: Path) -> bool:
+    """EMO: every sub-network's front and the whole-network front (cost against impairment)."""
+    plt = _plt()
+    if plt is None:
+        return False
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for i, front in enumerate(result.subnet_fronts):
+        a.plot([p["cost_ratio"] for p in front], [p["impairment"] for p in front], "o-",
+               markersize=3, label=f"sub-network {i}")
+    a.set_xlabel("cost of the sub-network's layers / full")
+    a.set_ylabel("feature impairment")
+    a.legend(fontsize=7)
+    b.plot([r["cost_ratio"] for r in result.front], [r["impairment"] for r in result.front],
+           "o-", color="k")
+    b.set_xlabel("whole-network cost / dense")
+    b.set_ylabel("output impairment")
+    b.set_title("whole-network front")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
