@@ -133,17 +133,12 @@ def test_resume_after_interruption_gives_the_same_front(setup, tmp_path):
                   checkpoint=tmp_path / "ck").run()
 
 
-def test_ray_gives_the_same_front(setup):
-    ray = pytest.importorskip("ray", reason="ray is in the test extra; install it to run this")
+def test_ray_gives_the_same_front(setup, ray_local):
     model, batches = setup
     ref = EmoSearch(model, batches[0][:1], batches, CFG).run()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        search = EmoSearch(model, batches[0][:1], batches, CFG, executor="ray", workers=2)
-        res = search.run()
-        search.close()
-    finally:
-        ray.shutdown()
+    search = EmoSearch(model, batches[0][:1], batches, CFG, executor="ray", workers=2)
+    res = search.run()
+    search.close()
     assert _front(res) == _front(ref)
 
 
