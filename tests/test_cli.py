@@ -221,3 +221,22 @@ def test_emo_search_end_to_end(tmp_path, data, ckpt, capsys, monkeypatch):
     assert main(["prune", "--model", "resnet20", "--data", str(data), "--method", "emo",
                  "--set", "executor=mpi", "--out", str(bad)]) == 2
     assert "executor must be" in _err_line(capsys) and not bad.exists()
+
+
+def test_space_end_to_end(tmp_path, data, ckpt, capsys, monkeypatch):
+    monkeypatch.setenv("PRUNEKIT_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "space"
+    assert main(["space", "--model", "resnet20", "--checkpoint", str(ckpt), "--data", str(data),
+                 "--samples", "8", "--set", "steps=1", "--set", "held=20", "--set", "pool=40",
+                 "--set", "regime=[0.3,0.7]", "--out", str(out)]) == 0
+    doc = json.loads((out / "space" / "analysis.json").read_text())
+    assert doc["refined_space"]["rho_band"] == doc["ratio"]["interval"]
+    for f in ("space/initial.jsonl", "space/refined.jsonl", "space/spaces.png", "plan.json",
+              "model/plan.json"):
+        assert (out / f).is_file(), f
+    assert len((out / "space" / "initial.jsonl").read_text().splitlines()) == 8
+    capsys.readouterr()
+    bad = tmp_path / "bad"
+    assert main(["space", "--model", "resnet20", "--checkpoint", str(ckpt), "--data", str(data),
+                 "--set", "regime=0.5", "--out", str(bad)]) == 2
+    assert "regime must be" in _err_line(capsys) and not bad.exists()

@@ -62,6 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
                        "squares on unlabeled images (recovery for any pruned model)")
     _common(p)
     p.add_argument("--calib", type=int, help="unlabeled calibration images (512)")
+    p = sub.add_parser("space", help="pruning spaces: sample and evaluate subnetworks in a "
+                       "MACs regime, analyse, refine, and pick the winner")
+    _common(p)
+    p.add_argument("--samples", type=int, help="subnetworks per space (64)")
+    p.add_argument("--resume", action="store_true", help="keep the samples already evaluated")
     p = sub.add_parser("finetune", help="fine-tune a saved pruned model (optionally distilling)")
     _common(p)
     p.add_argument("--epochs", type=int)
@@ -90,6 +95,9 @@ DEFAULTS: dict[str, Any] = {
     # emo
     "parts": 3, "pop_size": 16, "generations": 8, "chain_points": 12, "feature_steps": 0,
     "executor": "inprocess", "workers": 2,
+    # space
+    "param": "stage", "regime": [0.45, 0.55], "samples": 64, "steps": 50, "held": 2000,
+    "pool": 10000,
     # train: knowledge distillation from another model
     "teacher": None, "teacher_checkpoint": None,
 }

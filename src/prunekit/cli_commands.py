@@ -340,6 +340,79 @@ def _finish(cfg, out: Path, original, pruned, plan, arrays, s,
     return 0
 
 
+def cmd_space(cfg: dict) -> int:
+    """Initial space -> evaluate -> analyse -> refined space -> evaluate -> winner."""
+    from .methods.spaces import Space, best_rho, held_out, refine, search
+    from .reporting import plot_spaces
+    model, s = _model(cfg)
+    if not cfg.get("checkpoint"):
+        raise CliError("--checkpoint is required (subnetworks inherit its weights)")
+    regime = cfg["regime"]
+    if not isinstance(regime, (list, tuple)) or len(regime) != 2:
+        raise CliError(f"regime must be [low, high] fractions of the MACs, got {regime!r}")
+    space = Space(param=cfg["param"], regime=tuple(regime))
+    n = int(cfg["samples"])
+    if n < 8:
+        raise CliError(f"--samples must be >= 8, got {n}")
+    out = _out(cfg)
+    arrays = _data(cfg)
+    from .data import Batches
+    import numpy as np
+    tx, ty = arrays[0], arrays[1]
+    pool = np.random.default_rng(int(cfg["seed"])).permutation(len(tx))
+    pool = pool[: min(len(tx), int(cfg["pool"]) + int(cfg["held"]))]
+    xs = torch.cat([b for b, _ in Batches(tx[pool], ty[pool], 500, s.norm)])
+    fit_part, held = held_out(xs, torch.as_tensor(ty[pool]), int(cfg["held"]), int(cfg["seed"]))
+    work = out.parent / f".{out.name}.space-work"
+    if work.exists() and not cfg.get("resume"):
+        shutil.rmtree(work)
+    work.mkdir(parents=True, exist_ok=True)
+    args = (model, _example(s), fit_part, held, int(cfg["steps"]), float(cfg["finetune_lr"]),
+            64, int(cfg["seed"]))
+    initial = _space_population(work / "initial.jsonl", space, args, n, cfg)
+    analysis = best_rho(initial, seed=int(cfg["seed"]))
+    refined_space = refine(space, analysis)
+    refined = _space_population(work / "refined.jsonl", refined_space, args, n, cfg)
+    winner = search(refined)
+    _write_json(work / "analysis.json", {"initial_space": json.loads(space.to_json()),
+                                         "refined_space": json.loads(refined_space.to_json()),
+                                         "ratio": analysis, "winner": winner})
+    plot_spaces(initial, refined, analysis, work / "spaces.png")
+    graph, plan = _winner_plan(model, s, space, winner)
+    pruned = graph.apply(model, plan)   # the winner with inherited weights (no proxy tuning)
+    return _finish(cfg, out, model, pruned, plan, arrays, s, extra={"space": work})
+
+
+def _space_population(path: Path, space, args, n: int, cfg: dict) -> list[dict]:
+    """Sample ``n`` subnetworks and evaluate them, appending to ``path`` (resumable)."""
+    from .methods.spaces import Sampler, evaluate_samples
+    done = [json.loads(r) for r in path.read_text().splitlines()] if path.is_file() else []
+    samples = Sampler(args[0], args[1], space).sample(n, seed=int(cfg["seed"]))
+    todo = samples[len(done):]
+    from tqdm.auto import tqdm
+    with tqdm(total=n, initial=len(done), desc=path.stem, unit="subnet") as bar:
+        for i in range(0, len(todo), 8):
+            part = evaluate_samples(todo[i:i + 8], (*args[:2], space, *args[2:]),
+                                    cfg["executor"], int(cfg["workers"]))
+            with path.open("a") as f:
+                for r in part:
+                    f.write(json.dumps(r) + "\n")
+            done += part
+            bar.update(len(part))
+    return done
+
+
+def _winner_plan(model, s, space, winner):
+    import numpy as np
+    from .methods.spaces import Sampler
+    sampler = Sampler(model, _example(s), space)
+    keep = sampler.keep(winner["widths"])
+    graph = sampler.graph
+    kept = {g.id: np.nonzero(keep[g.units])[0].tolist() for g in graph.prunable_groups
+            if not keep[g.units].all()}
+    return graph, graph.make_plan(kept, {"method": "space", "winner": winner})
+
+
 def cmd_finetune(cfg: dict) -> int:
     base, s = _model(cfg)
     if not cfg.get("pruned"):

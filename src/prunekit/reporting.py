@@ -175,3 +175,29 @@ def plot_front(result, path: Path) -> bool:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return True
+
+
+def plot_spaces(initial: list[dict], refined: list[dict], analysis: dict, path: Path) -> bool:
+    """Error EDFs of the initial and refined spaces, and error against MACs per parameter."""
+    plt = _plt()
+    if plt is None:
+        return False
+    import numpy as np
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for name, pop in (("initial", initial), ("refined", refined)):
+        e = np.sort([p["error"] for p in pop])
+        a.step(e, np.arange(1, len(e) + 1) / len(e), where="post",
+               label=f"{name} (n={len(e)}, median {np.median(e):.2f})")
+        b.scatter([p["rho"] for p in pop], [p["error"] for p in pop], s=8, label=name)
+    lo, hi = analysis["interval"]
+    b.axvspan(lo, hi, color="green", alpha=0.15, label="bootstrap 95% of the best")
+    a.set_xlabel("proxy error (%)")
+    a.set_ylabel("fraction of subnetworks (EDF)")
+    b.set_xlabel("MACs per parameter")
+    b.set_ylabel("proxy error (%)")
+    for ax in (a, b):
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
