@@ -1,0 +1,145 @@
+"""Pruning spaces on the fine-tuned CIFAR ResNet: two MACs regimes, initial and refined
+spaces (>= 64 samples each), the MACs-per-parameter analysis, and the refined winner
+fine-tuned against a uniform network and a one-shot L1 plan at the same MACs.
+
+Each population is appended to a JSON-lines file as it is evaluated (rerun to
+continue). Proxy: inherit weights, --steps SGD steps on 10k training images, error
+on 2k other training images.
+
+    python benchmarks/spaces.py --model resnet20 \\
+        --checkpoint checkpoints/resnet20-jpeg/model.pt --data ../shared/datasets/cifar10 \\
+        --runs runs/spaces-bench --out benchmarks/results/spaces.json --finetune-epochs 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from prunekit.data import Batches, load_cifar10
+from prunekit.methods import OneShotConfig, prune_oneshot
+from prunekit.methods.spaces import (Sampler, Space, best_rho, evaluate_samples, held_out, refine,
+                                     search)
+from prunekit.models import create, load_checkpoint, spec
+from prunekit.reporting import plot_spaces
+from prunekit.train import TrainConfig, evaluate, fit
+
+REGIMES = {"50%": (0.45, 0.55), "30%": (0.25, 0.35)}
+
+
+def population(path: Path, model, example, space: Space, args, data) -> list[dict]:
+    done = [json.loads(r) for r in path.read_text().splitlines()] if path.is_file() else []
+    samples = Sampler(model, example, space).sample(args.samples, seed=args.seed)
+    for i in range(len(done), len(samples), 8):
+        part = evaluate_samples(samples[i:i + 8], (model, example, space, *data, args.steps,
+                                                   0.01, 64, args.seed))
+        with path.open("a") as f:
+            for r in part:
+                f.write(json.dumps(r) + "\n")
+        done += part
+        print(path.name, len(done), flush=True)
+    return done
+
+
+def summary(pop: list[dict]) -> dict:
+    e = np.array([p["error"] for p in pop])
+    return {"n": len(e), "median": float(np.median(e)), "p25": float(np.percentile(e, 25)),
+            "best": float(e.min())}
+
+
+def uniform_at(sampler: Sampler, macs_ratio: float) -> dict[str, int]:
+    lo, hi = sampler.space.min_ratio, 1.0
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        if sampler.describe([mid] * len(sampler.units))["macs_ratio"] > macs_ratio:
+            hi = mid
+        else:
+            lo = mid
+    return sampler.widths([lo] * len(sampler.units))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="resnet20")
+    ap.add_argument("--checkpoint", required=True)
+    ap.add_argument("--data")
+    ap.add_argument("--runs", default="runs/spaces-bench")
+    ap.add_argument("--out", default="benchmarks/results/spaces.json")
+    ap.add_argument("--samples", type=int, default=64)
+    ap.add_argument("--steps", type=int, default=50)
+    ap.add_argument("--finetune-epochs", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    torch.set_num_threads(2)
+    s = spec(args.model)
+    model = create(args.model)
+    load_checkpoint(model, args.checkpoint)
+    model.eval()
+    tx, ty, vx, vy = load_cifar10(args.data)
+    pool = np.random.default_rng(args.seed).permutation(len(tx))[:12000]
+    xs = torch.cat([b for b, _ in Batches(tx[pool], ty[pool], 500, s.norm)])
+    data = held_out(xs, torch.as_tensor(ty[pool]), 2000, args.seed)
+    example = torch.zeros(1, *s.input_size)
+    runs = Path(args.runs)
+    runs.mkdir(parents=True, exist_ok=True)
+    doc = {"machine": f"{platform.machine()}, 2 threads, torch {torch.__version__}",
+           "model": args.model, "samples": args.samples, "steps": args.steps, "regimes": {}}
+    for name, regime in REGIMES.items():
+        space = Space(param="stage", regime=regime)
+        init = population(runs / f"{name}-initial.jsonl", model, example, space, args, data)
+        analysis = best_rho(init, seed=args.seed)
+        refined_space = refine(space, analysis)
+        ref = population(runs / f"{name}-refined.jsonl", model, example, refined_space, args,
+                         data)
+        winner = search(ref)
+        plot_spaces(init, ref, analysis, Path(args.out).with_name(f"spaces-{name[:-1]}.png"))
+        doc["regimes"][name] = {"initial": summary(init), "refined": summary(ref),
+                                "ratio": analysis, "winner": winner,
+                                "refined_median_le_initial_p25":
+                                    summary(ref)["median"] <= summary(init)["p25"]}
+        Path(args.out).write_text(json.dumps(doc, indent=1))
+        if args.finetune_epochs:
+            doc["regimes"][name]["finetune"] = finetune(args, model, s, space, winner,
+                                                        tx, ty, vx, vy)
+            Path(args.out).write_text(json.dumps(doc, indent=1))
+    print(json.dumps({k: {kk: v[kk] for kk in ("initial", "refined")}
+                      for k, v in doc["regimes"].items()}, indent=1))
+
+
+def finetune(args, model, s, space, winner, tx, ty, vx, vy) -> dict:
+    sampler = Sampler(model, torch.zeros(1, *s.input_size), space)
+    graph = sampler.graph
+
+    def plan_of(widths):
+        keep = sampler.keep(widths)
+        return graph.make_plan({g.id: np.nonzero(keep[g.units])[0].tolist()
+                                for g in graph.prunable_groups if not keep[g.units].all()})
+    ex = torch.zeros(1, *s.input_size)
+    nets = {"refined winner": graph.apply(model, plan_of(winner["widths"])),
+            "uniform": graph.apply(model, plan_of(uniform_at(sampler, winner["macs_ratio"]))),
+            "oneshot-l1": prune_oneshot(model, ex, OneShotConfig(
+                target=winner["macs_ratio"], criterion="l1")).model}
+    train = Batches(tx, ty, 128, s.norm, train=True, seed=args.seed, drop_last=True)
+    test = Batches(vx, vy, 500, s.norm)
+    out = {}
+    for name, net in nets.items():
+        with tempfile.TemporaryDirectory() as tmp:
+            fit(net, train, None, TrainConfig(epochs=args.finetune_epochs, lr=0.02,
+                                              weight_decay=5e-4, seed=args.seed), tmp)
+        cost = graph.cost()  # dense
+        from prunekit import ChannelGraph
+        c = ChannelGraph.build(net, ex).cost()
+        out[name] = {"top1": evaluate(net.eval(), test)["top1"],
+                     "macs_ratio": c.macs / cost.macs}
+        print(name, out[name], flush=True)
+    return out
+
+
+if __name__ == "__main__":
+    main()
