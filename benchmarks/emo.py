@@ -29,24 +29,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from prunekit.data import Batches, calibration_set, load_cifar10
+from common import calibration, recalibrated, setup
+from prunekit.data import Batches
 from prunekit.methods import OneShotConfig, prune_oneshot
 from prunekit.methods.emo import EmoConfig, EmoSearch, hypervolume, non_dominated
-from prunekit.models import create, load_checkpoint, spec
 from prunekit.train import TrainConfig, evaluate, fit
-
-
-def recalibrated(model: nn.Module, calib: torch.Tensor) -> nn.Module:
-    model = copy.deepcopy(model)
-    for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.reset_running_stats()
-            m.momentum = None
-    model.train()
-    with torch.no_grad():
-        for x in calib.split(128):
-            model(x)
-    return model.eval()
 
 
 def measure(search: EmoSearch, model, widths_list, calib, test) -> list[dict]:
@@ -100,14 +87,8 @@ def main() -> None:
     ap.add_argument("--finetune-epochs", type=int, default=0)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
-    torch.set_num_threads(2)
-    s = spec(args.model)
-    model = create(args.model)
-    load_checkpoint(model, args.checkpoint)
-    model.eval()
-    tx, ty, vx, vy = load_cifar10(args.data)
-    cx, cy = calibration_set(tx, ty, 512, seed=args.seed)
-    calib = torch.cat([b for b, _ in Batches(cx, cy, 256, s.norm, train=True, seed=args.seed)])
+    s, model, (tx, ty, vx, vy) = setup(args.model, args.checkpoint, args.data)
+    calib, _, _ = calibration(tx, ty, s, 512, args.seed)
     pick = np.random.default_rng(0).choice(len(vx), min(args.test_n, len(vx)), replace=False)
     test = Batches(vx[pick], vy[pick], 500, s.norm)
     example = torch.zeros(1, *s.input_size)

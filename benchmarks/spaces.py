@@ -22,11 +22,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from prunekit.data import Batches, load_cifar10
+from common import setup
+from prunekit.data import Batches
 from prunekit.methods import OneShotConfig, prune_oneshot
 from prunekit.methods.spaces import (Sampler, Space, best_rho, evaluate_samples, held_out, refine,
                                      search)
-from prunekit.models import create, load_checkpoint, spec
 from prunekit.reporting import plot_spaces
 from prunekit.train import TrainConfig, evaluate, fit
 
@@ -76,12 +76,7 @@ def main() -> None:
     ap.add_argument("--finetune-epochs", type=int, default=0)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
-    torch.set_num_threads(2)
-    s = spec(args.model)
-    model = create(args.model)
-    load_checkpoint(model, args.checkpoint)
-    model.eval()
-    tx, ty, vx, vy = load_cifar10(args.data)
+    s, model, (tx, ty, vx, vy) = setup(args.model, args.checkpoint, args.data)
     pool = np.random.default_rng(args.seed).permutation(len(tx))[:12000]
     xs = torch.cat([b for b, _ in Batches(tx[pool], ty[pool], 500, s.norm)])
     data = held_out(xs, torch.as_tensor(ty[pool]), 2000, args.seed)
@@ -115,11 +110,7 @@ def main() -> None:
 def finetune(args, model, s, space, winner, tx, ty, vx, vy) -> dict:
     sampler = Sampler(model, torch.zeros(1, *s.input_size), space)
     graph = sampler.graph
-
-    def plan_of(widths):
-        keep = sampler.keep(widths)
-        return graph.make_plan({g.id: np.nonzero(keep[g.units])[0].tolist()
-                                for g in graph.prunable_groups if not keep[g.units].all()})
+    plan_of = sampler.planner.plan
     ex = torch.zeros(1, *s.input_size)
     nets = {"refined winner": graph.apply(model, plan_of(winner["widths"])),
             "uniform": graph.apply(model, plan_of(uniform_at(sampler, winner["macs_ratio"]))),

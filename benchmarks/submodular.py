@@ -45,9 +45,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from prunekit import ChannelGraph
-from prunekit.data import Batches, calibration_set, load_cifar10
+from common import calibration, setup
+from prunekit.data import Batches
 from prunekit.methods import SubmodularConfig, prune_submodular
-from prunekit.models import create, load_checkpoint, spec
 from prunekit.train import TrainConfig, evaluate, fit
 
 GREEDY = {"asym": "asym", "seq": "seq", "layer": "layer"}
@@ -96,12 +96,7 @@ def finetune(model: nn.Module, x: np.ndarray, y: np.ndarray, norm, epochs: int,
 
 
 def run(args: argparse.Namespace) -> None:
-    torch.set_num_threads(args.threads)
-    s = spec(args.model)
-    model = create(args.model)
-    load_checkpoint(model, args.checkpoint)
-    model.eval()
-    tx, ty, vx, vy = load_cifar10(args.data)
+    s, model, (tx, ty, vx, vy) = setup(args.model, args.checkpoint, args.data, args.threads)
     if args.test_n:
         pick = np.random.default_rng(0).choice(len(vx), args.test_n, replace=False)
         vx, vy = vx[pick], vy[pick]
@@ -116,8 +111,7 @@ def run(args: argparse.Namespace) -> None:
     graph = ChannelGraph.build(model, torch.zeros(1, *s.input_size))
     machine = f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
     for seed in args.seeds:
-        cx, cy = calibration_set(tx, ty, args.calib, seed=seed)
-        calib = torch.cat([b for b, _ in Batches(cx, cy, 256, s.norm, train=True, seed=seed)])
+        calib, cx, cy = calibration(tx, ty, s, args.calib, seed)
         for compression in args.compressions:
             for method in args.methods:
                 for rw in ((False,) if method.startswith("tp-") else (True, False)):
@@ -148,13 +142,8 @@ def run(args: argparse.Namespace) -> None:
 
 def timing(args: argparse.Namespace) -> None:
     """Wall time and peak memory of AsymInChange on the whole model (one process)."""
-    torch.set_num_threads(args.threads)
-    s = spec(args.model)
-    model = create(args.model)
-    load_checkpoint(model, args.checkpoint)
-    tx, ty, _, _ = load_cifar10(args.data)
-    cx, cy = calibration_set(tx, ty, args.calib, seed=0)
-    calib = torch.cat([b for b, _ in Batches(cx, cy, 256, s.norm, train=True, seed=0)])
+    s, model, (tx, ty, _, _) = setup(args.model, args.checkpoint, args.data, args.threads)
+    calib, _, _ = calibration(tx, ty, s, args.calib, 0)
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     t = time.perf_counter()
     res = prune_submodular(model.eval(), calib[:1], calib, config("asym", 2, True, 0))

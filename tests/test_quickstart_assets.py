@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from prunekit.cli import main
 from prunekit.data import load_cifar10

@@ -286,13 +286,17 @@ def _calibration(arrays, s, cfg: dict) -> torch.Tensor:
     return torch.cat([b for b, _ in batches])
 
 
-def cmd_reweight(cfg: dict) -> int:
+def _pruned_job(cfg: dict):
+    """The base model, the saved pruned model, its plan, the output folder and the data."""
     base, s = _model(cfg)
     if not cfg.get("pruned"):
         raise CliError("--pruned is required")
     pruned, plan = _pruned(cfg, base, s)
-    out = _out(cfg)
-    arrays = _data(cfg)
+    return base, s, pruned, plan, _out(cfg), _data(cfg)
+
+
+def cmd_reweight(cfg: dict) -> int:
+    base, s, pruned, plan, out, arrays = _pruned_job(cfg)
     from .graph import ChannelGraph
     from .methods import reweight
     graph = ChannelGraph.build(base, _example(s))
@@ -403,23 +407,14 @@ def _space_population(path: Path, space, args, n: int, cfg: dict) -> list[dict]:
 
 
 def _winner_plan(model, s, space, winner):
-    import numpy as np
     from .methods.spaces import Sampler
     sampler = Sampler(model, _example(s), space)
-    keep = sampler.keep(winner["widths"])
-    graph = sampler.graph
-    kept = {g.id: np.nonzero(keep[g.units])[0].tolist() for g in graph.prunable_groups
-            if not keep[g.units].all()}
-    return graph, graph.make_plan(kept, {"method": "space", "winner": winner})
+    return sampler.graph, sampler.planner.plan(winner["widths"],
+                                               {"method": "space", "winner": winner})
 
 
 def cmd_finetune(cfg: dict) -> int:
-    base, s = _model(cfg)
-    if not cfg.get("pruned"):
-        raise CliError("--pruned is required")
-    pruned, plan = _pruned(cfg, base, s)
-    out = _out(cfg)
-    arrays = _data(cfg)
+    base, s, pruned, plan, out, arrays = _pruned_job(cfg)
     from .train import fit
     train, test = _batches(arrays, s, cfg)
     alpha = cfg["distill_alpha"] or (0.5 if cfg.get("distill") else 0.0)

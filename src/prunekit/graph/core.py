@@ -167,6 +167,12 @@ class ChannelGraph:
         self.keep_mask(plan)
         return plan
 
+    def plan_of_mask(self, keep: np.ndarray, meta: dict | None = None) -> Plan:
+        """The (validated) plan of a bool keep flag per unit."""
+        kept = {g.id: np.nonzero(keep[g.units])[0].tolist() for g in self.groups
+                if not keep[g.units].all()}
+        return self.make_plan(kept, meta)
+
     def keep_mask(self, plan: Plan) -> np.ndarray:
         """Validate ``plan`` and return a bool keep flag per unit."""
         if plan.fingerprint != self.fingerprint:

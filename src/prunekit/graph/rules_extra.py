@@ -8,7 +8,7 @@ import numpy as np
 import torch
 import torch.fx as fx
 
-from .builder import Builder, function_rule, module_rule
+from .builder import Builder, function_rule
 from .layout import Block, Layout
 
 

@@ -10,7 +10,7 @@ import torch
 import torch.fx as fx
 import torch.nn.functional as F
 
-from .builder import Builder, function_rule, method_rule, module_rule, untracked_like
+from .builder import Builder, function_rule, method_rule, module_rule
 from .layout import Block, Layout, untracked
 from .rules_shape import merge_elementwise
 

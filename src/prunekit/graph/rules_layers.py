@@ -5,12 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import torch
 import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
-from .builder import Builder, Patch, function_rule, method_rule, module_rule
+from .builder import Builder, Patch, function_rule, module_rule
 from .layout import Block, Layout
 from .rules_index import matmul_layout
 from .rules_shape import merge_elementwise

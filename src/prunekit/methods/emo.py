@@ -41,10 +41,11 @@ from torch import nn
 
 from ..errors import TargetError
 from ..graph import ChannelGraph
-from ..importance import CRITERIA, unit_scores
+from ..importance import CRITERIA
 from ..plan import Plan, atomic_write_text
 from .allocate import METRICS
 from .split import Runner, Segment, features, split
+from .widths import WidthPlanner
 
 
 @dataclass(frozen=True)
@@ -95,13 +96,7 @@ class Evaluator:
             raise TargetError("no prunable group lies inside a sub-network")
         self.batches = batches
         self.feats = features(self.graph, self.model, self.segments, batches)
-        scores = unit_scores(self.graph, self.model, config.criterion, seed=config.seed)
-        self.order = {}   # per group: prunable local indices, most important first
-        for seg in self.segments:
-            for gid in seg.groups:
-                g = self.graph.group(gid)
-                idx = np.nonzero(g.prunable)[0]
-                self.order[gid] = idx[np.argsort(-scores[g.units[idx]], kind="stable")]
+        self.planner = WidthPlanner(self.graph, self.model, config.criterion, config.seed)
         self.base = self._value(self.graph.cost())
         self.full = {s.index: self._value(self.graph.layers_cost(list(s.groups)))
                      for s in self.segments if s.groups}
@@ -110,13 +105,7 @@ class Evaluator:
         return float(cost.macs if self.config.metric == "macs" else cost.params)
 
     def keep(self, widths: dict[str, int]) -> np.ndarray:
-        keep = np.ones(self.graph.n_units, dtype=bool)
-        for gid, k in widths.items():
-            g = self.graph.group(gid)
-            n_frozen = g.width - len(self.order[gid])
-            drop = self.order[gid][max(0, k - n_frozen):]
-            keep[g.units[drop]] = False
-        return keep
+        return self.planner.keep(widths)
 
     def widths(self, seg: Segment, x: np.ndarray) -> dict[str, int]:
         out = {}
@@ -410,12 +399,8 @@ class EmoSearch:
         return out
 
     def plan(self, widths: dict[str, int], meta: dict | None = None) -> Plan:
-        keep = self.local.keep(widths)
-        graph = self.local.graph
-        kept = {g.id: np.nonzero(keep[g.units])[0].tolist() for g in graph.prunable_groups
-                if not keep[g.units].all()}
-        return graph.make_plan(kept, {"method": "emo", "config": asdict(self.config),
-                                      **(meta or {})})
+        return self.local.planner.plan(widths, {"method": "emo", "config": asdict(self.config),
+                                                **(meta or {})})
 
     def close(self) -> None:
         self.exec.close()

@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from ..errors import TargetError
-from ..graph import ChannelGraph, Cost
+from ..graph import ChannelGraph
 from ..plan import Plan
 from ..train.engine import Callback, TrainConfig, fit
 from .allocate import METRICS
@@ -243,9 +243,7 @@ class Lapp(nn.Module, Callback):
         """The current hard mask as a Plan (no projection onto the budget)."""
         with torch.no_grad():
             keep = self.unit_keep(self.masks(hard_only=True)).numpy() > 0.5
-        kept = {g.id: np.nonzero(keep[g.units])[0].tolist() for g in self.groups
-                if not keep[g.units].all()}
-        return self.graph.make_plan(kept, meta or {})
+        return self.graph.plan_of_mask(keep, meta)
 
     def verify(self, model: nn.Module, example_inputs: Sequence[Any]) -> None:
         """Check, on a mask that drops about half of every group, that masking the BN outputs
@@ -325,12 +323,10 @@ class Lapp(nn.Module, Callback):
         with torch.no_grad():
             learned = float(self.cost(self.unit_keep(self.masks(hard_only=True)))) / self.base
         keep = self._fill(keep_at(hi), margins, value, goal)
-        kept = {g.id: np.nonzero(keep[g.units])[0].tolist() for g in self.groups
-                if not keep[g.units].all()}
         info = {"method": "lapp", "config": asdict(self.config), "bypass": self.config.bypass,
                 "achieved": round(value(keep) / self.base, 6), "learned": round(learned, 6),
                 "skipped": self.skipped}
-        return self.graph.make_plan(kept, {**info, **(meta or {})})
+        return self.graph.plan_of_mask(keep, {**info, **(meta or {})})
 
 
 # ------------------------------------------------------------------ driver

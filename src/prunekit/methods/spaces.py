@@ -39,8 +39,9 @@ from torch import nn
 
 from ..errors import TargetError
 from ..graph import ChannelGraph
-from ..importance import CRITERIA, unit_scores
+from ..importance import CRITERIA
 from .split import split
+from .widths import WidthPlanner
 
 
 @dataclass(frozen=True)
@@ -88,12 +89,7 @@ class Sampler:
             self.units = [[g] for g in ids]
         if not self.units:
             raise TargetError("the model has no prunable group for a pruning space")
-        scores = unit_scores(self.graph, model, space.criterion)
-        self.order = {}
-        for gid in ids:
-            g = self.graph.group(gid)
-            idx = np.nonzero(g.prunable)[0]
-            self.order[gid] = idx[np.argsort(-scores[g.units[idx]], kind="stable")]
+        self.planner = WidthPlanner(self.graph, model, space.criterion)
         dense = self.graph.cost()
         self.dense_macs = dense.macs
 
@@ -106,12 +102,7 @@ class Sampler:
         return out
 
     def keep(self, widths: dict[str, int]) -> np.ndarray:
-        keep = np.ones(self.graph.n_units, dtype=bool)
-        for gid, k in widths.items():
-            g = self.graph.group(gid)
-            n_frozen = g.width - len(self.order[gid])
-            keep[g.units[self.order[gid][max(0, k - n_frozen):]]] = False
-        return keep
+        return self.planner.keep(widths)
 
     def describe(self, ratios: Sequence[float]) -> dict[str, Any]:
         w = self.widths(ratios)
@@ -155,11 +146,7 @@ class Evaluator:
         self.steps, self.lr, self.batch, self.seed = steps, lr, batch, seed
 
     def subnetwork(self, widths: dict[str, int]) -> nn.Module:
-        keep = self.sampler.keep(widths)
-        graph = self.sampler.graph
-        kept = {g.id: np.nonzero(keep[g.units])[0].tolist() for g in graph.prunable_groups
-                if not keep[g.units].all()}
-        return graph.apply(self.model, graph.make_plan(kept))
+        return self.sampler.graph.apply(self.model, self.sampler.planner.plan(widths))
 
     def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:
         torch.manual_seed(self.seed * 100_003 + sample["index"])

@@ -442,12 +442,7 @@ def _prune_group(st: _State, info: GroupInfo, k: int) -> dict[str, Any]:
 
 
 def _plan(graph: ChannelGraph, keep: np.ndarray, meta: dict | None = None) -> Plan:
-    kept = {}
-    for g in graph.prunable_groups:
-        k = keep[g.units]
-        if not k.all():
-            kept[g.id] = np.nonzero(k)[0].tolist()
-    return graph.make_plan(kept, meta or {})
+    return graph.plan_of_mask(keep, meta)
 
 
 def _ratio(graph: ChannelGraph, keep: np.ndarray, config: SubmodularConfig,
