@@ -280,8 +280,10 @@ class EmoSearch:
         problem = self._problem(self.local.segments[s])
         algo = NSGA2(pop_size=self.config.pop_size, sampling=X, eliminate_duplicates=True)
         algo.setup(problem, seed=self.config.seed, termination=("n_gen", 10 ** 9))
-        pop = algo.ask()
-        PymooEvaluator().eval(StaticProblem(problem, F=F_[:len(pop)]), pop)
+        pop = algo.ask()   # the saved population (initialisation may drop duplicates)
+        known = {tuple(x): f for x, f in zip(np.asarray(X).tolist(), np.asarray(F_).tolist())}
+        F_pop = np.array([known[tuple(x)] for x in pop.get("X").tolist()], dtype=float)
+        PymooEvaluator().eval(StaticProblem(problem, F=F_pop), pop)
         algo.tell(infills=pop)
         algo.random_state = np.random.default_rng([self.config.seed, s, gen])
         off = algo.ask()
