@@ -21,7 +21,6 @@ import argparse
 import copy
 import json
 import platform
-import tempfile
 import time
 from pathlib import Path
 
@@ -29,11 +28,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from common import calibration, recalibrated, setup
+from common import calibration, finetune_all, recalibrated, setup
 from prunekit.data import Batches
 from prunekit.methods import OneShotConfig, prune_oneshot
 from prunekit.methods.emo import EmoConfig, EmoSearch, hypervolume, non_dominated
-from prunekit.train import TrainConfig, evaluate, fit
+from prunekit.train import evaluate
 
 
 def measure(search: EmoSearch, model, widths_list, calib, test) -> list[dict]:
@@ -163,17 +162,7 @@ def finetune_part(args, model, dnc, res, s, tx, ty, vx, vy) -> dict:
             candidates["torch-pruning-l1"] = best
     except ImportError:
         pass
-    train = Batches(tx, ty, 128, s.norm, train=True, seed=args.seed, drop_last=True)
-    test = Batches(vx, vy, 500, s.norm)
-    out = {}
-    for name, m in candidates.items():
-        with tempfile.TemporaryDirectory() as tmp:
-            fit(m, train, None, TrainConfig(epochs=args.finetune_epochs, lr=0.02,
-                                            weight_decay=5e-4, seed=args.seed), tmp)
-        out[name] = {"macs_ratio": measured_cost(m, (ex,))[1] / measured_cost(model, (ex,))[1],
-                     "top1": evaluate(m.eval(), test)["top1"]}
-        print(name, out[name], flush=True)
-    return out
+    return finetune_all(candidates, model, (tx, ty, vx, vy), s, args.finetune_epochs, args.seed)
 
 
 def plot(doc: dict, path: Path) -> None:

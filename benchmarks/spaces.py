@@ -16,19 +16,17 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from common import setup
+from common import finetune_all, setup
 from prunekit.data import Batches
 from prunekit.methods import OneShotConfig, prune_oneshot
 from prunekit.methods.spaces import (Sampler, Space, best_rho, evaluate_samples, held_out, refine,
                                      search)
 from prunekit.reporting import plot_spaces
-from prunekit.train import TrainConfig, evaluate, fit
 
 REGIMES = {"50%": (0.45, 0.55), "30%": (0.25, 0.35)}
 
@@ -116,20 +114,7 @@ def finetune(args, model, s, space, winner, tx, ty, vx, vy) -> dict:
             "uniform": graph.apply(model, plan_of(uniform_at(sampler, winner["macs_ratio"]))),
             "oneshot-l1": prune_oneshot(model, ex, OneShotConfig(
                 target=winner["macs_ratio"], criterion="l1")).model}
-    train = Batches(tx, ty, 128, s.norm, train=True, seed=args.seed, drop_last=True)
-    test = Batches(vx, vy, 500, s.norm)
-    out = {}
-    for name, net in nets.items():
-        with tempfile.TemporaryDirectory() as tmp:
-            fit(net, train, None, TrainConfig(epochs=args.finetune_epochs, lr=0.02,
-                                              weight_decay=5e-4, seed=args.seed), tmp)
-        cost = graph.cost()  # dense
-        from prunekit import ChannelGraph
-        c = ChannelGraph.build(net, ex).cost()
-        out[name] = {"top1": evaluate(net.eval(), test)["top1"],
-                     "macs_ratio": c.macs / cost.macs}
-        print(name, out[name], flush=True)
-    return out
+    return finetune_all(nets, model, (tx, ty, vx, vy), s, args.finetune_epochs, args.seed)
 
 
 if __name__ == "__main__":
