@@ -29,6 +29,7 @@ class Consumer:
 
     name: str
     col_unit: np.ndarray
+    taps: int = 1        # columns per input channel (kernel area; 1 for linear layers)
 
     def unit_cols(self, n_units: int) -> list[np.ndarray]:
         return [np.nonzero(self.col_unit == u)[0] for u in range(n_units)]
@@ -108,4 +109,4 @@ def _consumer(graph: ChannelGraph, name: str, mod: nn.Module, prunable: np.ndarr
         raise RuntimeError(f"the graph recorded no input slice for {name}")
     loc = np.array([local.get(int(u), -1) for u in units], dtype=np.int64)
     loc = np.where((loc >= 0) & prunable[np.maximum(loc, 0)], loc, -1)
-    return Consumer(name, np.repeat(loc, taps(mod)))
+    return Consumer(name, np.repeat(loc, taps(mod)), taps(mod))

@@ -134,7 +134,6 @@ class Lapp(nn.Module, Callback):
         self._masks: list[torch.Tensor] | None = None
         self._handles: list[Any] = []
         self._target_now = 1.0
-        self._ratio = 1.0
         self._steps = 0
         self.history: list[dict[str, Any]] = []
         self.trace: list[dict[str, Any]] = []   # every 25 steps: thresholds, widths, cost
@@ -215,7 +214,6 @@ class Lapp(nn.Module, Callback):
             return None
         self._target_now = self.target_at(progress)
         ratio = self.cost(self.unit_keep(self._masks or self.masks())) / self.base
-        self._ratio = float(ratio.detach())
         return self.config.penalty * torch.relu(ratio - self._target_now).float()
 
     def after_step(self) -> None:

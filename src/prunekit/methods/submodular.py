@@ -232,10 +232,10 @@ def _actgrad(model: nn.Module, infos: list[GroupInfo], widths: dict[str, int],
     for info in infos:
         score = np.zeros(widths[info.gid])
         for c in info.consumers:
-            per_col = per[c.name].double().numpy()
-            ch_unit = c.col_unit[:: max(1, len(c.col_unit) // len(per_col))][: len(per_col)]
+            per_ch = per[c.name].double().numpy()        # one value per input channel
+            ch_unit = c.col_unit[:: c.taps]
             for u in range(len(score)):
-                score[u] += per_col[ch_unit == u].sum()
+                score[u] += per_ch[ch_unit == u].sum()
         out[info.gid] = score
     return out
 
