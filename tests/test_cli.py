@@ -69,12 +69,15 @@ def test_prune_finetune_eval_export_info(tmp_path, data, ckpt, capsys, monkeypat
 def test_train_resume_and_config_file(tmp_path, data, capsys, monkeypatch):
     monkeypatch.setenv("PRUNEKIT_CACHE", str(tmp_path / "cache"))
     cfg = tmp_path / "c.yaml"
-    cfg.write_text("epochs: 1\nbatch_size: 16\nmax_steps_per_epoch: 2\nchannels_last: false\n")
+    cfg.write_text("epochs: 1\nbatch_size: 16\nmax_steps_per_epoch: 2\nchannels_last: false\n"
+                   "label_smoothing: 0.1\ncutout: 8\n")
     out = tmp_path / "t"
     args = ["train", "--model", "resnet20", "--data", str(data), "--config", str(cfg),
             "--out", str(out)]
     assert main(args) == 0
     assert (out / "model.pt").is_file() and (out / "log.jsonl").is_file()
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["label_smoothing"] == 0.1 and saved["cutout"] == 8
     capsys.readouterr()
     assert main(args) == 2 and "not empty" in _err_line(capsys)
     assert main(args + ["--resume", "--set", "epochs=2"]) == 0
@@ -89,13 +92,15 @@ def test_train_resume_and_config_file(tmp_path, data, capsys, monkeypatch):
       "--data", "/nonexistent/data"], "no CIFAR-10"),
     (["prune", "--model", "resnet20", "--checkpoint", "/nonexistent.pt"], "does not exist"),
     (["prune", "--model", "resnet20", "--set", "bogus=1"], "unknown option"),
+    (["train", "--model", "resnet20", "--data", "/nonexistent/data", "--set",
+      "label_smoothing=1.5"], "label_smoothing"),
     (["prune", "--model", "resnet20", "--config", "/nonexistent.yaml"], "does not exist"),
 ])
 def test_bad_input(tmp_path, capsys, argv, needle):
     out = tmp_path / "out"
     assert main(argv + ["--out", str(out)]) == 2
     line = _err_line(capsys)
-    assert needle in line and line.startswith("prunekit prune: error:")
+    assert needle in line and line.startswith(f"prunekit {argv[0]}: error:")
     assert not out.exists() and not list(tmp_path.iterdir())
 
 

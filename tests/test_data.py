@@ -13,7 +13,7 @@ import torch
 from fixtures import canonical, images, jpeg
 from prunekit.data import (CIFAR_NORM, Batches, DataError, calibration_set, find_cifar,
                            load_cifar10)
-from prunekit.data.pipeline import random_crop_flip
+from prunekit.data.pipeline import cutout, random_crop_flip
 
 
 @pytest.fixture(autouse=True)
@@ -78,6 +78,25 @@ def test_augmentation_is_seeded_and_shape_preserving():
                  for oy in range(9) for ox in range(9)
                  for w in [pad[i, :, oy:oy + 32, ox:ox + 32]])
         assert ok
+
+
+def test_cutout_zeroes_one_clipped_square_per_image():
+    x = torch.ones(64, 3, 32, 32)
+    a = cutout(x, torch.Generator().manual_seed(0), 8)
+    assert torch.equal(a, cutout(x, torch.Generator().manual_seed(0), 8))
+    zero = (a == 0).all(1)                      # (b, h, w): same square in every channel
+    assert torch.equal(zero, (a == 0).any(1))
+    counts = zero.flatten(1).sum(1)
+    assert counts.max() == 64 and counts.min() >= 16 and (counts < 64).any()  # clipped at borders
+    for z in zero:                              # the zeroed pixels form one rectangle
+        rows, cols = z.any(1).nonzero().flatten(), z.any(0).nonzero().flatten()
+        assert z.sum() == len(rows) * len(cols) and z[rows][:, cols].all()
+    xs, ys = images(40, 1)
+    plain = torch.cat([b for b, _ in Batches(xs, ys, 8, CIFAR_NORM, train=True, seed=1)])
+    cut = torch.cat([b for b, _ in Batches(xs, ys, 8, CIFAR_NORM, train=True, seed=1, cutout=6)])
+    assert ((cut == 0) & (plain != 0)).flatten(1).any(1).all()
+    with pytest.raises(ValueError, match="cutout"):
+        Batches(xs, ys, 8, CIFAR_NORM, cutout=-1)
 
 
 def test_batches_epochs_and_shards():

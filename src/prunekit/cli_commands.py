@@ -96,6 +96,8 @@ def _train_config(cfg: dict, epochs: int, lr: float):
     names = {f.name for f in fields(TrainConfig)}
     kw = {k: v for k, v in cfg.items() if k in names}
     kw.update(epochs=epochs, lr=lr)
+    if not isinstance(cfg.get("cutout", 0), int) or cfg.get("cutout", 0) < 0:
+        raise CliError(f"cutout must be a whole number of pixels >= 0, got {cfg['cutout']!r}")
     try:
         return TrainConfig(**kw)
     except (TypeError, ValueError) as exc:
@@ -106,7 +108,7 @@ def _batches(arrays, s, cfg):
     from .data import Batches
     tx, ty, vx, vy = arrays
     return (Batches(tx, ty, int(cfg["batch_size"]), s.norm, train=True, seed=cfg["seed"],
-                    drop_last=True),
+                    drop_last=True, cutout=int(cfg["cutout"])),
             Batches(vx, vy, 500, s.norm))
 
 

@@ -42,18 +42,35 @@ def random_crop_flip(x: torch.Tensor, gen: torch.Generator, pad: int = 4) -> tor
     return torch.where(flip[:, None, None, None], out.flip(3), out)
 
 
+def cutout(x: torch.Tensor, gen: torch.Generator, size: int) -> torch.Tensor:
+    """Zero one random ``size`` x ``size`` square per image of a normalised NCHW batch
+    (DeVries & Taylor, 2017: the square's centre is uniform over the image, so it may
+    be clipped at the border; zero is the mean pixel after normalisation)."""
+    b, _, h, w = x.shape
+    cy = torch.randint(0, h, (b,), generator=gen)[:, None]
+    cx = torch.randint(0, w, (b,), generator=gen)[:, None]
+    ys, xs = torch.arange(h)[None], torch.arange(w)[None]
+    rows = ((ys >= cy - size // 2) & (ys < cy - size // 2 + size))[:, :, None]
+    cols = ((xs >= cx - size // 2) & (xs < cx - size // 2 + size))[:, None, :]
+    return x * (~(rows & cols))[:, None].to(x.dtype)
+
+
 class Batches:
     """Iterate (inputs, labels) over arrays; a new seeded order and augmentation per epoch.
 
     ``shard=(rank, world)`` gives each process of a distributed run its slice of
-    every epoch's permutation.
+    every epoch's permutation; ``cutout=S`` (training only) also zeroes a random
+    S x S square of every image.
     """
 
     def __init__(self, x: np.ndarray, y: np.ndarray, batch_size: int, norm: Normalize,
                  train: bool = False, seed: int = 0, shard: tuple[int, int] = (0, 1),
-                 drop_last: bool = False) -> None:
+                 drop_last: bool = False, cutout: int = 0) -> None:
         if len(x) != len(y):
             raise ValueError("images and labels differ in length")
+        if cutout < 0:
+            raise ValueError(f"cutout must be >= 0, got {cutout}")
+        self.cutout = cutout
         self.x, self.y = x, y
         self.batch_size, self.norm, self.train = batch_size, norm, train
         self.seed, self.shard, self.drop_last = seed, shard, drop_last
@@ -84,7 +101,10 @@ class Batches:
             xb = torch.from_numpy(np.ascontiguousarray(self.x[part])).permute(0, 3, 1, 2)
             if self.train:
                 xb = random_crop_flip(xb, gen)
-            yield self.norm(xb), torch.from_numpy(np.asarray(self.y[part]))
+            xb = self.norm(xb)
+            if self.train and self.cutout:
+                xb = cutout(xb, gen, self.cutout)
+            yield xb, torch.from_numpy(np.asarray(self.y[part]))
 
 
 def calibration_set(x: np.ndarray, y: np.ndarray | None, n: int, seed: int = 0,

@@ -46,6 +46,9 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.lr <= 0 or not 0 <= self.distill_alpha <= 1:
             raise ValueError("epochs >= 1, lr > 0 and 0 <= distill_alpha <= 1 are required")
+        if not 0 <= self.label_smoothing < 1 or not 0 <= self.warmup_epochs < self.epochs:
+            raise ValueError("0 <= label_smoothing < 1 and 0 <= warmup_epochs < epochs are "
+                             f"required, got {self.label_smoothing} and {self.warmup_epochs}")
         if self.schedule not in ("cosine", "onecycle"):
             raise ValueError(f"schedule must be 'cosine' or 'onecycle', got {self.schedule!r}")
 
