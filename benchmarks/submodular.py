@@ -9,7 +9,10 @@ short fine-tune on the same 512 images (with their labels). Per seed, the
 calibration images (and the random selector) change.
 
 Methods, each with and without least-squares reweighting:
-  asym, seq, layer     AsymInChange, SeqInChange, LayerInChange (greedy selection)
+  asym, seq, layer     AsymInChange, SeqInChange, LayerInChange (greedy selection,
+                       uniform per-layer fraction)
+  asym-sensitivity     AsymInChange+rw with the per-layer budgets of allocation=
+  asym-output          "sensitivity" / "output" (reweighted only)
   weightnorm           LayerWeightNorm: norm of each channel's outgoing weights
   random               random channels
   actgrad              |activation x gradient| (gradient of the loss against the
@@ -52,7 +55,8 @@ from prunekit.train import TrainConfig, evaluate, fit
 
 GREEDY = {"asym": "asym", "seq": "seq", "layer": "layer"}
 SELECTORS = ("weightnorm", "random", "actgrad")
-METHODS = ("asym", "seq", "layer", *SELECTORS, "tp-magnitude", "tp-taylor")
+ALLOCATED = {"asym-sensitivity": "sensitivity", "asym-output": "output"}
+METHODS = ("asym", "seq", "layer", *SELECTORS, *ALLOCATED, "tp-magnitude", "tp-taylor")
 INTERNAL = ("layer*.conv1",)
 
 
@@ -61,6 +65,8 @@ def config(method: str, compression: float, reweight: bool, seed: int) -> Submod
                   reweight=reweight, seed=seed)
     if method in GREEDY:
         return SubmodularConfig(variant=GREEDY[method], **common)
+    if method in ALLOCATED:
+        return SubmodularConfig(variant="asym", allocation=ALLOCATED[method], **common)
     return SubmodularConfig(variant="asym", selector=method, **common)
 
 
@@ -114,7 +120,8 @@ def run(args: argparse.Namespace) -> None:
         calib, cx, cy = calibration(tx, ty, s, args.calib, seed)
         for compression in args.compressions:
             for method in args.methods:
-                for rw in ((False,) if method.startswith("tp-") else (True, False)):
+                for rw in ((False,) if method.startswith("tp-") else
+                           (True,) if method in ALLOCATED else (True, False)):
                     key = (method, compression, seed, rw)
                     if key in done:
                         continue
@@ -169,8 +176,9 @@ def report(paths: list[str], out_md: Path, out_png: Path) -> None:
         mine = [r for r in rows if r["model"] == name]
         comps = sorted({r["compression"] for r in mine})
         dense = mine[0]["dense_top1"]
+        n_seeds = len({r["seed"] for r in mine})
         lines += [f"## {name} (unpruned {dense:.2f}%, {mine[0]['calib']} unlabeled images, "
-                  f"{len({r['seed'] for r in mine})} seeds, test images {mine[0]['test_n']})",
+                  f"{n_seeds} seeds unless a cell says n=, test images {mine[0]['test_n']})",
                   "", "top-1 % (mean ± std over seeds); `+rw` = with reweighting; "
                   "in brackets: after the 512-image fine-tune", "",
                   "| method | " + " | ".join(f"{c:g}x" for c in comps) + " |",
@@ -187,6 +195,8 @@ def report(paths: list[str], out_md: Path, out_png: Path) -> None:
                         continue
                     acc = [r["top1"] for r in sel]
                     cell = f"{statistics.mean(acc):.2f} ± {np.std(acc):.2f}"
+                    if len(sel) != n_seeds:
+                        cell += f" (n={len(sel)})"
                     if all("top1_ft" in r for r in sel):
                         cell += f" ({statistics.mean(r['top1_ft'] for r in sel):.2f})"
                     cells.append(cell)

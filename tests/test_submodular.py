@@ -273,3 +273,22 @@ def _conv_outputs(model, x):
     for h in hooks:
         h.remove()
     return outs
+
+
+def test_output_allocation_meets_the_budget_and_follows_the_measured_loss(net):
+    model, data, graph = net
+    cfg = SubmodularConfig(target=0.5, scope="groups", groups=INTERNAL, allocation="output",
+                           batch_size=32, output_points=4, output_images=16)
+    res = prune_submodular(model, data[:1], data, cfg, graph=graph)
+    assert 0.5 - 0.15 <= res.plan.meta["achieved"] <= 0.5 + 0.01
+    kept = {h["group"]: h["kept"] / h["width"] for h in res.history}
+    assert len(set(np.round(list(kept.values()), 3))) > 1  # not uniform
+    # only measured widths (quarters of each group) are chosen
+    assert all(abs(v * 4 - round(v * 4)) < 1e-9 for v in kept.values())
+
+
+def test_monotone_loss_curve():
+    from prunekit.methods.submodular import _monotone
+    c = _monotone(np.array([np.nan, 0.5, np.nan, 0.7, 0.1, np.nan, 0.0]))
+    assert np.isinf(c[[0, 2, 5]]).all()
+    assert c[1] == 0.7 and c[3] == 0.7 and c[4] == 0.1 and c[6] == 0.0

@@ -44,7 +44,7 @@ from .lsq import (Gram, Problem, greedy, is_consumer, patches, set_weight, solve
 
 VARIANTS = ("layer", "seq", "asym")
 SELECTORS = ("greedy", "weightnorm", "random", "actgrad")
-SUB_ALLOCATIONS = ("uniform", "sensitivity")
+SUB_ALLOCATIONS = ("uniform", "sensitivity", "output")
 OPEN_POLICIES = ("skip", "select")
 
 
@@ -72,6 +72,8 @@ class SubmodularConfig:
     min_width: int = 1
     batch_size: int = 128
     cache_activations: bool = True
+    output_points: int = 16           # widths per group measured by allocation="output"
+    output_images: int = 128          # calibration images those measurements use
     seed: int = 0
     ignore: tuple[str, ...] = ()
 
@@ -85,6 +87,8 @@ class SubmodularConfig:
                 raise TargetError(f"{name} must be one of {allowed}, got {value!r}")
         if not 0 <= self.stochastic < 1 or self.ridge < 0 or self.batch_size < 1:
             raise TargetError("stochastic must be in [0, 1), ridge >= 0, batch_size >= 1")
+        if self.output_points < 2 or self.output_images < 1:
+            raise TargetError("output_points >= 2 and output_images >= 1 are required")
         object.__setattr__(self, "groups", tuple(self.groups))
         object.__setattr__(self, "ignore", tuple(self.ignore))
 
@@ -242,8 +246,10 @@ def _actgrad(model: nn.Module, infos: list[GroupInfo], widths: dict[str, int],
 
 # ------------------------------------------------------------------ allocation
 def _counts(graph: ChannelGraph, infos: list[GroupInfo], config: SubmodularConfig,
-            curves: dict[str, list[float]] | None) -> dict[str, int]:
-    """Kept units per group that meet the budget."""
+            curves: dict[str, np.ndarray] | None) -> dict[str, int]:
+    """Kept units per group that meet the budget. ``curves[gid][j]``: the group's loss
+    (sensitivity: 1 - F; output: KL of the network's outputs) when it keeps j + 1 of its
+    prunable units, NaN where not measured."""
     budget = Budget(config.target, config.metric, config.round_to, config.min_width,
                     scope=config.scope)
     ids = {i.gid for i in infos}
@@ -253,20 +259,32 @@ def _counts(graph: ChannelGraph, infos: list[GroupInfo], config: SubmodularConfi
     return _equal_change(graph, infos, budget, curves)
 
 
+def _monotone(curve: np.ndarray) -> np.ndarray:
+    """The loss at j + 1 picks as the worst loss at j + 1 or more picks (NaN: not measured,
+    so never chosen), so "the smallest width within tau" keeps every wider one within tau."""
+    c = np.where(np.isnan(curve), -np.inf, curve)
+    c = np.maximum.accumulate(c[::-1])[::-1]
+    c[np.isnan(curve)] = np.inf
+    return c
+
+
 def _equal_change(graph: ChannelGraph, infos: list[GroupInfo], budget: Budget,
-                  curves: dict[str, list[float]]) -> dict[str, int]:
-    """Sensitivity allocation: the smallest widths at which every group's consumers keep
-    their input within a common relative change tau (1 - F), tau found by bisection."""
+                  curves: dict[str, np.ndarray]) -> dict[str, int]:
+    """Equal-loss allocation: the smallest widths at which every group's loss is at most a
+    common tau, tau found by bisection to meet the budget."""
     from .allocate import Allocator
     al = Allocator(graph, np.zeros(graph.n_units), budget, {i.gid for i in infos})
+    mono = {gid: _monotone(np.asarray(c, dtype=np.float64)) for gid, c in curves.items()}
+    top = max([float(np.max(m[np.isfinite(m)])) for m in mono.values()
+               if np.isfinite(m).any()] + [1.0])
 
     def counts(tau: float) -> dict[str, int]:
         out = {}
         for info in infos:
             g = graph.group(info.gid)
             frozen = int((~g.prunable).sum())
-            curve = np.asarray(curves[info.gid])       # F after 1, 2, ... greedy picks
-            ok = np.nonzero(1.0 - curve <= tau)[0]
+            curve = mono[info.gid]
+            ok = np.nonzero(curve <= tau)[0]
             picks = int(ok[0]) + 1 if len(ok) else len(curve)
             kept = max(frozen + picks, budget.min_width)
             kept = min(g.width, -(-kept // budget.round_to) * budget.round_to)
@@ -280,7 +298,7 @@ def _equal_change(graph: ChannelGraph, infos: list[GroupInfo], budget: Budget,
             keep[g.units[np.nonzero(g.prunable)[0][: g.width - k]]] = False
         return al.ratio(keep)
 
-    lo, hi = 0.0, 1.0
+    lo, hi = 0.0, top
     if ratio(counts(hi)) > budget.target + budget.tolerance:
         from ..errors import UnreachableTargetError
         raise UnreachableTargetError(f"target {budget.target} is unreachable for these groups")
@@ -340,12 +358,12 @@ def prune_submodular(model: nn.Module, example_inputs: Sequence[Any] | torch.Ten
     st = _State(graph, config, copy.deepcopy(model).eval(), copy.deepcopy(model).eval(),
                 batches, np.ones(graph.n_units, dtype=bool))
     names = sorted({c.name for i in infos for c in i.consumers})
-    if config.variant == "layer" or config.allocation == "sensitivity":
+    if config.variant == "layer" or config.allocation != "uniform":
         st.layer_grams = _grams(st.original, _modules(st.original, names), st.original,
                                 batches, None)
     if config.variant == "asym":
         st.ref = _Reference(st.original, names, batches, config.cache_activations)
-    curves = _curves(st, infos) if config.allocation == "sensitivity" else None
+    curves = _curves(st, infos) if config.allocation != "uniform" else None
     counts = _counts(graph, infos, config, curves)
     if config.selector == "actgrad":
         st.scores = _actgrad(st.original, infos, {i.gid: graph.group(i.gid).width
@@ -385,17 +403,56 @@ def _modules(model: nn.Module, names: Sequence[str]) -> dict[str, nn.Module]:
     return {n: model.get_submodule(n) for n in names}
 
 
-def _curves(st: _State, infos: list[GroupInfo]) -> dict[str, list[float]]:
-    """F after each greedy pick of every group, on the original activations."""
+def _curves(st: _State, infos: list[GroupInfo]) -> dict[str, np.ndarray]:
+    """Per group, on the original activations, the loss after each greedy pick: the
+    consumers' relative input change 1 - F (``sensitivity``), or (``output``) the KL
+    divergence of the network's predictions from the original's when that group alone
+    keeps its first picks and its consumers are reweighted, at ``output_points`` widths."""
     curves = {}
     for info in infos:
         g = st.graph.group(info.gid)
         probs = [Problem.of(st.layer_grams[c.name],
                             weight_matrix(st.original.get_submodule(c.name)),
                             c.unit_cols(g.width), c.fixed) for c in info.consumers]
-        _, curves[info.gid] = greedy(probs, np.nonzero(g.prunable)[0], g.n_prunable,
-                                     rel_ridge=st.config.ridge)
+        picks, values = greedy(probs, np.nonzero(g.prunable)[0], g.n_prunable,
+                               rel_ridge=st.config.ridge)
+        if st.config.allocation == "sensitivity":
+            curves[info.gid] = 1.0 - np.asarray(values)
+        else:
+            curves[info.gid] = _output_curve(st, info, np.asarray(picks, dtype=np.int64))
     return curves
+
+
+def _output_curve(st: _State, info: GroupInfo, picks: np.ndarray) -> np.ndarray:
+    """KL(original || pruned) of the predictions on ``output_images`` calibration images,
+    with only this group pruned to its first j + 1 ``picks`` (reweighted when
+    ``reweight``), at ``output_points`` evenly spaced j; NaN elsewhere."""
+    cfg, g = st.config, st.graph.group(info.gid)
+    x = torch.cat(st.batches)[: cfg.output_images]
+    net = copy.deepcopy(st.original)
+    with torch.inference_mode():
+        ref = F.log_softmax(st.original(x), dim=1)
+    frozen = np.nonzero(~g.prunable)[0]
+    curve = np.full(len(picks), np.nan)
+    points = np.unique(np.clip(np.round(np.linspace(0, 1, cfg.output_points + 1)[1:]
+                                        * len(picks)).astype(int), 1, len(picks)))
+    for n in points:
+        mask = np.zeros(g.width, dtype=bool)
+        mask[np.concatenate([frozen, picks[:n]])] = True
+        for c in info.consumers:
+            cols = np.nonzero((c.col_unit < 0) | mask[np.maximum(c.col_unit, 0)])[0]
+            W = weight_matrix(st.original.get_submodule(c.name))
+            if cfg.reweight and info.closed:
+                W = solve(st.layer_grams[c.name], W, cols, cfg.ridge)
+            else:
+                drop = torch.ones(len(W), dtype=torch.bool)
+                drop[torch.as_tensor(cols)] = False
+                W = W.masked_fill(drop[:, None], 0.0)
+            set_weight(net.get_submodule(c.name), W)
+        with torch.inference_mode():
+            out = F.log_softmax(net(x), dim=1)
+        curve[n - 1] = float(F.kl_div(out, ref, log_target=True, reduction="batchmean"))
+    return curve
 
 
 def _current_grams(st: _State, names: list[str]) -> dict[str, Gram]:
