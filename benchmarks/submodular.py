@@ -164,9 +164,25 @@ def timing(args: argparse.Namespace) -> None:
                       "machine": platform.machine()}))
 
 
-def report(paths: list[str], out_md: Path, out_png: Path) -> None:
+COMMANDS = """```bash
+python benchmarks/submodular.py --model resnet56 --checkpoint checkpoints/resnet56-jpeg/model.pt \\
+  --data ../shared/datasets/cifar10 --out benchmarks/results/submodular-resnet56.jsonl --threads 1 \\
+  --methods asym seq layer weightnorm random actgrad tp-magnitude tp-taylor
+python benchmarks/submodular.py --model resnet20 --checkpoint checkpoints/resnet20-jpeg/model.pt \\
+  --data ../shared/datasets/cifar10 --out benchmarks/results/submodular-resnet20.jsonl --threads 1 \\
+  --methods asym seq layer weightnorm random actgrad tp-magnitude tp-taylor
+python benchmarks/submodular.py --report benchmarks/results/submodular-resnet56.jsonl \\
+  benchmarks/results/submodular-resnet20.jsonl [--status "..."]
+```"""
+
+
+def report(paths: list[str], out_md: Path, out_png: Path, status: str = "") -> None:
     rows = [json.loads(line) for p in paths for line in Path(p).read_text().splitlines()]
     lines = ["# Submodular selection with reweighting: CIFAR-10 (JPEG), block-inner channels", ""]
+    if status:
+        lines += [f"**Status:** {status}", ""]
+    lines += ["Commands (resumable: rerun to continue; rows in `results/submodular-*.jsonl`, "
+              "console in `results/submodular-*.log`):", "", COMMANDS, ""]
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -241,9 +257,10 @@ def main() -> None:
     ap.add_argument("--report", nargs="+", help="JSON-lines files to tabulate and plot")
     ap.add_argument("--report-md", default="benchmarks/submodular.md")
     ap.add_argument("--report-png", default="benchmarks/results/submodular.png")
+    ap.add_argument("--status", default="", help="a status line for the report's head")
     args = ap.parse_args()
     if args.report:
-        report(args.report, Path(args.report_md), Path(args.report_png))
+        report(args.report, Path(args.report_md), Path(args.report_png), args.status)
     elif args.timing:
         timing(args)
     else:
