@@ -96,7 +96,7 @@ def _train_config(cfg: dict, epochs: int, lr: float):
     names = {f.name for f in fields(TrainConfig)}
     kw = {k: v for k, v in cfg.items() if k in names}
     kw.update(epochs=epochs, lr=lr)
-    if not isinstance(cfg.get("cutout", 0), int) or cfg.get("cutout", 0) < 0:
+    if not isinstance(cfg["cutout"], int) or cfg["cutout"] < 0:
         raise CliError(f"cutout must be a whole number of pixels >= 0, got {cfg['cutout']!r}")
     try:
         return TrainConfig(**kw)

@@ -38,7 +38,7 @@ from ..graph import ChannelGraph
 from ..plan import Plan
 from .allocate import Budget, allocate
 from .base import Result
-from .consumers import GroupInfo, analyse
+from .consumers import Consumer, GroupInfo, analyse
 from .lsq import (Gram, Problem, greedy, is_consumer, patches, set_weight, solve,
                   weight_matrix)
 
@@ -409,6 +409,10 @@ def _curves(st: _State, infos: list[GroupInfo]) -> dict[str, np.ndarray]:
     divergence of the network's predictions from the original's when that group alone
     keeps its first picks and its consumers are reweighted, at ``output_points`` widths."""
     curves = {}
+    if st.config.allocation == "output":
+        x = torch.cat(st.batches)[: st.config.output_images]
+        with torch.inference_mode():
+            ref = F.log_softmax(st.original(x), dim=1)
     for info in infos:
         g = st.graph.group(info.gid)
         probs = [Problem.of(st.layer_grams[c.name],
@@ -419,19 +423,30 @@ def _curves(st: _State, infos: list[GroupInfo]) -> dict[str, np.ndarray]:
         if st.config.allocation == "sensitivity":
             curves[info.gid] = 1.0 - np.asarray(values)
         else:
-            curves[info.gid] = _output_curve(st, info, np.asarray(picks, dtype=np.int64))
+            curves[info.gid] = _output_curve(st, info, np.asarray(picks, dtype=np.int64), x, ref)
     return curves
 
 
-def _output_curve(st: _State, info: GroupInfo, picks: np.ndarray) -> np.ndarray:
-    """KL(original || pruned) of the predictions on ``output_images`` calibration images,
-    with only this group pruned to its first j + 1 ``picks`` (reweighted when
-    ``reweight``), at ``output_points`` evenly spaced j; NaN elsewhere."""
+def _consumer_weight(c: Consumer, mask: np.ndarray, W: torch.Tensor, gram: Gram | None,
+                     ridge: float) -> torch.Tensor:
+    """The consumer's weight matrix once the group keeps the units in ``mask``: the
+    least-squares reweighting of ``W`` on the kept columns when a ``gram`` is given, else
+    ``W`` with the removed channels' rows zeroed (the same function as removing them)."""
+    cols = np.nonzero((c.col_unit < 0) | mask[np.maximum(c.col_unit, 0)])[0]
+    if gram is not None:
+        return solve(gram, W, cols, ridge)
+    drop = torch.ones(len(W), dtype=torch.bool)
+    drop[torch.as_tensor(cols)] = False
+    return W.masked_fill(drop[:, None], 0.0)
+
+
+def _output_curve(st: _State, info: GroupInfo, picks: np.ndarray, x: torch.Tensor,
+                  ref: torch.Tensor) -> np.ndarray:
+    """KL(original || pruned) of the predictions (``ref``: the original's log-probabilities
+    on the images ``x``), with only this group pruned to its first j + 1 ``picks``
+    (reweighted when ``reweight``), at ``output_points`` evenly spaced j; NaN elsewhere."""
     cfg, g = st.config, st.graph.group(info.gid)
-    x = torch.cat(st.batches)[: cfg.output_images]
     net = copy.deepcopy(st.original)
-    with torch.inference_mode():
-        ref = F.log_softmax(st.original(x), dim=1)
     frozen = np.nonzero(~g.prunable)[0]
     curve = np.full(len(picks), np.nan)
     points = np.unique(np.clip(np.round(np.linspace(0, 1, cfg.output_points + 1)[1:]
@@ -440,15 +455,9 @@ def _output_curve(st: _State, info: GroupInfo, picks: np.ndarray) -> np.ndarray:
         mask = np.zeros(g.width, dtype=bool)
         mask[np.concatenate([frozen, picks[:n]])] = True
         for c in info.consumers:
-            cols = np.nonzero((c.col_unit < 0) | mask[np.maximum(c.col_unit, 0)])[0]
-            W = weight_matrix(st.original.get_submodule(c.name))
-            if cfg.reweight and info.closed:
-                W = solve(st.layer_grams[c.name], W, cols, cfg.ridge)
-            else:
-                drop = torch.ones(len(W), dtype=torch.bool)
-                drop[torch.as_tensor(cols)] = False
-                W = W.masked_fill(drop[:, None], 0.0)
-            set_weight(net.get_submodule(c.name), W)
+            gram = st.layer_grams[c.name] if cfg.reweight and info.closed else None
+            set_weight(net.get_submodule(c.name), _consumer_weight(
+                c, mask, weight_matrix(st.original.get_submodule(c.name)), gram, cfg.ridge))
         with torch.inference_mode():
             out = F.log_softmax(net(x), dim=1)
         curve[n - 1] = float(F.kl_div(out, ref, log_target=True, reduction="batchmean"))
@@ -482,15 +491,9 @@ def _prune_group(st: _State, info: GroupInfo, k: int) -> dict[str, Any]:
     reweighted = bool(cfg.reweight and info.closed and k < g.width)
     for c in info.consumers if k < g.width and info.closed else ():
         mod = st.work.get_submodule(c.name)
-        cols = np.nonzero((c.col_unit < 0) | mask[np.maximum(c.col_unit, 0)])[0]
-        W = weight_matrix(st.original.get_submodule(c.name) if cfg.variant == "asym" else mod)
-        if reweighted:
-            W = solve(grams[c.name], W, cols, cfg.ridge)
-        else:  # zero the removed channels' rows: the same function as removing them
-            drop = torch.ones(len(W), dtype=torch.bool)
-            drop[torch.as_tensor(cols)] = False
-            W = weight_matrix(mod).masked_fill(drop[:, None], 0.0)
-        set_weight(mod, W)
+        src = st.original.get_submodule(c.name) if reweighted and cfg.variant == "asym" else mod
+        set_weight(mod, _consumer_weight(c, mask, weight_matrix(src),
+                                         grams[c.name] if reweighted else None, cfg.ridge))
     if k < g.width and not info.closed:
         st.native = False
     return {"group": info.gid, "width": g.width, "kept": int(mask.sum()), "objective": value,
