@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import json
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -10,6 +12,7 @@ from torch import nn
 
 from prunekit.data import Batches, calibration_set, load_cifar10
 from prunekit.models import create, load_checkpoint, spec
+from prunekit.plan import atomic_write_text
 
 
 def setup(model_name: str, checkpoint: str, data: str | None, threads: int = 2):
@@ -43,9 +46,13 @@ def recalibrated(model: nn.Module, calib: torch.Tensor) -> nn.Module:
 
 
 def finetune_all(nets: dict[str, nn.Module], dense: nn.Module, arrays, s, epochs: int,
-                 seed: int = 0) -> dict[str, dict]:
+                 seed: int = 0, cache: Path | None = None) -> dict[str, dict]:
     """Fine-tune each pruned network with the same schedule (SGD, lr 0.02 cosine, batch 128)
-    and report its test top-1 and measured MACs relative to ``dense``."""
+    and report its test top-1 and measured MACs relative to ``dense``.
+
+    With ``cache`` (a JSON file), each finished network's result is saved there as soon as
+    it is known and reused on a rerun with the same epochs, so a killed run loses at most
+    the network in progress."""
     import tempfile
 
     from prunekit.conformance import measured_cost
@@ -55,12 +62,20 @@ def finetune_all(nets: dict[str, nn.Module], dense: nn.Module, arrays, s, epochs
     test = Batches(vx, vy, 500, s.norm)
     ex = torch.zeros(1, *s.input_size)
     base = measured_cost(dense, (ex,))[1]
+    done = json.loads(cache.read_text()) if cache is not None and cache.is_file() else {}
     out = {}
     for name, net in nets.items():
+        if done.get(name, {}).get("epochs") == epochs:
+            out[name] = done[name]
+            print(name, out[name], "(cached)", flush=True)
+            continue
         with tempfile.TemporaryDirectory() as tmp:
             fit(net, train, None, TrainConfig(epochs=epochs, lr=0.02, weight_decay=5e-4,
                                               seed=seed), tmp)
         out[name] = {"top1": evaluate(net.eval(), test)["top1"],
-                     "macs_ratio": measured_cost(net, (ex,))[1] / base}
+                     "macs_ratio": measured_cost(net, (ex,))[1] / base, "epochs": epochs}
         print(name, out[name], flush=True)
+        if cache is not None:
+            done[name] = out[name]
+            atomic_write_text(cache, json.dumps(done, indent=1))
     return out

@@ -85,13 +85,14 @@ def main() -> None:
     ap.add_argument("--test-n", type=int, default=2000)
     ap.add_argument("--finetune-epochs", type=int, default=0)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
-    s, model, (tx, ty, vx, vy) = setup(args.model, args.checkpoint, args.data)
+    s, model, (tx, ty, vx, vy) = setup(args.model, args.checkpoint, args.data, args.threads)
     calib, _, _ = calibration(tx, ty, s, 512, args.seed)
     pick = np.random.default_rng(0).choice(len(vx), min(args.test_n, len(vx)), replace=False)
     test = Batches(vx[pick], vy[pick], 500, s.norm)
     example = torch.zeros(1, *s.input_size)
-    doc: dict = {"machine": f"{platform.machine()}, 2 threads, torch {torch.__version__}",
+    doc: dict = {"machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
                  "model": args.model, "test_n": len(pick), "methods": {}}
 
     cfg = EmoConfig(parts=3, pop_size=args.pop_size, generations=args.generations,
@@ -162,7 +163,8 @@ def finetune_part(args, model, dnc, res, s, tx, ty, vx, vy) -> dict:
             candidates["torch-pruning-l1"] = best
     except ImportError:
         pass
-    return finetune_all(candidates, model, (tx, ty, vx, vy), s, args.finetune_epochs, args.seed)
+    return finetune_all(candidates, model, (tx, ty, vx, vy), s, args.finetune_epochs, args.seed,
+                        cache=Path(args.out).with_suffix(".finetune.json"))
 
 
 def plot(doc: dict, path: Path) -> None:

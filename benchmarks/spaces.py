@@ -73,15 +73,16 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--finetune-epochs", type=int, default=0)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
-    s, model, (tx, ty, vx, vy) = setup(args.model, args.checkpoint, args.data)
+    s, model, (tx, ty, vx, vy) = setup(args.model, args.checkpoint, args.data, args.threads)
     pool = np.random.default_rng(args.seed).permutation(len(tx))[:12000]
     xs = torch.cat([b for b, _ in Batches(tx[pool], ty[pool], 500, s.norm)])
     data = held_out(xs, torch.as_tensor(ty[pool]), 2000, args.seed)
     example = torch.zeros(1, *s.input_size)
     runs = Path(args.runs)
     runs.mkdir(parents=True, exist_ok=True)
-    doc = {"machine": f"{platform.machine()}, 2 threads, torch {torch.__version__}",
+    doc = {"machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
            "model": args.model, "samples": args.samples, "steps": args.steps, "regimes": {}}
     for name, regime in REGIMES.items():
         space = Space(param="stage", regime=regime)
@@ -97,15 +98,17 @@ def main() -> None:
                                 "refined_median_le_initial_p25":
                                     summary(ref)["median"] <= summary(init)["p25"]}
         Path(args.out).write_text(json.dumps(doc, indent=1))
+    for name, regime in REGIMES.items():  # after all populations: the costly part last
         if args.finetune_epochs:
-            doc["regimes"][name]["finetune"] = finetune(args, model, s, space, winner,
-                                                        tx, ty, vx, vy)
+            doc["regimes"][name]["finetune"] = finetune(
+                args, name, model, s, Space(param="stage", regime=regime),
+                doc["regimes"][name]["winner"], tx, ty, vx, vy)
             Path(args.out).write_text(json.dumps(doc, indent=1))
     print(json.dumps({k: {kk: v[kk] for kk in ("initial", "refined")}
                       for k, v in doc["regimes"].items()}, indent=1))
 
 
-def finetune(args, model, s, space, winner, tx, ty, vx, vy) -> dict:
+def finetune(args, name, model, s, space, winner, tx, ty, vx, vy) -> dict:
     sampler = Sampler(model, torch.zeros(1, *s.input_size), space)
     graph = sampler.graph
     plan_of = sampler.planner.plan
@@ -114,7 +117,8 @@ def finetune(args, model, s, space, winner, tx, ty, vx, vy) -> dict:
             "uniform": graph.apply(model, plan_of(uniform_at(sampler, winner["macs_ratio"]))),
             "oneshot-l1": prune_oneshot(model, ex, OneShotConfig(
                 target=winner["macs_ratio"], criterion="l1")).model}
-    return finetune_all(nets, model, (tx, ty, vx, vy), s, args.finetune_epochs, args.seed)
+    return finetune_all(nets, model, (tx, ty, vx, vy), s, args.finetune_epochs, args.seed,
+                        cache=Path(args.runs) / f"finetune-{name[:-1]}.json")
 
 
 if __name__ == "__main__":
