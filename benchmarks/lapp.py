@@ -112,8 +112,36 @@ def _epoch_seconds(folder: Path, log: str) -> float | None:
     return statistics.median(r["seconds"] for r in rows) if rows else None
 
 
+def step_overhead(args, train: Batches, steps: int = 40, rounds: int = 3) -> dict:
+    """LAPP's pruning-phase training step (bypass, masks, penalty, threshold step) against
+    the dense network's, seconds per step timed side by side in one process (interleaved
+    rounds, median), so that other load on the machine affects both alike."""
+    import tempfile
+
+    from prunekit.methods.lapp import Lapp
+    n = steps * train.batch_size
+    sub = Batches(train.x[:n], train.y[:n], train.batch_size, train.norm, train=True,
+                  seed=args.seed, drop_last=True)
+    torch.manual_seed(args.seed)
+    dense, lapp_net = CifarResNet(20), CifarResNet(20)
+    base = ChannelGraph.build(lapp_net, X).cost().macs
+    add_bypass(lapp_net)
+    callback = Lapp(lapp_net, ChannelGraph.build(lapp_net, X), lapp_config(args, "lapp"), base)
+    cfg = TrainConfig(epochs=1, lr=args.lr, weight_decay=5e-4, seed=args.seed)
+    secs: dict[str, list[float]] = {"dense": [], "lapp": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(rounds):
+            for name, net, cb in (("dense", dense, None), ("lapp", lapp_net, callback)):
+                hist = fit(net, sub, None, cfg, Path(tmp) / f"{name}-{r}", progress=False,
+                           callback=cb)
+                secs[name].append(hist[-1]["seconds"] / steps)
+    d, p = statistics.median(secs["dense"]), statistics.median(secs["lapp"])
+    return {"steps": steps, "rounds": rounds, "dense_s_per_step": round(d, 4),
+            "lapp_s_per_step": round(p, 4), "ratio": round(p / d, 3)}
+
+
 def report(args) -> None:
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     done = [n for n in RUNS if (Path(args.runs) / n / "done.json").is_file()]
     models = {n: _load(n, args) for n in done}
     dense_macs = ChannelGraph.build(CifarResNet(20), X).cost().macs
@@ -132,8 +160,12 @@ def report(args) -> None:
                      "macs_vs_dense": round(cost.macs / dense_macs, 4),
                      "latency_ms": round(statistics.median(lat[n]), 2),
                      "epoch_s": round(secs, 1) if secs else None})
-    doc = {"machine": f"{platform.machine()}, 2 threads, torch {torch.__version__}",
-           "epochs": args.epochs, "target": args.target, "rows": rows}
+    tx, ty, _, _ = load_cifar10(args.data)
+    over = step_overhead(args, Batches(tx, ty, 128, spec("resnet20").norm, train=True))
+    doc = {"machine": f"{platform.machine()}, {torch.get_num_threads()} threads, "
+                      f"torch {torch.__version__}",
+           "epochs": args.epochs, "target": args.target, "rows": rows,
+           "pruning_phase_step_overhead": over}
     Path(args.out).write_text(json.dumps(doc, indent=1))
     lines = ["| run | top-1 % | params | MACs | MACs / dense | latency b64 (ms) | s / epoch |",
              "|---|---|---|---|---|---|---|"]
@@ -141,6 +173,8 @@ def report(args) -> None:
         lines.append(f"| {r['run']} | {r['top1']:.2f} | {r['params']:,} | {r['macs']:,} | "
                      f"{r['macs_vs_dense']:.3f} | {r['latency_ms']} | {r['epoch_s']} |")
     print("\n".join(lines))
+    print(f"LAPP pruning-phase step vs dense step, side by side: {over['lapp_s_per_step']} s"
+          f" vs {over['dense_s_per_step']} s = {over['ratio']}x")
     trace = Path(args.runs) / "lapp" / "prune" / "lapp_trace.jsonl"
     if trace.is_file():
         plot_lapp([json.loads(r) for r in trace.read_text().splitlines()],
@@ -159,11 +193,12 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--only", nargs="+", choices=RUNS, default=list(RUNS))
     ap.add_argument("--report", action="store_true", help="tabulate finished runs")
+    ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     if args.report:
         report(args)
         return
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     s = spec("resnet20")
     tx, ty, vx, vy = load_cifar10(args.data)
     train = Batches(tx, ty, 128, s.norm, train=True, seed=args.seed, drop_last=True)
