@@ -86,7 +86,15 @@ def main() -> None:
     ap.add_argument("--finetune-epochs", type=int, default=0)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--report", metavar="JSON", help="only render the markdown report")
+    ap.add_argument("--md", default="benchmarks/emo.md")
+    ap.add_argument("--status", default="")
     args = ap.parse_args()
+    if args.report:
+        doc = json.loads(Path(args.report).read_text())
+        Path(args.md).write_text(render(doc, Path(args.report).with_suffix(".png").name,
+                                        args.status))
+        return
     s, model, (tx, ty, vx, vy) = setup(args.model, args.checkpoint, args.data, args.threads)
     calib, _, _ = calibration(tx, ty, s, 512, args.seed)
     pick = np.random.default_rng(0).choice(len(vx), min(args.test_n, len(vx)), replace=False)
@@ -129,6 +137,7 @@ def main() -> None:
         doc["finetune"] = finetune_part(args, model, dnc, res, s, tx, ty, vx, vy)
         Path(args.out).write_text(json.dumps(doc, indent=1))
     plot(doc, Path(args.out).with_suffix(".png"))
+    Path(args.md).write_text(render(doc, Path(args.out).with_suffix(".png").name, args.status))
 
 
 def finetune_part(args, model, dnc, res, s, tx, ty, vx, vy) -> dict:
@@ -165,6 +174,52 @@ def finetune_part(args, model, dnc, res, s, tx, ty, vx, vy) -> dict:
         pass
     return finetune_all(candidates, model, (tx, ty, vx, vy), s, args.finetune_epochs, args.seed,
                         cache=Path(args.out).with_suffix(".finetune.json"))
+
+
+COMMAND = """```bash
+PRUNEKIT_THREADS=1 python benchmarks/emo.py --model resnet20 \\
+  --checkpoint checkpoints/resnet20-jpeg/model.pt --data ../shared/datasets/cifar10 \\
+  --out benchmarks/results/emo-resnet20.json --finetune-epochs 4 --threads 1 \\
+  > benchmarks/results/emo-resnet20.log 2>&1
+python benchmarks/emo.py --report benchmarks/results/emo-resnet20.json
+```"""
+
+
+def render(doc: dict, png: str, status: str = "") -> str:
+    """The committed markdown report of one run's JSON."""
+    m = doc["methods"]
+    lines = [f"# EMO-DIR: front quality at an equal evaluation budget ({doc['model']})", "",
+             f"**Machine:** {doc['machine']}. Top-1 after BN re-estimation on the 512 "
+             f"calibration images, on {doc['test_n']} test images (CIFAR-10 JPEG)."
+             + (f" **Status:** {status}" if status else ""), "", COMMAND, "",
+             "| search | evaluations | wall (s) | hypervolume | front: MACs/dense → top-1 % |",
+             "|---|---|---|---|---|"]
+    for name, r in m.items():
+        pts = ", ".join(f"{p['macs_ratio']:.2f}→{p['top1']:.1f}"
+                        for p in sorted(r["front"], key=lambda p: p["macs_ratio"]))
+        lines.append(f"| {name} | {r['evaluations']} | {r['seconds']:.0f} | "
+                     f"{r['hypervolume']:.4f} | {pts} |")
+    d, w = m.get("divide-and-conquer"), m.get("whole-network NSGA-II")
+    if d and w:
+        others = [m[k]["hypervolume"] for k in ("random search", "uniform sweep") if k in m]
+        lines += ["", "Targets: divide-and-conquer hypervolume ≥ whole-network's: "
+                  f"**{d['hypervolume'] >= w['hypervolume']}** ({d['hypervolume']:.4f} vs "
+                  f"{w['hypervolume']:.4f}); in at most half its wall time: "
+                  f"**{d['seconds'] <= 0.5 * w['seconds']}** ({d['seconds']:.0f} s vs "
+                  f"{w['seconds']:.0f} s); above random search and the uniform sweep: "
+                  f"**{all(d['hypervolume'] > o for o in others)}**."]
+    ft = doc.get("finetune")
+    if ft and "error" not in ft:
+        best = max(ft, key=lambda k: ft[k]["top1"])
+        lines += ["", f"## The plan at half the MACs, fine-tuned "
+                  f"{next(iter(ft.values())).get('epochs', '?')} epochs (same schedule)", "",
+                  "| plan | MACs / dense (measured) | top-1 % (10k test) |", "|---|---|---|"]
+        lines += [f"| {k} | {v['macs_ratio']:.3f} | {v['top1']:.2f} |" for k, v in ft.items()]
+        lines += ["", f"Target (EMO the best of the three): **{best == 'emo'}** (best: {best})."]
+    elif ft:
+        lines += ["", f"Fine-tuning part: {ft['error']}."]
+    lines += ["", f"![fronts](results/{png})"]
+    return "\n".join(lines) + "\n"
 
 
 def plot(doc: dict, path: Path) -> None:

@@ -45,6 +45,55 @@ def population(path: Path, model, example, space: Space, args, data) -> list[dic
     return done
 
 
+COMMAND = """```bash
+PRUNEKIT_THREADS=1 python benchmarks/spaces.py --model resnet20 \\
+  --checkpoint checkpoints/resnet20-jpeg/model.pt --data ../shared/datasets/cifar10 \\
+  --runs runs/spaces-bench --out benchmarks/results/spaces-resnet20.json \\
+  --finetune-epochs 4 --threads 1 > benchmarks/results/spaces-resnet20.log 2>&1
+python benchmarks/spaces.py --report benchmarks/results/spaces-resnet20.json
+```"""
+
+
+def render(doc: dict, status: str = "") -> str:
+    """The committed markdown report of one run's JSON."""
+    lines = [f"# Network pruning spaces ({doc['model']}, CIFAR-10 JPEG)", "",
+             f"**Machine:** {doc['machine']}. Proxy error of a subnetwork: weights inherited "
+             f"from the fine-tuned network, {doc['steps']} SGD steps (batch 64) on 10k "
+             "training images, top-1 error on 2k other training images."
+             + (f" **Status:** {status}" if status else ""), "", COMMAND, ""]
+    for name, r in doc["regimes"].items():
+        a, i, f = r["ratio"], r["initial"], r["refined"]
+        lines += [f"## Regime {name} of the dense MACs", "",
+                  "| space | n | median error % | 25th pct % | best % |", "|---|---|---|---|---|",
+                  f"| initial | {i['n']} | {i['median']:.2f} | {i['p25']:.2f} | {i['best']:.2f} |",
+                  f"| refined | {f['n']} | {f['median']:.2f} | {f['p25']:.2f} | {f['best']:.2f} |",
+                  "", f"MACs per parameter of the winners (bootstrap over quarter-populations): "
+                  f"median {a['median']:.1f}, 95% interval [{a['interval'][0]:.1f}, "
+                  f"{a['interval'][1]:.1f}] of the population's range "
+                  f"[{a['rho_range'][0]:.1f}, {a['rho_range'][1]:.1f}] "
+                  f"({a['interval_share']:.0%} of it); winners' median distance "
+                  f"{a['winners_distance']:.1f} vs population's {a['population_distance']:.1f}: "
+                  f"ratio hypothesis supported: **{a['supported']}**. The refined space keeps "
+                  "that interval.", "",
+                  f"Target (refined median ≤ initial 25th percentile): "
+                  f"**{r['refined_median_le_initial_p25']}**.", "",
+                  f"![EDFs](results/spaces-{name[:-1]}.png)", ""]
+        ft = r.get("finetune")
+        if ft:
+            ep = next(iter(ft.values())).get("epochs", "?")
+            lines += [f"Refined search's winner (proxy error {r['winner']['error']:.2f}%) and the "
+                      f"alternatives at the same MACs, fine-tuned {ep} epochs each (same schedule):",
+                      "", "| network | MACs / dense (measured) | top-1 % (10k test) |",
+                      "|---|---|---|"]
+            lines += [f"| {k} | {v['macs_ratio']:.3f} | {v['top1']:.2f} |" for k, v in ft.items()]
+            if "refined winner" in ft and "uniform" in ft:
+                gap = ft["refined winner"]["top1"] - ft["uniform"]["top1"]
+                lines += ["", f"Target (winner ≥ uniform + 0.5): **{gap >= 0.5}** "
+                          f"({gap:+.2f} points)."]
+            lines.append("")
+    return "\n".join(lines)
+
+
 def summary(pop: list[dict]) -> dict:
     e = np.array([p["error"] for p in pop])
     return {"n": len(e), "median": float(np.median(e)), "p25": float(np.percentile(e, 25)),
@@ -74,7 +123,16 @@ def main() -> None:
     ap.add_argument("--finetune-epochs", type=int, default=0)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--regimes", nargs="+", choices=list(REGIMES), default=list(REGIMES),
+                    help="a subset, e.g. to run the regimes in two processes (then rerun "
+                         "with all of them: finished work is reused)")
+    ap.add_argument("--report", metavar="JSON", help="only render the markdown report")
+    ap.add_argument("--md", default="benchmarks/spaces.md")
+    ap.add_argument("--status", default="")
     args = ap.parse_args()
+    if args.report:
+        Path(args.md).write_text(render(json.loads(Path(args.report).read_text()), args.status))
+        return
     s, model, (tx, ty, vx, vy) = setup(args.model, args.checkpoint, args.data, args.threads)
     pool = np.random.default_rng(args.seed).permutation(len(tx))[:12000]
     xs = torch.cat([b for b, _ in Batches(tx[pool], ty[pool], 500, s.norm)])
@@ -84,7 +142,8 @@ def main() -> None:
     runs.mkdir(parents=True, exist_ok=True)
     doc = {"machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
            "model": args.model, "samples": args.samples, "steps": args.steps, "regimes": {}}
-    for name, regime in REGIMES.items():
+    regimes = {k: v for k, v in REGIMES.items() if k in args.regimes}
+    for name, regime in regimes.items():
         space = Space(param="stage", regime=regime)
         init = population(runs / f"{name}-initial.jsonl", model, example, space, args, data)
         analysis = best_rho(init, seed=args.seed)
@@ -98,12 +157,13 @@ def main() -> None:
                                 "refined_median_le_initial_p25":
                                     summary(ref)["median"] <= summary(init)["p25"]}
         Path(args.out).write_text(json.dumps(doc, indent=1))
-    for name, regime in REGIMES.items():  # after all populations: the costly part last
+    for name, regime in regimes.items():  # after all populations: the costly part last
         if args.finetune_epochs:
             doc["regimes"][name]["finetune"] = finetune(
                 args, name, model, s, Space(param="stage", regime=regime),
                 doc["regimes"][name]["winner"], tx, ty, vx, vy)
             Path(args.out).write_text(json.dumps(doc, indent=1))
+    Path(args.md).write_text(render(doc, args.status))
     print(json.dumps({k: {kk: v[kk] for kk in ("initial", "refined")}
                       for k, v in doc["regimes"].items()}, indent=1))
 
