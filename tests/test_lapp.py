@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -11,7 +13,7 @@ from prunekit import ChannelGraph
 from prunekit.data import CIFAR_NORM, Batches
 from prunekit.errors import TargetError
 from prunekit.io import load_pruned, save_pruned
-from prunekit.methods.lapp import Lapp, LappConfig, add_bypass, train_lapp
+from prunekit.methods.lapp import Lapp, LappConfig, _gamma, add_bypass, train_lapp
 from prunekit.methods.soft_cost import SoftCost
 from prunekit.models import CifarResNet
 from prunekit.models.cifar_misc import CifarMobileNetV2
@@ -117,7 +119,7 @@ def test_pruned_model_equals_masked_training_model():
         for _ in range(3):
             model(torch.randn(8, 3, 32, 32))   # batch-norm statistics
         for bn in (m for m in model.modules() if isinstance(m, nn.BatchNorm2d)):
-            bn.weight.uniform_(0.2, 1.5)         # distinct scores
+            _gamma(bn).uniform_(0.2, 1.5)         # distinct scores
         for i, s in enumerate(lapp.scores()):
             lapp.thresholds[i] = s.quantile(0.6)
         model.eval()
@@ -128,6 +130,46 @@ def test_pruned_model_equals_masked_training_model():
     with torch.no_grad():
         assert torch.allclose(graph.apply(model, plan)(X), masked, atol=1e-4)
     lapp.verify(model, (X,))   # the built-in check passes too
+
+
+def test_parametrized_mask_equals_masking_the_bn_outputs():
+    """The masks multiply BN scale and shift; that must equal multiplying BN outputs, in the
+    forward pass and in every gradient (thresholds, scores), and detach restores the model."""
+    torch.manual_seed(0)
+    model = CifarResNet(20)
+    add_bypass(model)
+    for bn in (m for m in model.modules() if isinstance(m, nn.BatchNorm2d)):
+        with torch.no_grad():
+            bn.weight.uniform_(0.2, 1.5)
+            bn.bias.normal_()
+    keys = sorted(model.state_dict())
+    ref = copy.deepcopy(model)
+    runs = []
+    for net, by_output in ((model, False), (ref, True)):
+        graph = ChannelGraph.build(net, X)
+        lapp = Lapp(net, graph, LappConfig(target=0.5), graph.cost().macs)
+        with torch.no_grad():
+            for i, s in enumerate(lapp.scores()):
+                lapp.thresholds[i] = s.quantile(0.4)
+        if by_output:        # the reference: a forward hook masking each BN's output
+            lapp.detach()
+            lapp._handles.append(net.register_forward_pre_hook(lapp._refresh))
+            for gi, mem in enumerate(lapp.members):
+                for bn, idx in mem:
+                    lapp._handles.append(bn.register_forward_hook(
+                        lambda _m, _a, out, gi=gi, idx=idx:
+                        out * lapp._masks[gi][idx].view(1, -1, 1, 1)))
+        net.train()
+        out = net(X)
+        (out.square().mean() + lapp.penalty(0.1)).backward()
+        runs.append((out.detach(), lapp.thresholds.grad.clone(),
+                     [_gamma(b).grad.clone() for b, _ in sum(lapp.members, [])]))
+        lapp.detach()
+    (o1, t1, g1), (o2, t2, g2) = runs
+    assert torch.allclose(o1, o2, atol=1e-5)
+    assert t1.abs().max() > 0 and torch.allclose(t1, t2, atol=1e-5)
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(g1, g2))
+    assert sorted(model.state_dict()) == keys
 
 
 def test_validation_and_refusals():

@@ -34,6 +34,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from ..errors import TargetError
 from ..graph import ChannelGraph
@@ -97,6 +98,29 @@ def add_bypass(model: nn.Module) -> int:
     return n
 
 
+def _gamma(bn: nn.Module) -> torch.Tensor:
+    """A BN layer's own scale, whether or not a mask parametrizes it."""
+    if parametrize.is_parametrized(bn, "weight"):
+        return bn.parametrizations.weight.original
+    return bn.weight
+
+
+class _Masked(nn.Module):
+    """Parametrization: a BN tensor times its channels' current LAPP mask (the mask carries
+    the straight-through gradient to the scores and thresholds)."""
+
+    def __init__(self, lapp: "Lapp", gi: int, idx: torch.Tensor) -> None:
+        super().__init__()
+        self._owner = (lapp,)      # a tuple: not registered as a submodule (no cycle)
+        self.gi, self.idx = gi, idx
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        masks = self._owner[0]._masks
+        if masks is None:          # accessed outside a forward pass of the model
+            return t
+        return t * masks[self.gi][self.idx].to(t.dtype)
+
+
 # ------------------------------------------------------------------ controller
 class Lapp(nn.Module, Callback):
     """Scores, thresholds, masks and the cost constraint of one model (see module doc)."""
@@ -133,6 +157,7 @@ class Lapp(nn.Module, Callback):
         self.opt = torch.optim.Adam([self.thresholds], lr=config.threshold_lr, betas=(0.0, 0.999))
         self._masks: list[torch.Tensor] | None = None
         self._handles: list[Any] = []
+        self._masked: list[nn.Module] = []
         self._target_now = 1.0
         self._steps = 0
         self.history: list[dict[str, Any]] = []
@@ -146,7 +171,7 @@ class Lapp(nn.Module, Callback):
             s = torch.zeros(g.width)
             n = torch.zeros(g.width)
             for bn, idx in mem:
-                s = s.index_add(0, idx, bn.weight.abs().float())
+                s = s.index_add(0, idx, _gamma(bn).abs().float())
                 n = n.index_add(0, idx, torch.ones(len(idx)))
             s = s / n.clamp_min(1)
             out.append(s / s.detach().mean().clamp_min(1e-12))
@@ -181,25 +206,29 @@ class Lapp(nn.Module, Callback):
 
     # ----------------------------------------------------------- hooks
     def attach(self, model: nn.Module) -> None:
+        """Mask the managed BN layers: their scale and shift are multiplied by the mask
+        (a parametrization), which equals masking their output at the cost of a
+        C-element product instead of a pass over the activations."""
         self.detach()
         self._handles.append(model.register_forward_pre_hook(self._refresh))
         for gi, mem in enumerate(self.members):
             for bn, idx in mem:
-                self._handles.append(bn.register_forward_hook(self._hook(gi, idx)))
+                for name in ("weight", "bias"):
+                    parametrize.register_parametrization(bn, name, _Masked(self, gi, idx))
+                self._masked.append(bn)
 
     def detach(self) -> None:
         for h in self._handles:
             h.remove()
         self._handles = []
+        for bn in self._masked:
+            for name in ("weight", "bias"):
+                if parametrize.is_parametrized(bn, name):
+                    parametrize.remove_parametrizations(bn, name, leave_parametrized=False)
+        self._masked = []
 
     def _refresh(self, _module, _args) -> None:
         self._masks = self.masks()
-
-    def _hook(self, gi: int, idx: torch.Tensor):
-        def fn(_m, _args, out):
-            m = self._masks[gi][idx].to(out.dtype)
-            return out * m.view(1, -1, *([1] * (out.dim() - 2)))
-        return fn
 
     # ----------------------------------------------------------- training
     def target_at(self, progress: float) -> float:
