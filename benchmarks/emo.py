@@ -77,7 +77,7 @@ def uniform_widths(search: EmoSearch, n: int) -> list[dict]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="resnet56")
-    ap.add_argument("--checkpoint", required=True)
+    ap.add_argument("--checkpoint", help="the fine-tuned model (required unless --report)")
     ap.add_argument("--data")
     ap.add_argument("--out", default="benchmarks/results/emo.json")
     ap.add_argument("--pop-size", type=int, default=16)
@@ -95,6 +95,8 @@ def main() -> None:
         Path(args.md).write_text(render(doc, Path(args.report).with_suffix(".png").name,
                                         args.status))
         return
+    if not args.checkpoint:
+        ap.error("--checkpoint is required")
     s, model, (tx, ty, vx, vy) = setup(args.model, args.checkpoint, args.data, args.threads)
     calib, _, _ = calibration(tx, ty, s, 512, args.seed)
     pick = np.random.default_rng(0).choice(len(vx), min(args.test_n, len(vx)), replace=False)

@@ -114,7 +114,7 @@ def uniform_at(sampler: Sampler, macs_ratio: float) -> dict[str, int]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="resnet20")
-    ap.add_argument("--checkpoint", required=True)
+    ap.add_argument("--checkpoint", help="the fine-tuned model (required unless --report)")
     ap.add_argument("--data")
     ap.add_argument("--runs", default="runs/spaces-bench")
     ap.add_argument("--out", default="benchmarks/results/spaces.json")
@@ -133,6 +133,8 @@ def main() -> None:
     if args.report:
         Path(args.md).write_text(render(json.loads(Path(args.report).read_text()), args.status))
         return
+    if not args.checkpoint:
+        ap.error("--checkpoint is required")
     s, model, (tx, ty, vx, vy) = setup(args.model, args.checkpoint, args.data, args.threads)
     pool = np.random.default_rng(args.seed).permutation(len(tx))[:12000]
     xs = torch.cat([b for b, _ in Batches(tx[pool], ty[pool], 500, s.norm)])
