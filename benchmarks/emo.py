@@ -181,10 +181,11 @@ def finetune_part(args, model, dnc, res, s, tx, ty, vx, vy) -> dict:
 COMMAND = """```bash
 PRUNEKIT_THREADS=1 python benchmarks/emo.py --model resnet20 \\
   --checkpoint checkpoints/resnet20-jpeg/model.pt --data ../shared/datasets/cifar10 \\
-  --out benchmarks/results/emo-resnet20.json --finetune-epochs 4 --threads 1 \\
-  > benchmarks/results/emo-resnet20.log 2>&1
+  --out benchmarks/results/emo-resnet20.json --finetune-epochs 4 --threads 1
 python benchmarks/emo.py --report benchmarks/results/emo-resnet20.json
-```"""
+```
+
+Console output with the progress bars removed: `results/emo-resnet20.log`."""
 
 
 def render(doc: dict, png: str, status: str = "") -> str:

@@ -49,9 +49,11 @@ COMMAND = """```bash
 PRUNEKIT_THREADS=1 python benchmarks/spaces.py --model resnet20 \\
   --checkpoint checkpoints/resnet20-jpeg/model.pt --data ../shared/datasets/cifar10 \\
   --runs runs/spaces-bench --out benchmarks/results/spaces-resnet20.json \\
-  --finetune-epochs 4 --threads 1 > benchmarks/results/spaces-resnet20.log 2>&1
+  --finetune-epochs 4 --threads 1
 python benchmarks/spaces.py --report benchmarks/results/spaces-resnet20.json
-```"""
+```
+
+Console output with the progress bars removed: `results/spaces-resnet20.log`."""
 
 
 def render(doc: dict, status: str = "") -> str:
