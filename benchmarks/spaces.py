@@ -53,7 +53,9 @@ PRUNEKIT_THREADS=1 python benchmarks/spaces.py --model resnet20 \\
 python benchmarks/spaces.py --report benchmarks/results/spaces-resnet20.json
 ```
 
-Console output with the progress bars removed: `results/spaces-resnet20.log`."""
+Console output with the progress bars removed: `results/spaces-resnet20.log`; every evaluated
+subnetwork (widths, MACs, params, proxy error) and the fine-tuning results: copied from
+`--runs` into `results/spaces-resnet20/`."""
 
 
 def render(doc: dict, status: str = "") -> str:
