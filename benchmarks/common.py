@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import copy
 import json
+import os
+import shlex
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -79,3 +82,16 @@ def finetune_all(nets: dict[str, nn.Module], dense: nn.Module, arrays, s, epochs
             done[name] = out[name]
             atomic_write_text(cache, json.dumps(done, indent=1))
     return out
+
+
+def invocation() -> str:
+    """The command line of this run, stored with its results so a report can quote it."""
+    threads = os.environ.get("PRUNEKIT_THREADS")
+    return (f"PRUNEKIT_THREADS={threads} " if threads else "") + "python " + shlex.join(sys.argv)
+
+
+def command_block(doc: dict, script: str, out: Path, extra: str = "") -> str:
+    """Markdown: the command that produced ``doc`` (saved as ``out``), the one that renders
+    its report, and where its console log lies."""
+    return (f"```bash\n{doc['command']}\npython benchmarks/{script} --report {out}\n```\n\n"
+            f"Console output with the progress bars removed: `results/{out.stem}.log`{extra}.")

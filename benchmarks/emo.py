@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from common import calibration, finetune_all, recalibrated, setup
+from common import calibration, command_block, finetune_all, invocation, recalibrated, setup
 from prunekit.data import Batches
 from prunekit.methods import OneShotConfig, prune_oneshot
 from prunekit.methods.emo import EmoConfig, EmoSearch, hypervolume, non_dominated
@@ -92,8 +92,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.report:
         doc = json.loads(Path(args.report).read_text())
-        Path(args.md).write_text(render(doc, Path(args.report).with_suffix(".png").name,
-                                        args.status))
+        Path(args.md).write_text(render(doc, Path(args.report), args.status))
         return
     if not args.checkpoint:
         ap.error("--checkpoint is required")
@@ -103,7 +102,8 @@ def main() -> None:
     test = Batches(vx[pick], vy[pick], 500, s.norm)
     example = torch.zeros(1, *s.input_size)
     doc: dict = {"machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
-                 "model": args.model, "test_n": len(pick), "methods": {}}
+                 "model": args.model, "test_n": len(pick), "command": invocation(),
+                 "methods": {}}
 
     cfg = EmoConfig(parts=3, pop_size=args.pop_size, generations=args.generations,
                     seed=args.seed)
@@ -139,7 +139,7 @@ def main() -> None:
         doc["finetune"] = finetune_part(args, model, dnc, res, s, tx, ty, vx, vy)
         Path(args.out).write_text(json.dumps(doc, indent=1))
     plot(doc, Path(args.out).with_suffix(".png"))
-    Path(args.md).write_text(render(doc, Path(args.out).with_suffix(".png").name, args.status))
+    Path(args.md).write_text(render(doc, Path(args.out), args.status))
 
 
 def finetune_part(args, model, dnc, res, s, tx, ty, vx, vy) -> dict:
@@ -178,23 +178,14 @@ def finetune_part(args, model, dnc, res, s, tx, ty, vx, vy) -> dict:
                         cache=Path(args.out).with_suffix(".finetune.json"))
 
 
-COMMAND = """```bash
-PRUNEKIT_THREADS=1 python benchmarks/emo.py --model resnet20 \\
-  --checkpoint checkpoints/resnet20-jpeg/model.pt --data ../shared/datasets/cifar10 \\
-  --out benchmarks/results/emo-resnet20.json --finetune-epochs 4 --threads 1
-python benchmarks/emo.py --report benchmarks/results/emo-resnet20.json
-```
-
-Console output with the progress bars removed: `results/emo-resnet20.log`."""
-
-
-def render(doc: dict, png: str, status: str = "") -> str:
+def render(doc: dict, out: Path, status: str = "") -> str:
     """The committed markdown report of one run's JSON."""
     m = doc["methods"]
     lines = [f"# EMO-DIR: front quality at an equal evaluation budget ({doc['model']})", "",
              f"**Machine:** {doc['machine']}. Top-1 after BN re-estimation on the 512 "
              f"calibration images, on {doc['test_n']} test images (CIFAR-10 JPEG)."
-             + (f" **Status:** {status}" if status else ""), "", COMMAND, "",
+             + (f" **Status:** {status}" if status else ""), "",
+             command_block(doc, "emo.py", out), "",
              "| search | evaluations | wall (s) | hypervolume | front: MACs/dense → top-1 % |",
              "|---|---|---|---|---|"]
     for name, r in m.items():
@@ -221,7 +212,7 @@ def render(doc: dict, png: str, status: str = "") -> str:
         lines += ["", f"Target (EMO the best of the three): **{best == 'emo'}** (best: {best})."]
     elif ft:
         lines += ["", f"Fine-tuning part: {ft['error']}."]
-    lines += ["", f"![fronts](results/{png})"]
+    lines += ["", f"![fronts](results/{out.with_suffix('.png').name})"]
     return "\n".join(lines) + "\n"
 
 

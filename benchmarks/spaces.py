@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common import finetune_all, setup
+from common import command_block, finetune_all, invocation, setup
 from prunekit.data import Batches
 from prunekit.methods import OneShotConfig, prune_oneshot
 from prunekit.methods.spaces import (Sampler, Space, best_rho, evaluate_samples, held_out, refine,
@@ -45,26 +45,16 @@ def population(path: Path, model, example, space: Space, args, data) -> list[dic
     return done
 
 
-COMMAND = """```bash
-PRUNEKIT_THREADS=1 python benchmarks/spaces.py --model resnet20 \\
-  --checkpoint checkpoints/resnet20-jpeg/model.pt --data ../shared/datasets/cifar10 \\
-  --runs runs/spaces-bench --out benchmarks/results/spaces-resnet20.json \\
-  --finetune-epochs 4 --threads 1
-python benchmarks/spaces.py --report benchmarks/results/spaces-resnet20.json
-```
-
-Console output with the progress bars removed: `results/spaces-resnet20.log`; every evaluated
-subnetwork (widths, MACs, params, proxy error) and the fine-tuning results: copied from
-`--runs` into `results/spaces-resnet20/`."""
-
-
-def render(doc: dict, status: str = "") -> str:
+def render(doc: dict, out: Path, status: str = "") -> str:
     """The committed markdown report of one run's JSON."""
     lines = [f"# Network pruning spaces ({doc['model']}, CIFAR-10 JPEG)", "",
              f"**Machine:** {doc['machine']}. Proxy error of a subnetwork: weights inherited "
              f"from the fine-tuned network, {doc['steps']} SGD steps (batch 64) on 10k "
              "training images, top-1 error on 2k other training images."
-             + (f" **Status:** {status}" if status else ""), "", COMMAND, ""]
+             + (f" **Status:** {status}" if status else ""), "",
+             command_block(doc, "spaces.py", out, "; every evaluated subnetwork and the "
+                           f"fine-tuning results: `results/{out.stem}/` (copied from `--runs`)"),
+             ""]
     for name, r in doc["regimes"].items():
         a, i, f = r["ratio"], r["initial"], r["refined"]
         lines += [f"## Regime {name} of the dense MACs", "",
@@ -135,7 +125,8 @@ def main() -> None:
     ap.add_argument("--status", default="")
     args = ap.parse_args()
     if args.report:
-        Path(args.md).write_text(render(json.loads(Path(args.report).read_text()), args.status))
+        Path(args.md).write_text(render(json.loads(Path(args.report).read_text()),
+                                        Path(args.report), args.status))
         return
     if not args.checkpoint:
         ap.error("--checkpoint is required")
@@ -147,7 +138,8 @@ def main() -> None:
     runs = Path(args.runs)
     runs.mkdir(parents=True, exist_ok=True)
     doc = {"machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
-           "model": args.model, "samples": args.samples, "steps": args.steps, "regimes": {}}
+           "model": args.model, "samples": args.samples, "steps": args.steps,
+           "command": invocation(), "regimes": {}}
     regimes = {k: v for k, v in REGIMES.items() if k in args.regimes}
     for name, regime in regimes.items():
         space = Space(param="stage", regime=regime)
@@ -169,7 +161,7 @@ def main() -> None:
                 args, name, model, s, Space(param="stage", regime=regime),
                 doc["regimes"][name]["winner"], tx, ty, vx, vy)
             Path(args.out).write_text(json.dumps(doc, indent=1))
-    Path(args.md).write_text(render(doc, args.status))
+    Path(args.md).write_text(render(doc, Path(args.out), args.status))
     print(json.dumps({k: {kk: v[kk] for kk in ("initial", "refined")}
                       for k, v in doc["regimes"].items()}, indent=1))
 
