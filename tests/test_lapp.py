@@ -53,17 +53,36 @@ def test_thresholds_get_gradients_and_move_toward_the_budget():
     torch.manual_seed(0)
     model = CifarResNet(20).train()
     lapp, graph, base = _lapp(model, LappConfig(target=0.4, threshold_lr=0.05))
-    start = lapp.log()["lapp_cost_ratio"]
+    start = lapp.log()
     for step in range(60):
         model(torch.randn(4, 3, 32, 32))
         pen = lapp.penalty(0.5)        # past the ramp: the final target applies
         pen.backward()
         if step == 0:
-            assert (lapp.thresholds.grad.abs() > 0).all()
-            assert (lapp.thresholds.grad < 0).all()  # raising thresholds lowers the cost
+            assert (lapp.rates.grad.abs() > 0).all()
+            assert (lapp.rates.grad < 0).all()  # raising thresholds lowers the cost
         lapp.after_step()
-    end = lapp.log()["lapp_cost_ratio"]
-    assert end < start - 0.2
+    end = lapp.log()
+    assert end["lapp_cost_ratio"] < start["lapp_cost_ratio"] - 0.2
+    assert all(b >= a for a, b in zip(start["lapp_thresholds"], end["lapp_thresholds"]))
+
+
+def test_equal_scores_prune_gradually():
+    """At initialisation every BN scale is 1: the thresholds must still prune a few
+    channels per step (by quantile) down to the target, not a whole group at once."""
+    torch.manual_seed(0)
+    model = CifarResNet(20).train()
+    cfg = LappConfig(target=0.4, threshold_lr=0.01, progressive=False)
+    lapp, graph, base = _lapp(model, cfg, bypass=False)
+    assert all(float(s.std()) == 0 for s in lapp.scores())
+    ratios = [lapp.log()["lapp_cost_ratio"]]
+    for _ in range(80):
+        model(torch.randn(4, 3, 32, 32))
+        lapp.penalty(0.5).backward()
+        lapp.after_step()
+        ratios.append(lapp.log()["lapp_cost_ratio"])
+    assert 0.3 < ratios[-1] <= 0.4                 # meets the target without collapsing
+    assert (-np.diff(ratios)).max() < 0.1          # ... a little at a time
 
 
 def test_progressive_target_schedule():
@@ -92,7 +111,7 @@ def test_toy_task_meets_budget_and_saves(tmp_path, bypass):
     x, y = _toy_data()
     train = Batches(x, y, 32, CIFAR_NORM, train=True, drop_last=True)
     model = CifarResNet(8, widths=(8, 16, 32))
-    cfg = LappConfig(target=0.5, prune_epochs=2, bypass=bypass, threshold_lr=0.3)
+    cfg = LappConfig(target=0.5, prune_epochs=2, bypass=bypass, threshold_lr=0.1)
     res = train_lapp(model, X, train, None, cfg,
                      TrainConfig(epochs=3, lr=0.05, channels_last=False), tmp_path,
                      progress=False)
@@ -120,8 +139,7 @@ def test_pruned_model_equals_masked_training_model():
             model(torch.randn(8, 3, 32, 32))   # batch-norm statistics
         for bn in (m for m in model.modules() if isinstance(m, nn.BatchNorm2d)):
             _gamma(bn).uniform_(0.2, 1.5)         # distinct scores
-        for i, s in enumerate(lapp.scores()):
-            lapp.thresholds[i] = s.quantile(0.6)
+        lapp.rates.fill_(0.6)
         model.eval()
         masked = model(X)
     plan = lapp.hard_plan()
@@ -134,7 +152,7 @@ def test_pruned_model_equals_masked_training_model():
 
 def test_parametrized_mask_equals_masking_the_bn_outputs():
     """The masks multiply BN scale and shift; that must equal multiplying BN outputs, in the
-    forward pass and in every gradient (thresholds, scores), and detach restores the model."""
+    forward pass and in every gradient (thresholds, BN scales), and detach restores the model."""
     torch.manual_seed(0)
     model = CifarResNet(20)
     add_bypass(model)
@@ -149,8 +167,7 @@ def test_parametrized_mask_equals_masking_the_bn_outputs():
         graph = ChannelGraph.build(net, X)
         lapp = Lapp(net, graph, LappConfig(target=0.5), graph.cost().macs)
         with torch.no_grad():
-            for i, s in enumerate(lapp.scores()):
-                lapp.thresholds[i] = s.quantile(0.4)
+            lapp.rates.fill_(0.4)
         if by_output:        # the reference: a forward hook masking each BN's output
             lapp.detach()
             lapp._handles.append(net.register_forward_pre_hook(lapp._refresh))
@@ -162,7 +179,7 @@ def test_parametrized_mask_equals_masking_the_bn_outputs():
         net.train()
         out = net(X)
         (out.square().mean() + lapp.penalty(0.1)).backward()
-        runs.append((out.detach(), lapp.thresholds.grad.clone(),
+        runs.append((out.detach(), lapp.rates.grad.clone(),
                      [_gamma(b).grad.clone() for b, _ in sum(lapp.members, [])]))
         lapp.detach()
     (o1, t1, g1), (o2, t2, g2) = runs
@@ -174,7 +191,8 @@ def test_parametrized_mask_equals_masking_the_bn_outputs():
 
 def test_validation_and_refusals():
     for bad in (dict(target=0), dict(metric="flops"), dict(prune_epochs=0),
-                dict(temperature=0), dict(tolerance=0.9)):
+                dict(temperature=0), dict(temperature=2), dict(threshold_lr=1.5),
+                dict(tolerance=0.9)):
         with pytest.raises(TargetError):
             LappConfig(**bad)
     cfg = LappConfig(target=0.3, groups=["layer*"])

@@ -92,8 +92,8 @@ DEFAULTS: dict[str, Any] = {
     "variant": "asym", "selector": "greedy", "reweight": True, "scope": "network",
     "groups": [], "calib": 512, "stochastic": 0.0,
     # lapp
-    "prune_epochs": 5.0, "bypass": True, "progressive": True, "penalty": 4.0,
-    "temperature": 0.1, "threshold_lr": 0.02,
+    "bypass": True, "progressive": True,   # None: LappConfig's default
+    "prune_epochs": None, "penalty": None, "temperature": None, "threshold_lr": None,
     # emo
     "parts": 3, "pop_size": 16, "generations": 8, "chain_points": 12, "feature_steps": 0,
     "executor": "inprocess", "workers": 2,

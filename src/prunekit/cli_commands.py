@@ -202,12 +202,11 @@ def cmd_prune(cfg: dict) -> int:
 def _prune_lapp(cfg: dict, model: torch.nn.Module, s, out: Path) -> int:
     """LAPP trains: from scratch without --checkpoint, else from the given weights."""
     from .methods.lapp import LappConfig, train_lapp
-    lcfg = LappConfig(target=cfg["target"], metric=cfg["metric"],
-                      prune_epochs=float(cfg["prune_epochs"]), bypass=bool(cfg["bypass"]),
-                      progressive=bool(cfg["progressive"]), penalty=float(cfg["penalty"]),
-                      temperature=float(cfg["temperature"]),
-                      threshold_lr=float(cfg["threshold_lr"]),
-                      groups=tuple(cfg["groups"] or ()))
+    tuned = {k: float(cfg[k]) for k in ("prune_epochs", "penalty", "temperature",
+                                        "threshold_lr") if cfg[k] is not None}
+    lcfg = LappConfig(target=cfg["target"], metric=cfg["metric"], bypass=bool(cfg["bypass"]),
+                      progressive=bool(cfg["progressive"]), groups=tuple(cfg["groups"] or ()),
+                      **tuned)
     tcfg = _train_config(cfg, int(cfg["epochs"]), float(cfg["lr"]))
     if lcfg.prune_epochs > tcfg.epochs:
         raise CliError(f"prune_epochs ({lcfg.prune_epochs}) exceeds epochs ({tcfg.epochs})")

@@ -1,18 +1,25 @@
 """LAPP: layer-adaptive progressive pruning under a FLOPs constraint (Zhai et al., 2023).
 
 Every managed group (a prunable group with batch-norm members) has an importance
-score per channel, the BN scale |gamma| (mean over the group's BN layers, divided by
-its detached group mean), and **one learnable threshold** t_g. During the first
-``prune_epochs`` of training a channel is kept iff its score exceeds t_g; the mask
-is applied to the group's BN outputs with a straight-through estimator: the
-forward pass uses the hard 0/1 mask (so the training-time network *is* a pruned
-network), the backward pass the gradient of sigmoid((score - t_g) / temperature).
+score per channel, the BN scale |gamma| (mean over the group's BN layers), and **one
+learnable threshold**, parametrised by its quantile r_g: the fraction of the group's
+prunable channels whose score lies below it (the threshold in score units, the score
+at quantile r_g, is what the logs and plots show). During the first ``prune_epochs``
+of training a channel is kept iff its score is above the threshold; the mask is
+applied to the group's BN outputs with a straight-through estimator: the forward
+pass uses the hard 0/1 mask (so the training-time network *is* a pruned network),
+the backward pass the gradient of sigmoid((q_c - r_g) / temperature), q_c the
+channel's quantile (rank + 1/2) / n in its group. A threshold in score units failed
+from scratch: BN scales start equal and stay clustered, so a threshold step either
+prunes nothing or crosses the whole cluster (docs/lapp.md).
 The loss adds ``penalty * relu(cost(mask) / base - target_now)``, where cost is the
 engine's cost model as a polynomial in the masks (exact for 0/1 masks, see
 :mod:`.soft_cost`) and target_now ramps from 1 to ``target`` over the first 80% of
 the pruning phase (``progressive``; without it the final target applies from the
-first step). Task loss and constraint both move the thresholds (Adam) and the
-scores (the model's optimizer), so per-layer rates follow the scores as they change.
+first step). Task loss and constraint both move the thresholds (a step normalised by
+each threshold's running gradient RMS, so it moves about ``threshold_lr`` of the
+group's channels); the model's optimizer moves the scores, so which channels are
+pruned follows the scores as they change.
 At the end of the phase the mask is frozen, projected onto the budget (within
 ``tolerance``), the network is physically pruned by the engine, and training
 continues on the smaller dense model.
@@ -55,8 +62,8 @@ class LappConfig:
     progressive: bool = True
     bypass: bool = True
     penalty: float = 4.0
-    temperature: float = 0.1
-    threshold_lr: float = 0.02
+    temperature: float = 0.05      # in quantile units (a fraction of the group's channels)
+    threshold_lr: float = 0.005    # typical step of a threshold's quantile
     min_width: int = 1
     tolerance: float = 0.01
     groups: tuple[str, ...] = ()
@@ -66,10 +73,11 @@ class LappConfig:
             raise TargetError(f"target must be a fraction in (0, 1], got {self.target!r}")
         if self.metric not in METRICS:
             raise TargetError(f"metric must be one of {METRICS}, got {self.metric!r}")
-        if self.prune_epochs <= 0 or self.penalty <= 0 or self.temperature <= 0 or \
-                self.threshold_lr <= 0 or self.min_width < 1 or not 0 < self.tolerance < 0.5:
-            raise TargetError("prune_epochs, penalty, temperature and threshold_lr must be "
-                              "> 0, min_width >= 1, tolerance in (0, 0.5)")
+        if self.prune_epochs <= 0 or self.penalty <= 0 or not 0 < self.temperature <= 1 or \
+                not 0 < self.threshold_lr <= 1 or self.min_width < 1 or \
+                not 0 < self.tolerance < 0.5:
+            raise TargetError("prune_epochs and penalty must be > 0, temperature and "
+                              "threshold_lr in (0, 1], min_width >= 1, tolerance in (0, 0.5)")
         object.__setattr__(self, "groups", tuple(self.groups))
 
     def to_json(self) -> str:
@@ -107,7 +115,7 @@ def _gamma(bn: nn.Module) -> torch.Tensor:
 
 class _Masked(nn.Module):
     """Parametrization: a BN tensor times its channels' current LAPP mask (the mask carries
-    the straight-through gradient to the scores and thresholds)."""
+    the straight-through gradient to the thresholds)."""
 
     def __init__(self, lapp: "Lapp", gi: int, idx: torch.Tensor) -> None:
         super().__init__()
@@ -151,10 +159,11 @@ class Lapp(nn.Module, Callback):
             self.members.append(mem)
         if not self.groups:
             raise TargetError("LAPP found no prunable group with batch-norm scores")
-        self.thresholds = nn.Parameter(torch.zeros(len(self.groups)))
-        # no momentum (beta1 = 0): a threshold stops where its gradient vanishes instead of
-        # coasting past every score; the second moment keeps steps scale-free
-        self.opt = torch.optim.Adam([self.thresholds], lr=config.threshold_lr, betas=(0.0, 0.999))
+        self._uses = [np.bincount(torch.cat([i for _, i in mem]).numpy(), minlength=g.width)
+                      for g, mem in zip(self.groups, self.members)]   # BN layers per channel
+        # the thresholds' quantiles r_g (fraction of prunable channels below the threshold)
+        self.rates = nn.Parameter(torch.zeros(len(self.groups)))
+        self._sq = torch.zeros(len(self.groups))  # running mean square of their gradients
         self._masks: list[torch.Tensor] | None = None
         self._handles: list[Any] = []
         self._masked: list[nn.Module] = []
@@ -166,25 +175,48 @@ class Lapp(nn.Module, Callback):
 
     # ----------------------------------------------------------- scores, masks
     def scores(self) -> list[torch.Tensor]:
+        """Per group, each channel's |gamma| averaged over the group's BN layers (detached)."""
         out = []
-        for g, mem in zip(self.groups, self.members):
-            s = torch.zeros(g.width)
-            n = torch.zeros(g.width)
-            for bn, idx in mem:
-                s = s.index_add(0, idx, _gamma(bn).abs().float())
-                n = n.index_add(0, idx, torch.ones(len(idx)))
-            s = s / n.clamp_min(1)
-            out.append(s / s.detach().mean().clamp_min(1e-12))
+        with torch.no_grad():
+            for g, mem in zip(self.groups, self.members):
+                s = torch.zeros(g.width)
+                n = torch.zeros(g.width)
+                for bn, idx in mem:
+                    s = s.index_add(0, idx, _gamma(bn).abs().float())
+                    n = n.index_add(0, idx, torch.ones(len(idx)))
+                out.append(s / n.clamp_min(1))
         return out
+
+    def _quantiles(self, gi: int, s: torch.Tensor) -> torch.Tensor:
+        """(rank + 1/2) / n of every prunable channel among group ``gi``'s prunable channels
+        by score; 2.0 (above any rate) for the others. Ties (every scale is 1 at
+        initialisation) rank first the channels fewer BN layers carry (in a residual stream
+        through zero-padded shortcuts, those of the late, wide stages), then the later."""
+        g = self.groups[gi]
+        q = torch.full((g.width,), 2.0)
+        idx = np.nonzero(g.prunable)[0]
+        order = idx[np.lexsort((-idx, self._uses[gi][idx], s.numpy()[idx]))]
+        q[torch.as_tensor(order)] = (torch.arange(len(order)) + 0.5) / max(len(order), 1)
+        return q
 
     def masks(self, hard_only: bool = False) -> list[torch.Tensor]:
         out = []
         for i, (g, s) in enumerate(zip(self.groups, self.scores())):
-            z = (s - self.thresholds[i]) / self.config.temperature
-            hard = (z > 0) | ~torch.as_tensor(g.prunable)
-            hard[self._floor(g, s.detach().numpy())] = True
+            z = (self._quantiles(i, s) - self.rates[i]) / self.config.temperature
+            hard = z.detach() > 0
+            hard[self._floor(g, s.numpy())] = True
             hard = hard.float()
             out.append(hard if hard_only else hard + torch.sigmoid(z) - torch.sigmoid(z).detach())
+        return out
+
+    def thresholds(self) -> list[float]:
+        """Each group's threshold in score units: the score at quantile r_g of its prunable
+        channels (linear interpolation between neighbours)."""
+        out = []
+        for g, s, r in zip(self.groups, self.scores(), self.rates.detach().tolist()):
+            sorted_s = np.sort(s.numpy()[np.nonzero(g.prunable)[0]])
+            out.append(float(np.interp(r * len(sorted_s) - 0.5, np.arange(len(sorted_s)),
+                                       sorted_s)))
         return out
 
     def _floor(self, g: Any, score: np.ndarray) -> torch.Tensor:
@@ -246,21 +278,29 @@ class Lapp(nn.Module, Callback):
         return self.config.penalty * torch.relu(ratio - self._target_now).float()
 
     def after_step(self) -> None:
-        self.opt.step()
-        self.opt.zero_grad(set_to_none=True)
+        """One step of the thresholds: r_g -= lr * grad_g / RMS_g, RMS_g a running (bias-
+        corrected, decay 0.999) root mean square of group g's gradients, so that a step
+        moves a threshold by about ``threshold_lr`` of its group's channels whatever the
+        gradients' scale; r stays in [0, 1]."""
+        grad = self.rates.grad
         self._steps += 1
+        if grad is not None:
+            self._sq = 0.999 * self._sq + 0.001 * grad.detach().square()
+            rms = (self._sq / (1 - 0.999 ** self._steps)).sqrt()
+            with torch.no_grad():
+                self.rates.sub_(self.config.threshold_lr * grad / rms.clamp_min(1e-12))
+                self.rates.clamp_(0.0, 1.0)
+            self.rates.grad = None
         if self._steps % 25 == 0:
             self.trace.append({"step": self._steps, **self.log(record=False)})
-        with torch.no_grad():  # a threshold above every score means nothing to learn from
-            top = torch.stack([s.max() for s in self.scores()])
-            self.thresholds.copy_(torch.minimum(self.thresholds.clamp_min(0.0), top))
 
     def log(self, record: bool = True) -> dict[str, Any]:
         with torch.no_grad():
             hard = self.masks(hard_only=True)
             ratio = float(self.cost(self.unit_keep(hard))) / self.base
         row = {"lapp_cost_ratio": round(ratio, 5), "lapp_target": round(self._target_now, 5),
-               "lapp_thresholds": [round(float(t), 5) for t in self.thresholds.detach()],
+               "lapp_thresholds": [round(t, 5) for t in self.thresholds()],
+               "lapp_rates": [round(float(r), 5) for r in self.rates.detach()],
                "lapp_widths": {g.id: int(m.sum()) for g, m in zip(self.groups, hard)}}
         if record:
             self.history.append(row)
@@ -276,13 +316,12 @@ class Lapp(nn.Module, Callback):
         """Check, on a mask that drops about half of every group, that masking the BN outputs
         equals physical pruning (eval mode); refuse the model otherwise."""
         from ..conformance import outputs_close
-        saved = self.thresholds.detach().clone()
+        saved = self.rates.detach().clone()
         was = model.training
         self.attach(model)
         try:
             with torch.no_grad():
-                for i, sc in enumerate(self.scores()):
-                    self.thresholds[i] = sc.median()
+                self.rates.fill_(0.5)
                 plan = self.hard_plan()
                 model.eval()
                 masked = model(*example_inputs)
@@ -292,7 +331,7 @@ class Lapp(nn.Module, Callback):
             self.attach(model)
             model.train(was)
             with torch.no_grad():
-                self.thresholds.copy_(saved)
+                self.rates.copy_(saved)
         try:
             outputs_close(masked, pruned)
         except AssertionError:
@@ -320,9 +359,10 @@ class Lapp(nn.Module, Callback):
     # ----------------------------------------------------------- the end
     def freeze(self, meta: dict | None = None) -> Plan:
         """The frozen mask as a Plan, projected onto the budget within ``tolerance``: units
-        ranked by margin (score - threshold), a global offset bisected."""
+        ranked by margin (quantile - r_g), a global offset bisected."""
         with torch.no_grad():
-            margins = [(s - t).numpy() for s, t in zip(self.scores(), self.thresholds)]
+            margins = [(self._quantiles(i, s) - r).numpy() for i, (s, r) in
+                       enumerate(zip(self.scores(), self.rates.detach()))]
         goal = self.config.target * self.base
 
         def keep_at(delta: float) -> np.ndarray:
