@@ -10,8 +10,9 @@ Runs (each in its own resumable folder under --runs; rerun the command to contin
   lapp-noprog    the same with the final target from the first step (no ramp)
   uniform        a hand-built ResNet-20 with every width scaled by one factor to the
                  same MACs, E epochs from scratch
-  l1             the dense network trained E/2 epochs, pruned one-shot (L1, global
-                 allocation) to the same MACs, fine-tuned E/2 epochs: E in all
+  l1             the dense run's weights after E/2 epochs, pruned one-shot (L1, global
+                 allocation) to the same MACs, then trained the schedule's last E/2
+                 epochs (the learning rate continues where the dense run was): E in all
 Then one table (top-1, params, MACs, CPU latency at batch 64 measured side by side in
 one process, seconds per epoch) and plots of LAPP's per-layer widths and thresholds.
 
@@ -37,6 +38,7 @@ from prunekit.methods.lapp import LappConfig, add_bypass, train_lapp
 from prunekit.models import CifarResNet, spec
 from prunekit.reporting import latency_ms, plot_lapp
 from prunekit.train import TrainConfig, evaluate, fit
+from prunekit.train.engine import save_atomic
 
 X = torch.zeros(1, 3, 32, 32)
 RUNS = ("dense", "lapp", "lapp-nobypass", "lapp-noprog", "uniform", "l1")
@@ -59,6 +61,18 @@ def lapp_config(args, name: str) -> LappConfig:
                       bypass=name != "lapp-nobypass", progressive=name != "lapp-noprog")
 
 
+def dense_half(args, train: Batches, test: Batches, tcfg: TrainConfig) -> Path:
+    """Train the dense run's first E/2 epochs (if not done) and snapshot its weights there:
+    the starting point of the one-shot L1 run. Resumable at any moment."""
+    folder = Path(args.runs) / "dense"
+    snap = folder / "half.pt"
+    if not snap.is_file():
+        model = CifarResNet(20)
+        fit(model, train, test, tcfg, folder, resume=True, epochs=(0, args.epochs // 2))
+        save_atomic(model.state_dict(), snap)
+    return snap
+
+
 def run_one(name: str, args, train: Batches, test: Batches) -> None:
     folder = Path(args.runs) / name
     if (folder / "done.json").is_file():
@@ -66,8 +80,9 @@ def run_one(name: str, args, train: Batches, test: Batches) -> None:
     torch.manual_seed(args.seed)
     tcfg = TrainConfig(epochs=args.epochs, lr=args.lr, weight_decay=5e-4, seed=args.seed)
     if name == "dense":
+        dense_half(args, train, test, tcfg)
         model = CifarResNet(20)
-        fit(model, train, test, tcfg, folder, resume=True)
+        fit(model, train, test, tcfg, folder, resume=True, epochs=(args.epochs // 2, args.epochs))
         save_pruned(folder / "model", model.eval(), ChannelGraph.build(model, X).full_plan(),
                     (X,))
     elif name.startswith("lapp"):
@@ -79,15 +94,12 @@ def run_one(name: str, args, train: Batches, test: Batches) -> None:
         fit(model, train, test, tcfg, folder, resume=True)
         torch.save(model.state_dict(), folder / "model.pt")
     elif name == "l1":
-        half = args.epochs // 2
         model = CifarResNet(20)
-        fit(model, train, test, TrainConfig(epochs=half, lr=args.lr, weight_decay=5e-4,
-                                            seed=args.seed), folder / "dense-half", resume=True)
+        model.load_state_dict(torch.load(dense_half(args, train, test, tcfg), weights_only=True))
         res = prune_oneshot(model.eval(), X, OneShotConfig(target=args.target, criterion="l1"))
         pruned = res.model
-        fit(pruned, train, test, TrainConfig(epochs=args.epochs - half, lr=args.lr / 2,
-                                             weight_decay=5e-4, seed=args.seed),
-            folder / "finetune", resume=True)
+        fit(pruned, train, test, tcfg, folder / "finetune", resume=True,
+            epochs=(args.epochs // 2, args.epochs))
         save_pruned(folder / "model", pruned.eval(), res.plan, (X,))
     (folder / "done.json").write_text(json.dumps({"test": evaluate(_load(name, args), test)}))
 
