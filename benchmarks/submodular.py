@@ -14,11 +14,16 @@ Methods, each with and without least-squares reweighting:
   asym-sensitivity     AsymInChange+rw with the per-layer budgets of allocation=
   asym-output          "sensitivity" / "output" (reweighted only)
   weightnorm           LayerWeightNorm: norm of each channel's outgoing weights
-  random               random channels
+  random               LayerRandom: random channels
   actgrad              |activation x gradient| (gradient of the loss against the
                        network's own predictions: no labels)
-Baselines select per layer and, when reweighted, use AsymInChange's reweighting, so
-the rows differ only in how channels are chosen. Torch-Pruning 1.6.1 (magnitude, its
+These baselines are the paper's "Layer" ones: selection per layer and, when
+reweighted, LayerInChange's reweighting (on the original network's activations), so
+they compare with layer+rw. The ablation
+  asym-weightnorm, asym-random, asym-actgrad
+keeps their selection but reweights as AsymInChange does, so it compares with asym+rw
+and isolates what the greedy selection adds once reweighting undoes upstream error.
+Torch-Pruning 1.6.1 (magnitude, its
 default L2 group importance; Taylor, gradients of the same label-free loss) prunes the
 same layers at the same per-layer ratio, without reweighting.
 
@@ -55,8 +60,10 @@ from prunekit.train import TrainConfig, evaluate, fit
 
 GREEDY = {"asym": "asym", "seq": "seq", "layer": "layer"}
 SELECTORS = ("weightnorm", "random", "actgrad")
+ASYM_SELECTORS = {f"asym-{m}": m for m in SELECTORS}
 ALLOCATED = {"asym-sensitivity": "sensitivity", "asym-output": "output"}
-METHODS = ("asym", "seq", "layer", *SELECTORS, *ALLOCATED, "tp-magnitude", "tp-taylor")
+METHODS = ("asym", "seq", "layer", *SELECTORS, *ALLOCATED, *ASYM_SELECTORS, "tp-magnitude",
+           "tp-taylor")
 INTERNAL = ("layer*.conv1",)
 
 
@@ -67,7 +74,9 @@ def config(method: str, compression: float, reweight: bool, seed: int) -> Submod
         return SubmodularConfig(variant=GREEDY[method], **common)
     if method in ALLOCATED:
         return SubmodularConfig(variant="asym", allocation=ALLOCATED[method], **common)
-    return SubmodularConfig(variant="asym", selector=method, **common)
+    if method in ASYM_SELECTORS:
+        return SubmodularConfig(variant="asym", selector=ASYM_SELECTORS[method], **common)
+    return SubmodularConfig(variant="layer", selector=method, **common)
 
 
 def tp_prune(model: nn.Module, calib: torch.Tensor, compression: float, kind: str) -> nn.Module:
@@ -121,7 +130,8 @@ def run(args: argparse.Namespace) -> None:
         for compression in args.compressions:
             for method in args.methods:
                 for rw in ((False,) if method.startswith("tp-") else
-                           (True,) if method in ALLOCATED else (True, False)):
+                           (True,) if method in ALLOCATED or method in ASYM_SELECTORS
+                           else (True, False)):
                     key = (method, compression, seed, rw)
                     if key in done:
                         continue
@@ -165,15 +175,54 @@ def timing(args: argparse.Namespace) -> None:
 
 
 COMMANDS = """```bash
-python benchmarks/submodular.py --model resnet56 --checkpoint checkpoints/resnet56-jpeg/model.pt \\
-  --data ../shared/datasets/cifar10 --out benchmarks/results/submodular-resnet56.jsonl --threads 1 \\
-  --methods asym seq layer weightnorm random actgrad tp-magnitude tp-taylor
-python benchmarks/submodular.py --model resnet20 --checkpoint checkpoints/resnet20-jpeg/model.pt \\
-  --data ../shared/datasets/cifar10 --out benchmarks/results/submodular-resnet20.jsonl --threads 1 \\
-  --methods asym seq layer weightnorm random actgrad tp-magnitude tp-taylor
+ALL="asym seq layer weightnorm random actgrad asym-weightnorm asym-random asym-actgrad tp-magnitude tp-taylor"
+CORE="asym seq layer weightnorm random"
+for m in resnet20 resnet56; do
+  common="--model $m --checkpoint checkpoints/$m-jpeg/model.pt --data ../shared/datasets/cifar10 \\
+    --out benchmarks/results/submodular-$m.jsonl --threads 1"
+  python benchmarks/submodular.py $common --seeds 0 --methods $ALL
+  python benchmarks/submodular.py $common --seeds 1 2 --methods $CORE
+  python benchmarks/submodular.py $common --seeds 0 --compressions 2 4 \\
+    --methods asym-sensitivity asym-output
+done
+python benchmarks/submodular.py --timing --model resnet56 \\
+  --checkpoint checkpoints/resnet56-jpeg/model.pt --data ../shared/datasets/cifar10 --threads 2 \\
+  > benchmarks/results/submodular-timing.json
 python benchmarks/submodular.py --report benchmarks/results/submodular-resnet56.jsonl \\
   benchmarks/results/submodular-resnet20.jsonl [--status "..."]
 ```"""
+
+
+ORDER = ("asym", "seq", "layer", "weightnorm", "random")   # the paper's expected order
+
+
+def _mean(mine: list[dict], method: str, rw: bool, c: float) -> float | None:
+    acc = [r["top1"] for r in mine if r["method"] == method and r["reweight"] == rw
+           and r["compression"] == c]
+    return statistics.mean(acc) if acc else None
+
+
+def targets(mine: list[dict], dense: float) -> list[str]:
+    """The issue's targets, checked on the means over seeds (no fine-tuning)."""
+    out = ["Targets (means over seeds, no fine-tuning):", ""]
+    a2, a4, w4 = _mean(mine, "asym", True, 2), _mean(mine, "asym", True, 4), \
+        _mean(mine, "weightnorm", False, 4)
+    if a2 is not None:
+        out.append(f"- 2x: AsymInChange+rw {a2:.2f} vs unpruned {dense:.2f}: "
+                   f"{dense - a2:.2f} points below (target <= 2.0): **{dense - a2 <= 2.0}**")
+    if a4 is not None and w4 is not None:
+        out.append(f"- 4x: AsymInChange+rw {a4:.2f} vs WeightNorm without reweighting {w4:.2f}: "
+                   f"+{a4 - w4:.2f} (target >= 10): **{a4 - w4 >= 10}**")
+    for c in sorted({r["compression"] for r in mine}):
+        means = [_mean(mine, m, True, c) for m in ORDER]
+        if any(v is None for v in means):
+            continue
+        ok = all(means[i] >= means[i + 1] for i in range(2)) and \
+            all(means[i] > means[i + 1] for i in range(2, 4))
+        chain = " / ".join(f"{m} {v:.2f}" for m, v in zip(ORDER, means))
+        out.append(f"- order at {c:g}x, with reweighting (asym >= seq >= layer > weightnorm > "
+                   f"random): {chain}: **{ok}**")
+    return out + [""]
 
 
 def report(paths: list[str], out_md: Path, out_png: Path, status: str = "") -> None:
@@ -228,6 +277,14 @@ def report(paths: list[str], out_md: Path, out_png: Path, status: str = "") -> N
         ax.set_ylabel("top-1 (%), no fine-tuning")
         ax.set_title(name)
         ax.legend(fontsize=7, ncol=2)
+        lines += [""] + targets(mine, dense)
+        timing_file = Path(paths[0]).parent / "submodular-timing.json"
+        if timing_file.is_file() and name == "resnet56":
+            t = json.loads(timing_file.read_text())
+            lines += [f"- whole ResNet-56, AsymInChange+rw at 2x, {t['calib']} images, "
+                      f"{t['threads']} threads: {t['seconds']} s, peak RSS {t['peak_rss_gb']} GB "
+                      f"(target < 120 s, < 4 GB): **{t['seconds'] < 120 and t['peak_rss_gb'] < 4}**",
+                      ""]
         secs = [r["prune_s"] for r in mine if r["method"] == "asym" and r["reweight"]]
         if secs:
             lines += ["", f"AsymInChange+rw pruning time: median {statistics.median(secs):.1f} s "
