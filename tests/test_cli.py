@@ -95,6 +95,10 @@ def test_train_resume_and_config_file(tmp_path, data, capsys, monkeypatch):
     (["train", "--model", "resnet20", "--data", "/nonexistent/data", "--set",
       "label_smoothing=1.5"], "label_smoothing"),
     (["prune", "--model", "resnet20", "--config", "/nonexistent.yaml"], "does not exist"),
+    (["prune", "--model", "resnet20", "--method", "lapp", "--target", "0.5", "--set",
+      "temperature=abc"], "temperature must be a number"),
+    (["prune", "--model", "resnet20", "--method", "lapp", "--target", "0.5", "--set",
+      "threshold_lr=3"], "threshold_lr in (0, 1]"),
 ])
 def test_bad_input(tmp_path, capsys, argv, needle):
     out = tmp_path / "out"

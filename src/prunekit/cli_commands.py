@@ -199,11 +199,18 @@ def cmd_prune(cfg: dict) -> int:
     return _finish(cfg, out, model, result.model, result.plan, arrays, s)
 
 
+def _number(cfg: dict, key: str) -> float:
+    try:
+        return float(cfg[key])
+    except (TypeError, ValueError):
+        raise CliError(f"{key} must be a number, got {cfg[key]!r}") from None
+
+
 def _prune_lapp(cfg: dict, model: torch.nn.Module, s, out: Path) -> int:
     """LAPP trains: from scratch without --checkpoint, else from the given weights."""
     from .methods.lapp import LappConfig, train_lapp
-    tuned = {k: float(cfg[k]) for k in ("prune_epochs", "penalty", "temperature",
-                                        "threshold_lr") if cfg[k] is not None}
+    tuned = {k: _number(cfg, k) for k in ("prune_epochs", "penalty", "temperature",
+                                          "threshold_lr") if cfg[k] is not None}
     lcfg = LappConfig(target=cfg["target"], metric=cfg["metric"], bypass=bool(cfg["bypass"]),
                       progressive=bool(cfg["progressive"]), groups=tuple(cfg["groups"] or ()),
                       **tuned)
