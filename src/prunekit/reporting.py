@@ -138,7 +138,7 @@ def plot_lapp(history: list[dict], path: Path, x_key: str = "epoch") -> bool:
     for i, g in enumerate(groups):
         a.plot(ep, [h["lapp_thresholds"][i] for h in rows], marker=".", label=g)
         b.plot(ep, [h["lapp_widths"][g] for h in rows], marker=".", label=g)
-    a.set_ylabel("threshold (normalised BN scale)")
+    a.set_ylabel("threshold (BN scale |γ| at quantile r)")
     b.set_ylabel("kept channels")
     b2 = b.twinx()
     b2.plot(ep, [h["lapp_cost_ratio"] for h in rows], "k--", label="cost / dense")
