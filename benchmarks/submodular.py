@@ -231,7 +231,9 @@ def report(paths: list[str], out_md: Path, out_png: Path, status: str = "") -> N
     if status:
         lines += [f"**Status:** {status}", ""]
     lines += ["Commands (resumable: rerun to continue; rows in `results/submodular-*.jsonl`, "
-              "console in `results/submodular-*.log`):", "", COMMANDS, ""]
+              "console in `results/submodular-*.log`; console lines written before the "
+              "baselines became the Layer ones name the `asym-*` rows without the prefix, "
+              "the JSON lines carry the current names):", "", COMMANDS, ""]
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -163,7 +163,10 @@ class Lapp(nn.Module, Callback):
                       for g, mem in zip(self.groups, self.members)]   # BN layers per channel
         # the thresholds' quantiles r_g (fraction of prunable channels below the threshold)
         self.rates = nn.Parameter(torch.zeros(len(self.groups)))
-        self._sq = torch.zeros(len(self.groups))  # running mean square of their gradients
+        # Adam without momentum: each rate's step is lr * grad / its own running RMS, about
+        # ``threshold_lr`` of the group's channels whatever the gradients' scale, and it stops
+        # where its gradient vanishes instead of coasting on
+        self.opt = torch.optim.Adam([self.rates], lr=config.threshold_lr, betas=(0.0, 0.999))
         self._masks: list[torch.Tensor] | None = None
         self._handles: list[Any] = []
         self._masked: list[nn.Module] = []
@@ -278,19 +281,11 @@ class Lapp(nn.Module, Callback):
         return self.config.penalty * torch.relu(ratio - self._target_now).float()
 
     def after_step(self) -> None:
-        """One step of the thresholds: r_g -= lr * grad_g / RMS_g, RMS_g a running (bias-
-        corrected, decay 0.999) root mean square of group g's gradients, so that a step
-        moves a threshold by about ``threshold_lr`` of its group's channels whatever the
-        gradients' scale; r stays in [0, 1]."""
-        grad = self.rates.grad
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            self.rates.clamp_(0.0, 1.0)
         self._steps += 1
-        if grad is not None:
-            self._sq = 0.999 * self._sq + 0.001 * grad.detach().square()
-            rms = (self._sq / (1 - 0.999 ** self._steps)).sqrt()
-            with torch.no_grad():
-                self.rates.sub_(self.config.threshold_lr * grad / rms.clamp_min(1e-12))
-                self.rates.clamp_(0.0, 1.0)
-            self.rates.grad = None
         if self._steps % 25 == 0:
             self.trace.append({"step": self._steps, **self.log(record=False)})
 
