@@ -13,6 +13,9 @@ Methods, each with and without least-squares reweighting:
                        uniform per-layer fraction)
   asym-sensitivity     AsymInChange+rw with the per-layer budgets of allocation=
   asym-output          "sensitivity" / "output" (reweighted only)
+  asym-intercept,      the three with intercept=True: the least squares gets a
+  seq-intercept,       constant column, so reweighting also re-solves each consumer's
+  layer-intercept      output offset (into the following BN's running mean; reweighted only)
   weightnorm           LayerWeightNorm: norm of each channel's outgoing weights
   random               LayerRandom: random channels
   actgrad              |activation x gradient| (gradient of the loss against the
@@ -62,7 +65,9 @@ GREEDY = {"asym": "asym", "seq": "seq", "layer": "layer"}
 SELECTORS = ("weightnorm", "random", "actgrad")
 ASYM_SELECTORS = {f"asym-{m}": m for m in SELECTORS}
 ALLOCATED = {"asym-sensitivity": "sensitivity", "asym-output": "output"}
-METHODS = ("asym", "seq", "layer", *SELECTORS, *ALLOCATED, *ASYM_SELECTORS, "tp-magnitude",
+INTERCEPT = {f"{m}-intercept": m for m in GREEDY}
+METHODS = ("asym", "seq", "layer", *SELECTORS, *ALLOCATED, *INTERCEPT, *ASYM_SELECTORS,
+           "tp-magnitude",
            "tp-taylor")
 INTERNAL = ("layer*.conv1",)
 
@@ -74,6 +79,8 @@ def config(method: str, compression: float, reweight: bool, seed: int) -> Submod
         return SubmodularConfig(variant=GREEDY[method], **common)
     if method in ALLOCATED:
         return SubmodularConfig(variant="asym", allocation=ALLOCATED[method], **common)
+    if method in INTERCEPT:
+        return SubmodularConfig(variant=INTERCEPT[method], intercept=True, **common)
     if method in ASYM_SELECTORS:
         return SubmodularConfig(variant="asym", selector=ASYM_SELECTORS[method], **common)
     return SubmodularConfig(variant="layer", selector=method, **common)
@@ -130,7 +137,7 @@ def run(args: argparse.Namespace) -> None:
         for compression in args.compressions:
             for method in args.methods:
                 for rw in ((False,) if method.startswith("tp-") else
-                           (True,) if method in ALLOCATED or method in ASYM_SELECTORS
+                           (True,) if method in {**ALLOCATED, **ASYM_SELECTORS, **INTERCEPT}
                            else (True, False)):
                     key = (method, compression, seed, rw)
                     if key in done:

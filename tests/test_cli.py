@@ -99,6 +99,10 @@ def test_train_resume_and_config_file(tmp_path, data, capsys, monkeypatch):
       "temperature=abc"], "temperature must be a number"),
     (["prune", "--model", "resnet20", "--method", "lapp", "--target", "0.5", "--set",
       "threshold_lr=3"], "threshold_lr in (0, 1]"),
+    (["prune", "--model", "resnet20", "--method", "lapp", "--target", "0.5", "--set",
+      "bypass=False!"], "bypass must be true or false"),
+    (["train", "--model", "resnet20", "--data", "/nonexistent/data", "--set",
+      "channels_last=maybe"], "channels_last must be true or false"),
 ])
 def test_bad_input(tmp_path, capsys, argv, needle):
     out = tmp_path / "out"
@@ -136,9 +140,12 @@ def test_submodular_prune_and_reweight(tmp_path, data, ckpt, capsys, monkeypatch
     out = tmp_path / "sub"
     assert main(["prune", "--model", "resnet20", "--checkpoint", str(ckpt), "--data", str(data),
                  "--method", "submodular", "--target", "0.5", "--groups", "layer*.conv1",
-                 "--calib", "32", "--set", "scope=groups", "--out", str(out)]) == 0
+                 "--calib", "32", "--set", "scope=groups", "--set", "intercept=yes",
+                 "--set", "reweight=False", "--out", str(out)]) == 0
     plan = json.loads((out / "plan.json").read_text())
     assert plan["meta"]["method"] == "submodular"
+    assert plan["meta"]["config"]["intercept"] is True
+    assert plan["meta"]["config"]["reweight"] is False
     assert set(plan["keep"]) and all(g.endswith("conv1") for g in plan["keep"])
     assert abs(plan["meta"]["achieved"] - 0.5) < 0.02
     one = tmp_path / "one"
@@ -156,6 +163,7 @@ def test_submodular_prune_and_reweight(tmp_path, data, ckpt, capsys, monkeypatch
 @pytest.mark.parametrize("extra,needle", [
     (["--set", "selector=magic"], "selector must be one of"),
     (["--set", "variant=sideways"], "variant must be one of"),
+    (["--set", "intercept=perhaps"], "intercept must be true or false"),
     (["--calib", "0"], "--calib must be >= 1"),
     (["--calib", "100000"], "calibration images"),
     (["--groups", "nothing*", "--calib", "16"], "no prunable group matches"),

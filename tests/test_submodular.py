@@ -292,3 +292,47 @@ def test_monotone_loss_curve():
     c = _monotone(np.array([np.nan, 0.5, np.nan, 0.7, 0.1, np.nan, 0.0]))
     assert np.isinf(c[[0, 2, 5]]).all()
     assert c[1] == 0.7 and c[3] == 0.7 and c[4] == 0.1 and c[6] == 0.0
+
+
+def _io(model: nn.Module, name: str, data: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    got = {}
+    h = model.get_submodule(name).register_forward_hook(
+        lambda m, i, o: got.update(x=i[0], y=o))
+    with torch.no_grad():
+        model(data)
+    h.remove()
+    return got["x"], got["y"]
+
+
+def test_intercept_is_the_least_squares_with_a_constant_column(net):
+    """With ``intercept``, each reweighted consumer's new weights plus the offset moved into
+    its batch norm are the least-squares fit with a constant column: never worse than the
+    fit without it, and equal to a direct solve."""
+    model, data, graph = net
+    common = dict(target=0.5, scope="groups", groups=INTERNAL, selector="weightnorm",
+                  variant="layer", batch_size=32)
+    plain = prune_submodular(model, data[:1], data, SubmodularConfig(**common), graph=graph)
+    icpt = prune_submodular(model, data[:1], data, SubmodularConfig(intercept=True, **common),
+                            graph=graph)
+    assert plain.plan.keep == icpt.plan.keep
+    reweighted = {c for h in icpt.history if h["reweighted"] for c in h["consumers"]}
+    assert reweighted and {c for h in icpt.history for c in h["intercept"]} == reweighted
+    for name in sorted(reweighted):
+        gid = next(h["group"] for h in icpt.history if name in h["consumers"])
+        keep = torch.as_tensor(icpt.plan.keep[gid])
+        B, Y = _io(model, name, data)
+        bn = name.replace("conv2", "bn2")
+        errs = {}
+        for key, res in (("plain", plain), ("intercept", icpt)):
+            off = model.get_submodule(bn).running_mean - res.model.get_submodule(bn).running_mean
+            with torch.no_grad():
+                out = res.model.get_submodule(name)(B[:, keep]) + off[None, :, None, None]
+            errs[key] = float((out - Y).pow(2).sum())
+        assert float(off.abs().max()) > 0       # the offset moved
+        assert errs["intercept"] <= errs["plain"] * (1 + 1e-6)
+        conv = model.get_submodule(name)
+        P = patches(conv, B[:, keep]).transpose(1, 2).reshape(-1, len(keep) * 9).double()
+        P = torch.cat([P, torch.ones(len(P), 1, dtype=P.dtype)], 1)
+        T = Y.permute(0, 2, 3, 1).reshape(-1, Y.shape[1]).double()
+        direct = float((P @ torch.linalg.lstsq(P, T).solution - T).pow(2).sum())
+        assert errs["intercept"] == pytest.approx(direct, rel=1e-3)

@@ -90,7 +90,7 @@ DEFAULTS: dict[str, Any] = {
     "label_smoothing": 0.0, "warmup_epochs": 0.0, "distill_temperature": 4.0, "cutout": 0,
     # submodular
     "variant": "asym", "selector": "greedy", "reweight": True, "scope": "network",
-    "groups": [], "calib": 512, "stochastic": 0.0,
+    "groups": [], "calib": 512, "stochastic": 0.0, "intercept": False,
     # lapp
     "bypass": True, "progressive": True,   # None: LappConfig's default
     "prune_epochs": None, "penalty": None, "temperature": None, "threshold_lr": None,

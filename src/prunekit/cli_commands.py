@@ -94,7 +94,8 @@ def _out(cfg: dict, allow_existing: bool = False) -> Path:
 def _train_config(cfg: dict, epochs: int, lr: float):
     from .train import TrainConfig
     names = {f.name for f in fields(TrainConfig)}
-    kw = {k: v for k, v in cfg.items() if k in names}
+    flags = {f.name for f in fields(TrainConfig) if f.type in (bool, "bool")}
+    kw = {k: (_flag(cfg, k) if k in flags else v) for k, v in cfg.items() if k in names}
     kw.update(epochs=epochs, lr=lr)
     if not isinstance(cfg["cutout"], int) or cfg["cutout"] < 0:
         raise CliError(f"cutout must be a whole number of pixels >= 0, got {cfg['cutout']!r}")
@@ -189,14 +190,27 @@ def cmd_prune(cfg: dict) -> int:
         from .methods import SubmodularConfig, prune_submodular
         mcfg = SubmodularConfig(
             target=cfg["target"], metric=cfg["metric"], scope=cfg["scope"],
-            variant=cfg["variant"], selector=cfg["selector"], reweight=bool(cfg["reweight"]),
+            variant=cfg["variant"], selector=cfg["selector"], reweight=_flag(cfg, "reweight"),
             allocation=cfg["allocation"] or "uniform", groups=tuple(cfg["groups"] or ()),
             stochastic=float(cfg["stochastic"]), round_to=int(cfg["round_to"]),
-            seed=int(cfg["seed"]))
+            seed=int(cfg["seed"]), intercept=_flag(cfg, "intercept"))
         arrays = _data(cfg)
         result = prune_submodular(model, _example(s), _calibration(arrays, s, cfg), mcfg,
                                   progress=True)
     return _finish(cfg, out, model, result.model, result.plan, arrays, s)
+
+
+def _flag(cfg: dict, key: str) -> bool:
+    """A yes/no option: a boolean, or true/false, yes/no, on/off, 1/0 as text."""
+    v = cfg[key]
+    if isinstance(v, bool):
+        return v
+    text = str(v).strip().lower()
+    if text in ("true", "yes", "on", "1"):
+        return True
+    if text in ("false", "no", "off", "0"):
+        return False
+    raise CliError(f"{key} must be true or false, got {v!r}")
 
 
 def _number(cfg: dict, key: str) -> float:
@@ -211,8 +225,8 @@ def _prune_lapp(cfg: dict, model: torch.nn.Module, s, out: Path) -> int:
     from .methods.lapp import LappConfig, train_lapp
     tuned = {k: _number(cfg, k) for k in ("prune_epochs", "penalty", "temperature",
                                           "threshold_lr") if cfg[k] is not None}
-    lcfg = LappConfig(target=cfg["target"], metric=cfg["metric"], bypass=bool(cfg["bypass"]),
-                      progressive=bool(cfg["progressive"]), groups=tuple(cfg["groups"] or ()),
+    lcfg = LappConfig(target=cfg["target"], metric=cfg["metric"], bypass=_flag(cfg, "bypass"),
+                      progressive=_flag(cfg, "progressive"), groups=tuple(cfg["groups"] or ()),
                       **tuned)
     tcfg = _train_config(cfg, int(cfg["epochs"]), float(cfg["lr"]))
     if lcfg.prune_epochs > tcfg.epochs:

@@ -50,6 +50,11 @@ def patches(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return x.reshape(-1, x.shape[-1]).t()[None]
 
 
+def with_ones(p: torch.Tensor) -> torch.Tensor:
+    """:func:`patches` with a last, constant column (the intercept of the least squares)."""
+    return torch.cat([p, p.new_ones(p.shape[0], 1, p.shape[2])], 1)
+
+
 def weight_matrix(module: nn.Module) -> torch.Tensor:
     """W as (in_channels * taps, out), matching :func:`patches`."""
     w = module.weight.detach()

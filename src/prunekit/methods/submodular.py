@@ -24,12 +24,13 @@ from __future__ import annotations
 
 import copy
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from fnmatch import fnmatch
 from typing import Any, Iterable, Sequence
 
 import numpy as np
 import torch
+import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
@@ -40,7 +41,7 @@ from .allocate import Budget, allocate
 from .base import Result
 from .consumers import Consumer, GroupInfo, analyse
 from .lsq import (Gram, Problem, greedy, is_consumer, patches, set_weight, solve,
-                  weight_matrix)
+                  weight_matrix, with_ones)
 
 VARIANTS = ("layer", "seq", "asym")
 SELECTORS = ("greedy", "weightnorm", "random", "actgrad")
@@ -55,7 +56,10 @@ class SubmodularConfig:
     ``groups``: fnmatch patterns of group ids to prune (empty: every prunable group).
     ``open_groups``: what to do with groups whose channels also reach non-conv uses
     (residual streams): ``skip`` them, or ``select`` them by the objective without
-    reweighting. ``stochastic``: epsilon of stochastic greedy (0 = exact)."""
+    reweighting. ``stochastic``: epsilon of stochastic greedy (0 = exact).
+    ``intercept``: give the least squares a constant column, so reweighting also re-solves
+    each consumer's output offset (into its bias, or into the running mean of the batch
+    norm that alone reads it; consumers with neither keep the plain problem)."""
 
     target: float = 0.5
     metric: str = "params"
@@ -76,6 +80,7 @@ class SubmodularConfig:
     output_images: int = 128          # calibration images those measurements use
     seed: int = 0
     ignore: tuple[str, ...] = ()
+    intercept: bool = False
 
     def __post_init__(self) -> None:
         Budget(self.target, self.metric, self.round_to, self.min_width, scope=self.scope)
@@ -166,11 +171,13 @@ def _batches(data: torch.Tensor | Iterable[Any], size: int) -> list[torch.Tensor
 
 def _grams(forward: nn.Module, hooked: dict[str, nn.Module], geometry: nn.Module,
            batches: list[torch.Tensor], ref: _Reference | None,
-           targets: dict[str, torch.Tensor] | None = None) -> dict[str, Gram]:
+           targets: dict[str, torch.Tensor] | None = None,
+           ones: frozenset[str] | set[str] = frozenset()) -> dict[str, Gram]:
     """Gram statistics of the consumers ``hooked`` (modules inside ``forward``): B from
     ``forward``'s activations; with ``ref``, the target is the reference input times
     ``targets[name]`` (default: ``geometry``'s weight), else it is symmetric (A = B).
-    ``geometry`` holds the consumers' kernel sizes, strides and padding."""
+    ``geometry`` holds the consumers' kernel sizes, strides and padding. Consumers in
+    ``ones`` get a last, constant column (their targets then have the offset as last row)."""
     grams: dict[str, Gram] = {}
     names = list(hooked)
     for i, x in enumerate(batches):
@@ -178,13 +185,14 @@ def _grams(forward: nn.Module, hooked: dict[str, nn.Module], geometry: nn.Module
         a_in = ref(i, names) if ref is not None else None
         for n in names:
             mod = geometry.get_submodule(n)
+            aug = with_ones if n in ones else (lambda p: p)
             if n not in grams:
-                grams[n] = Gram(mod.weight[0].numel(), ref is None)
+                grams[n] = Gram(mod.weight[0].numel() + (n in ones), ref is None)
             if ref is None:
-                grams[n].add(patches(mod, b_in[n]))
+                grams[n].add(aug(patches(mod, b_in[n])))
             else:
                 W = targets[n] if targets and n in targets else weight_matrix(mod)
-                grams[n].add(patches(mod, b_in[n]), patches(mod, a_in[n]), W)
+                grams[n].add(aug(patches(mod, b_in[n])), aug(patches(mod, a_in[n])), W)
     return grams
 
 
@@ -313,16 +321,17 @@ def _equal_change(graph: ChannelGraph, infos: list[GroupInfo], budget: Budget,
 
 # ------------------------------------------------------------------ the method
 def _select(config: SubmodularConfig, info: GroupInfo, width: int, prunable: np.ndarray,
-            k: int, grams: dict[str, Gram] | None, work: nn.Module, target: nn.Module,
+            k: int, grams: dict[str, Gram] | None, work: nn.Module,
+            targets: dict[str, torch.Tensor],
             scores: dict[str, np.ndarray] | None) -> tuple[np.ndarray, float | None]:
-    """Local indices to keep and, for greedy, the objective reached. ``target``: the
-    network whose consumer weights define Y (the original one for ``asym``)."""
+    """Local indices to keep and, for greedy, the objective reached. ``targets``: per
+    consumer, the weight matrix defining Y (the original network's for ``asym``)."""
     frozen = np.nonzero(~prunable)[0]
     cands = np.nonzero(prunable)[0]
     n_pick = max(0, k - len(frozen))
     if config.selector == "greedy":
-        problems = [Problem.of(grams[c.name], weight_matrix(target.get_submodule(c.name)),
-                               c.unit_cols(width), c.fixed) for c in info.consumers]
+        problems = [_problem(c, grams[c.name], targets[c.name], width)
+                    for c in info.consumers]
         picks, values = greedy(problems, cands, n_pick, stochastic=config.stochastic,
                                seed=config.seed, rel_ridge=config.ridge)
         keep = np.sort(np.concatenate([frozen, np.asarray(picks, dtype=np.int64)]))
@@ -358,9 +367,11 @@ def prune_submodular(model: nn.Module, example_inputs: Sequence[Any] | torch.Ten
     st = _State(graph, config, copy.deepcopy(model).eval(), copy.deepcopy(model).eval(),
                 batches, np.ones(graph.n_units, dtype=bool))
     names = sorted({c.name for i in infos for c in i.consumers})
+    if config.intercept:
+        st.sinks = _sinks(graph, names)
     if config.variant == "layer" or config.allocation != "uniform":
         st.layer_grams = _grams(st.original, _modules(st.original, names), st.original,
-                                batches, None)
+                                batches, None, ones=set(st.sinks))
     if config.variant == "asym":
         st.ref = _Reference(st.original, names, batches, config.cache_activations)
     curves = _curves(st, infos) if config.allocation != "uniform" else None
@@ -397,6 +408,7 @@ class _State:
     ref: _Reference | None = None
     layer_grams: dict[str, Gram] | None = None
     scores: dict[str, np.ndarray] | None = None
+    sinks: dict[str, str | None] = field(default_factory=dict)
 
 
 def _modules(model: nn.Module, names: Sequence[str]) -> dict[str, nn.Module]:
@@ -415,9 +427,8 @@ def _curves(st: _State, infos: list[GroupInfo]) -> dict[str, np.ndarray]:
             ref = F.log_softmax(st.original(x), dim=1)
     for info in infos:
         g = st.graph.group(info.gid)
-        probs = [Problem.of(st.layer_grams[c.name],
-                            weight_matrix(st.original.get_submodule(c.name)),
-                            c.unit_cols(g.width), c.fixed) for c in info.consumers]
+        probs = [_problem(c, st.layer_grams[c.name], _wmat(st, st.original, c.name), g.width)
+                 for c in info.consumers]
         picks, values = greedy(probs, np.nonzero(g.prunable)[0], g.n_prunable,
                                rel_ridge=st.config.ridge)
         if st.config.allocation == "sensitivity":
@@ -433,6 +444,8 @@ def _consumer_weight(c: Consumer, mask: np.ndarray, W: torch.Tensor, gram: Gram 
     least-squares reweighting of ``W`` on the kept columns when a ``gram`` is given, else
     ``W`` with the removed channels' rows zeroed (the same function as removing them)."""
     cols = np.nonzero((c.col_unit < 0) | mask[np.maximum(c.col_unit, 0)])[0]
+    if len(W) > len(c.col_unit):                  # the intercept row is always kept
+        cols = np.append(cols, len(c.col_unit))
     if gram is not None:
         return solve(gram, W, cols, ridge)
     drop = torch.ones(len(W), dtype=torch.bool)
@@ -456,8 +469,8 @@ def _output_curve(st: _State, info: GroupInfo, picks: np.ndarray, x: torch.Tenso
         mask[np.concatenate([frozen, picks[:n]])] = True
         for c in info.consumers:
             gram = st.layer_grams[c.name] if cfg.reweight and info.closed else None
-            set_weight(net.get_submodule(c.name), _consumer_weight(
-                c, mask, weight_matrix(st.original.get_submodule(c.name)), gram, cfg.ridge))
+            _write(st, net, c.name, _consumer_weight(
+                c, mask, _wmat(st, st.original, c.name), gram, cfg.ridge))
         with torch.inference_mode():
             out = F.log_softmax(net(x), dim=1)
         curve[n - 1] = float(F.kl_div(out, ref, log_target=True, reduction="batchmean"))
@@ -472,7 +485,8 @@ def _current_grams(st: _State, names: list[str]) -> dict[str, Gram]:
     else:
         fwd = st.graph.masked_reference(_plan(st.graph, st.keep), root=st.work)
         hooked = _modules(fwd.root, names)
-    return _grams(fwd, hooked, st.original, st.batches, st.ref)
+    targets = {n: _wmat(st, st.original, n) for n in names}
+    return _grams(fwd, hooked, st.original, st.batches, st.ref, targets, set(st.sinks))
 
 
 def _prune_group(st: _State, info: GroupInfo, k: int) -> dict[str, Any]:
@@ -483,22 +497,86 @@ def _prune_group(st: _State, info: GroupInfo, k: int) -> dict[str, Any]:
         if cfg.selector == "greedy" or (cfg.reweight and info.closed):
             grams = _current_grams(st, names)
         target = st.original if cfg.variant == "asym" else st.work
-        kept, value = _select(cfg, info, g.width, g.prunable, k, grams, st.work, target,
-                              st.scores)
+        kept, value = _select(cfg, info, g.width, g.prunable, k, grams, st.work,
+                              {n: _wmat(st, target, n) for n in names}, st.scores)
     mask = np.zeros(g.width, dtype=bool)
     mask[kept] = True
     st.keep[g.units[~mask]] = False
     reweighted = bool(cfg.reweight and info.closed and k < g.width)
     for c in info.consumers if k < g.width and info.closed else ():
-        mod = st.work.get_submodule(c.name)
-        src = st.original.get_submodule(c.name) if reweighted and cfg.variant == "asym" else mod
-        set_weight(mod, _consumer_weight(c, mask, weight_matrix(src),
-                                         grams[c.name] if reweighted else None, cfg.ridge))
+        src = st.original if reweighted and cfg.variant == "asym" else st.work
+        _write(st, st.work, c.name, _consumer_weight(c, mask, _wmat(st, src, c.name),
+                                                     grams[c.name] if reweighted else None,
+                                                     cfg.ridge))
     if k < g.width and not info.closed:
         st.native = False
     return {"group": info.gid, "width": g.width, "kept": int(mask.sum()), "objective": value,
             "closed": info.closed, "reason": info.reason, "reweighted": reweighted,
-            "consumers": names}
+            "consumers": names, "intercept": [n for n in names if n in st.sinks]}
+
+
+# ------------------------------------------------------------------ intercept
+def _sinks(graph: ChannelGraph, names: Sequence[str]) -> dict[str, str | None]:
+    """The consumers whose constant output offset can be re-solved, and where it lives:
+    ``None`` for the consumer's own bias, else the name of the batch norm (with running
+    statistics) that is the only reader of the consumer's only call."""
+    traced = graph.graphs[0][1]
+    calls: dict[str, list[fx.Node]] = {}
+    for node in traced.graph.nodes:
+        if node.op == "call_module":
+            calls.setdefault(str(node.target), []).append(node)
+    out: dict[str, str | None] = {}
+    for name in names:
+        nodes = calls.get(name, [])
+        if getattr(traced.root.get_submodule(name), "bias", None) is not None:
+            out[name] = None
+            continue
+        users = list(nodes[0].users) if len(nodes) == 1 else []
+        if len(users) != 1 or users[0].op != "call_module" or \
+                len(calls.get(str(users[0].target), [])) != 1:
+            continue
+        bn = traced.root.get_submodule(str(users[0].target))
+        if isinstance(bn, nn.modules.batchnorm._BatchNorm) and bn.running_mean is not None:
+            out[name] = str(users[0].target)
+    return out
+
+
+def _offset(st: _State, net: nn.Module, name: str) -> torch.Tensor:
+    """The consumer's constant output offset in ``net`` (relative to the original's batch
+    norm statistics when it lives in a batch norm)."""
+    sink = st.sinks[name]
+    if sink is None:
+        return net.get_submodule(name).bias.detach().double()
+    ref = st.original.get_submodule(sink).running_mean
+    return (ref - net.get_submodule(sink).running_mean).detach().double()
+
+
+def _wmat(st: _State, net: nn.Module, name: str) -> torch.Tensor:
+    """The consumer's weight matrix in ``net``, with its offset as last row when it has an
+    intercept."""
+    W = weight_matrix(net.get_submodule(name))
+    return torch.cat([W, _offset(st, net, name)[None]], 0) if name in st.sinks else W
+
+
+def _write(st: _State, net: nn.Module, name: str, W: torch.Tensor) -> None:
+    """Write a :func:`_wmat`-shaped matrix back into ``net``."""
+    mod = net.get_submodule(name)
+    n = mod.weight[0].numel()
+    set_weight(mod, W[:n])
+    if name not in st.sinks:
+        return
+    sink = st.sinks[name]
+    with torch.no_grad():
+        if sink is None:
+            mod.bias.copy_(W[n].to(mod.bias.dtype))
+        else:
+            rm = net.get_submodule(sink).running_mean
+            rm.copy_((st.original.get_submodule(sink).running_mean.double() - W[n]).to(rm.dtype))
+
+
+def _problem(c: Consumer, gram: Gram, W: torch.Tensor, width: int) -> Problem:
+    fixed = c.fixed if len(W) == len(c.col_unit) else np.append(c.fixed, len(c.col_unit))
+    return Problem.of(gram, W, c.unit_cols(width), fixed)
 
 
 def _plan(graph: ChannelGraph, keep: np.ndarray, meta: dict | None = None) -> Plan:
