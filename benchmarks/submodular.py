@@ -191,6 +191,8 @@ for m in resnet20 resnet56; do
   python benchmarks/submodular.py $common --seeds 1 2 --methods $CORE
   python benchmarks/submodular.py $common --seeds 0 --compressions 2 4 \\
     --methods asym-sensitivity asym-output
+  python benchmarks/submodular.py $common --seeds 0 --compressions 2 4 \\
+    --methods asym-intercept seq-intercept layer-intercept
 done
 python benchmarks/submodular.py --timing --model resnet56 \\
   --checkpoint checkpoints/resnet56-jpeg/model.pt --data ../shared/datasets/cifar10 --threads 2 \\
@@ -313,7 +315,8 @@ def main() -> None:
     ap.add_argument("--out", default="benchmarks/results/submodular.jsonl")
     ap.add_argument("--calib", type=int, default=512)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--compressions", type=float, nargs="+", default=[2, 4, 8])
+    ap.add_argument("--compressions", type=lambda v: int(v) if float(v).is_integer() else float(v),
+                    nargs="+", default=[2, 4, 8])
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     ap.add_argument("--finetune-epochs", type=int, default=10,
                     help="epochs over the calibration images (0: skip)")
