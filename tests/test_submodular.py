@@ -336,3 +336,24 @@ def test_intercept_is_the_least_squares_with_a_constant_column(net):
         T = Y.permute(0, 2, 3, 1).reshape(-1, Y.shape[1]).double()
         direct = float((P @ torch.linalg.lstsq(P, T).solution - T).pow(2).sum())
         assert errs["intercept"] == pytest.approx(direct, rel=1e-3)
+
+
+def test_intercept_goes_into_a_consumer_bias():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5)).eval()
+    data = torch.randn(48, 3, 8, 8)
+    graph = ChannelGraph.build(model, data[:1])
+    common = dict(target=0.5, scope="groups", variant="layer", selector="weightnorm",
+                  batch_size=16)
+    plain = prune_submodular(model, data[:1], data, SubmodularConfig(**common), graph=graph)
+    icpt = prune_submodular(model, data[:1], data, SubmodularConfig(intercept=True, **common),
+                            graph=graph)
+    assert icpt.history[0]["intercept"] == ["5"] and plain.plan.keep == icpt.plan.keep
+    keep = torch.as_tensor(next(iter(icpt.plan.keep.values())))
+    B, Y = _io(model, "5", data)
+    Bs = torch.cat([B[:, keep], torch.ones(len(B), 1)], 1).double()
+    direct = float((Bs @ torch.linalg.lstsq(Bs, Y.double()).solution - Y).pow(2).sum())
+    with torch.no_grad():
+        errs = [float((r.model[5](B[:, keep]) - Y).pow(2).sum()) for r in (plain, icpt)]
+    assert errs[1] <= errs[0] and errs[1] == pytest.approx(direct, rel=1e-3)
