@@ -387,7 +387,7 @@ def prune_submodular(model: nn.Module, example_inputs: Sequence[Any] | torch.Ten
     history += [{"group": i.gid, "width": graph.group(i.gid).width,
                  "kept": graph.group(i.gid).width, "objective": None, "closed": i.closed,
                  "reason": i.reason, "reweighted": False, "skipped": True,
-                 "consumers": [c.name for c in i.consumers]}
+                 "consumers": [c.name for c in i.consumers], "intercept": []}
                 for i in infos_all if i not in infos]
     meta = {"method": "submodular", "config": asdict(config),
             "achieved": _ratio(graph, st.keep, config, [i.gid for i in infos])}
