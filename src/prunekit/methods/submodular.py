@@ -485,7 +485,7 @@ def _current_grams(st: _State, names: list[str]) -> dict[str, Gram]:
     else:
         fwd = st.graph.masked_reference(_plan(st.graph, st.keep), root=st.work)
         hooked = _modules(fwd.root, names)
-    targets = {n: _wmat(st, st.original, n) for n in names}
+    targets = {n: _wmat(st, st.original, n) for n in names} if st.ref is not None else None
     return _grams(fwd, hooked, st.original, st.batches, st.ref, targets, set(st.sinks))
 
 
