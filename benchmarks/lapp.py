@@ -8,6 +8,8 @@ Runs (each in its own resumable folder under --runs; rerun the command to contin
                  --prune-epochs, bypass kept), E epochs in all
   lapp-nobypass  the same without the bypass
   lapp-noprog    the same with the final target from the first step (no ramp)
+  lapp-bypass0   the same with the bypass BN scales initialised to 0 (each branch starts
+                 as a no-op)
   uniform        a hand-built ResNet-20 with every width scaled by one factor to the
                  same MACs, E epochs from scratch
   l1             the dense run's weights after E/2 epochs, pruned one-shot (L1, global
@@ -41,7 +43,8 @@ from prunekit.train import TrainConfig, evaluate, fit
 from prunekit.train.engine import save_atomic
 
 X = torch.zeros(1, 3, 32, 32)
-RUNS = ("dense", "lapp", "lapp-nobypass", "lapp-noprog", "uniform", "l1")
+RUNS = ("dense", "lapp", "lapp-nobypass", "lapp-noprog", "lapp-bypass0", "uniform", "l1")
+WITH_BYPASS = ("lapp", "lapp-noprog", "lapp-bypass0")
 
 
 def uniform_widths(target: float) -> tuple[int, int, int]:
@@ -58,7 +61,8 @@ def uniform_widths(target: float) -> tuple[int, int, int]:
 
 def lapp_config(args, name: str) -> LappConfig:
     return LappConfig(target=args.target, prune_epochs=args.prune_epochs,
-                      bypass=name != "lapp-nobypass", progressive=name != "lapp-noprog")
+                      bypass=name != "lapp-nobypass", progressive=name != "lapp-noprog",
+                      bypass_scale=0.0 if name == "lapp-bypass0" else 1.0)
 
 
 def dense_half(args, train: Batches, test: Batches, tcfg: TrainConfig) -> Path:
@@ -111,7 +115,7 @@ def _load(name: str, args) -> torch.nn.Module:
         model.load_state_dict(torch.load(folder / "model.pt", weights_only=True))
         return model.eval()
     base = CifarResNet(20)
-    if name in ("lapp", "lapp-noprog"):
+    if name in WITH_BYPASS:
         add_bypass(base)
     return load_pruned(folder / "model", base, (X,))[0].eval()
 

@@ -192,10 +192,31 @@ def test_parametrized_mask_equals_masking_the_bn_outputs():
     assert sorted(model.state_dict()) == keys
 
 
+def test_zero_scale_bypass_starts_as_a_no_op():
+    """bypass_scale=0: the network with its bypass branches computes what it computed without
+    them (training and eval mode), and the branches' scales still get gradients."""
+    torch.manual_seed(0)
+    plain = CifarResNet(20)
+    with_bypass = copy.deepcopy(plain)
+    assert add_bypass(with_bypass, scale=0.0) == 9
+    x = torch.randn(4, 3, 32, 32)
+    for mode in (True, False):
+        plain.train(mode), with_bypass.train(mode)
+        torch.testing.assert_close(with_bypass(x), plain(x))
+    with_bypass.train()
+    with_bypass(x).square().sum().backward()
+    grads = [b.bypass[1].weight.grad for b in with_bypass.modules() if hasattr(b, "bypass_shape")]
+    assert all(g is not None for g in grads) and any(g.abs().sum() > 0 for g in grads)
+    one = copy.deepcopy(plain)
+    add_bypass(one)
+    one.train()
+    assert not torch.allclose(one(x), plain.train()(x))
+
+
 def test_validation_and_refusals():
     for bad in (dict(target=0), dict(metric="flops"), dict(prune_epochs=0),
                 dict(temperature=0), dict(temperature=2), dict(threshold_lr=1.5),
-                dict(tolerance=0.9)):
+                dict(tolerance=0.9), dict(bypass_scale=-0.1), dict(bypass_scale=2)):
         with pytest.raises(TargetError):
             LappConfig(**bad)
     cfg = LappConfig(target=0.3, groups=["layer*"])

@@ -94,6 +94,7 @@ DEFAULTS: dict[str, Any] = {
     # lapp
     "bypass": True, "progressive": True,   # None: LappConfig's default
     "prune_epochs": None, "penalty": None, "temperature": None, "threshold_lr": None,
+    "bypass_scale": None,
     # emo
     "parts": 3, "pop_size": 16, "generations": 8, "chain_points": 12, "feature_steps": 0,
     "executor": "inprocess", "workers": 2,

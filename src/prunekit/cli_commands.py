@@ -224,7 +224,7 @@ def _prune_lapp(cfg: dict, model: torch.nn.Module, s, out: Path) -> int:
     """LAPP trains: from scratch without --checkpoint, else from the given weights."""
     from .methods.lapp import LappConfig, train_lapp
     tuned = {k: _number(cfg, k) for k in ("prune_epochs", "penalty", "temperature",
-                                          "threshold_lr") if cfg[k] is not None}
+                                          "threshold_lr", "bypass_scale") if cfg[k] is not None}
     lcfg = LappConfig(target=cfg["target"], metric=cfg["metric"], bypass=_flag(cfg, "bypass"),
                       progressive=_flag(cfg, "progressive"), groups=tuple(cfg["groups"] or ()),
                       **tuned)

@@ -61,6 +61,7 @@ class LappConfig:
     prune_epochs: float = 5.0
     progressive: bool = True
     bypass: bool = True
+    bypass_scale: float = 1.0      # initial BN scale of the bypass branches (0: start as no-op)
     penalty: float = 4.0
     temperature: float = 0.05      # in quantile units (a fraction of the group's channels)
     threshold_lr: float = 0.005    # typical step of a threshold's quantile
@@ -75,9 +76,10 @@ class LappConfig:
             raise TargetError(f"metric must be one of {METRICS}, got {self.metric!r}")
         if self.prune_epochs <= 0 or self.penalty <= 0 or not 0 < self.temperature <= 1 or \
                 not 0 < self.threshold_lr <= 1 or self.min_width < 1 or \
-                not 0 < self.tolerance < 0.5:
+                not 0 < self.tolerance < 0.5 or not 0 <= self.bypass_scale <= 1:
             raise TargetError("prune_epochs and penalty must be > 0, temperature and "
-                              "threshold_lr in (0, 1], min_width >= 1, tolerance in (0, 0.5)")
+                              "threshold_lr in (0, 1], min_width >= 1, tolerance in (0, 0.5), "
+                              "bypass_scale in [0, 1]")
         object.__setattr__(self, "groups", tuple(self.groups))
 
     def to_json(self) -> str:
@@ -89,10 +91,11 @@ class LappConfig:
 
 
 # ------------------------------------------------------------------ bypass
-def add_bypass(model: nn.Module) -> int:
+def add_bypass(model: nn.Module, scale: float = 1.0) -> int:
     """Give every block that declares ``bypass_shape = (in, out, stride)`` and has an empty
     ``bypass`` slot a cheap branch from its input to its output: a depthwise 3x3 conv + BN
-    when in == out, else a 1x1 conv + BN. Returns how many were added."""
+    when in == out, else a 1x1 conv + BN, the BN's scale initialised to ``scale`` (0: the
+    branch starts as a no-op). Returns how many were added."""
     n = 0
     for mod in model.modules():
         shape = getattr(mod, "bypass_shape", None)
@@ -101,7 +104,9 @@ def add_bypass(model: nn.Module) -> int:
         cin, cout, stride = shape
         conv = nn.Conv2d(cin, cin, 3, stride, 1, groups=cin, bias=False) if cin == cout else \
             nn.Conv2d(cin, cout, 1, stride, bias=False)
-        mod.bypass = nn.Sequential(conv, nn.BatchNorm2d(cout))
+        bn = nn.BatchNorm2d(cout)
+        nn.init.constant_(bn.weight, scale)
+        mod.bypass = nn.Sequential(conv, bn)
         n += 1
     return n
 
@@ -404,7 +409,7 @@ def train_lapp(model: nn.Module, example_inputs: Sequence[Any] | torch.Tensor, t
     if isinstance(example_inputs, torch.Tensor):
         example_inputs = (example_inputs,)
     base = ChannelGraph.build(model, example_inputs).cost()
-    if config.bypass and add_bypass(model) == 0:
+    if config.bypass and add_bypass(model, config.bypass_scale) == 0:
         raise TargetError(f"{type(model).__name__} has no bypass slot (bypass_shape); "
                           "use bypass=False")
     graph = ChannelGraph.build(model, example_inputs)
