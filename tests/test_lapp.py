@@ -77,6 +77,7 @@ def test_equal_scores_prune_gradually():
     model = CifarResNet(20).train()
     cfg = LappConfig(target=0.4, threshold_lr=0.01, progressive=False)
     lapp, graph, base = _lapp(model, cfg, bypass=False)
+    assert not lapp.bypass
     assert all(float(s.std()) == 0 for s in lapp.scores())
     ratios = [lapp.log()["lapp_cost_ratio"]]
     for _ in range(80):
@@ -136,6 +137,8 @@ def test_pruned_model_equals_masked_training_model():
     torch.manual_seed(0)
     model = CifarResNet(20)
     lapp, graph, _ = _lapp(model, LappConfig(target=0.5))
+    # branches added by hand, config.bypass left False: a saved plan records the model's
+    assert lapp.bypass and not lapp.config.bypass
     with torch.no_grad():
         model.train()
         for _ in range(3):
@@ -224,7 +227,7 @@ def test_validation_and_refusals():
     no_slot = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(),
                             nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10))
     with pytest.raises(TargetError, match="bypass slot"):
-        train_lapp(no_slot, X, None, None, LappConfig(), TrainConfig(epochs=1), "/tmp/x")
+        train_lapp(no_slot, X, None, None, LappConfig(bypass=True), TrainConfig(epochs=1), "/tmp/x")
     no_bn = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3),
                           nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10))
     graph = ChannelGraph.build(no_bn, X)

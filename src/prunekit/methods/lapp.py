@@ -60,7 +60,7 @@ class LappConfig:
     metric: str = "macs"
     prune_epochs: float = 5.0
     progressive: bool = True
-    bypass: bool = True
+    bypass: bool = False           # measured: the bypass cost 1.1 points (docs/lapp.md)
     bypass_scale: float = 1.0      # initial BN scale of the bypass branches (0: start as no-op)
     penalty: float = 4.0
     temperature: float = 0.05      # in quantile units (a fraction of the group's channels)
@@ -111,6 +111,13 @@ def add_bypass(model: nn.Module, scale: float = 1.0) -> int:
     return n
 
 
+def has_bypass(model: nn.Module) -> bool:
+    """Whether ``model`` carries bypass branches (a saved plan records it: loading rebuilds
+    them before replaying the plan)."""
+    return any(getattr(m, "bypass_shape", None) is not None and
+               getattr(m, "bypass", None) is not None for m in model.modules())
+
+
 def _gamma(bn: nn.Module) -> torch.Tensor:
     """A BN layer's own scale, whether or not a mask parametrizes it."""
     if parametrize.is_parametrized(bn, "weight"):
@@ -143,6 +150,7 @@ class Lapp(nn.Module, Callback):
         nn.Module.__init__(self)
         self.config, self.graph, self.base = config, graph, float(base_cost)
         self.phase_end = phase_end          # fraction of the whole schedule that prunes
+        self.bypass = has_bypass(model)     # what a saved plan records, whatever the config
         self.cost = SoftCost(graph, config.metric)
         self.groups: list[Any] = []
         self.members: list[list[tuple[nn.Module, torch.Tensor]]] = []
@@ -390,7 +398,7 @@ class Lapp(nn.Module, Callback):
         with torch.no_grad():
             learned = float(self.cost(self.unit_keep(self.masks(hard_only=True)))) / self.base
         keep = self._fill(keep_at(hi), margins, value, goal)
-        info = {"method": "lapp", "config": asdict(self.config), "bypass": self.config.bypass,
+        info = {"method": "lapp", "config": asdict(self.config), "bypass": self.bypass,
                 "achieved": round(value(keep) / self.base, 6), "learned": round(learned, 6),
                 "skipped": self.skipped}
         return self.graph.plan_of_mask(keep, {**info, **(meta or {})})
