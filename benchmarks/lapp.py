@@ -170,8 +170,8 @@ def report(args) -> None:
         cost = ChannelGraph.build(m, X).cost()
         folder = Path(args.runs) / n
         test = json.loads((folder / "done.json").read_text())["test"]
-        secs = _epoch_seconds(folder, "prune") if n.startswith("lapp") else \
-            _epoch_seconds(folder, "")
+        log = "prune" if n.startswith("lapp") else "finetune" if n == "l1" else ""
+        secs = _epoch_seconds(folder, log)
         rows.append({"run": n, "top1": test["top1"], "params": cost.params, "macs": cost.macs,
                      "macs_vs_dense": round(cost.macs / dense_macs, 4),
                      "latency_ms": round(statistics.median(lat[n]), 2),
@@ -220,19 +220,20 @@ def render(doc: dict, out: Path) -> str:
               f"timing: LAPP's pruning-phase step {over['lapp_s_per_step']} s vs the dense "
               f"step {over['dense_s_per_step']} s = **{over['ratio']}x** (target <= 1.3x: "
               f"**{over['ratio'] <= 1.3}**).", "", "Targets:", ""]
-    lapp, dense, uni = rows.get("lapp"), rows.get("dense"), rows.get("uniform")
-    if lapp:
+    dense, uni = rows.get("dense"), rows.get("uniform")
+    for name in (n for n in RUNS if n.startswith("lapp") and n in rows):
+        lapp = rows[name]
         ok = doc["target"] * 0.99 <= lapp["macs_vs_dense"] <= doc["target"]
-        lines.append(f"- LAPP's MACs {lapp['macs_vs_dense']:.4f} of the dense network's, "
+        lines.append(f"- {name}: MACs {lapp['macs_vs_dense']:.4f} of the dense network's, "
                      f"within 1% below {doc['target']}: **{ok}**")
-    if lapp and dense:
-        gap = dense["top1"] - lapp["top1"]
-        lines.append(f"- LAPP within 0.3 points of the dense network: {lapp['top1']:.2f} vs "
-                     f"{dense['top1']:.2f} ({-gap:+.2f}): **{gap <= 0.3}**")
-    if lapp and uni:
-        d = lapp["top1"] - uni["top1"]
-        lines.append(f"- LAPP at least 1.0 point above the uniform network: {lapp['top1']:.2f} "
-                     f"vs {uni['top1']:.2f} ({d:+.2f}): **{d >= 1.0}**")
+        if dense:
+            gap = dense["top1"] - lapp["top1"]
+            lines.append(f"- {name} within 0.3 points of the dense network: {lapp['top1']:.2f} "
+                         f"vs {dense['top1']:.2f} ({-gap:+.2f}): **{gap <= 0.3}**")
+        if uni:
+            d = lapp["top1"] - uni["top1"]
+            lines.append(f"- {name} at least 1.0 point above the uniform network: "
+                         f"{lapp['top1']:.2f} vs {uni['top1']:.2f} ({d:+.2f}): **{d >= 1.0}**")
     if "lapp_widths" in doc:
         lines += ["", f"LAPP's kept widths per group (the uniform network: stage widths "
                   f"{doc['uniform_widths']}):", "",
