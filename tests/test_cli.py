@@ -103,6 +103,8 @@ def test_train_resume_and_config_file(tmp_path, data, capsys, monkeypatch):
       "bypass=False!"], "bypass must be true or false"),
     (["train", "--model", "resnet20", "--data", "/nonexistent/data", "--set",
       "channels_last=maybe"], "channels_last must be true or false"),
+    (["train", "--model", "resnet20", "--data", "/nonexistent/data", "--set",
+      "precision=fp16"], "precision must be one of fp32, bf16"),
 ])
 def test_bad_input(tmp_path, capsys, argv, needle):
     out = tmp_path / "out"

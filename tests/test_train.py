@@ -72,6 +72,30 @@ def test_distillation_needs_teacher(tmp_path):
     assert hist[0]["train_loss"] > 0
 
 
+def test_bf16_autocast_trains_fp32_weights(tmp_path):
+    """precision="bf16" runs the training forward (student and teacher) in bfloat16,
+    evaluates in float32, and keeps the weights and the saved checkpoint in float32."""
+    x, y = images(128, 0)
+    torch.manual_seed(0)
+    model = create("resnet20", widths=(8, 8, 8))
+    teacher = create("resnet20", widths=(4, 8, 8)).eval()
+    seen: dict[str, set] = {"student": set(), "teacher": set()}
+    model.conv1.register_forward_hook(lambda m, i, o: seen["student"].add(o.dtype))
+    teacher.conv1.register_forward_hook(lambda m, i, o: seen["teacher"].add(o.dtype))
+    cfg = TrainConfig(epochs=3, lr=0.05, precision="bf16", distill_alpha=0.3)
+    hist = fit(model, Batches(x, y, 32, CIFAR_NORM, train=True), Batches(x, y, 64, CIFAR_NORM),
+               cfg, tmp_path, teacher=teacher, progress=False)
+    assert seen["student"] == {torch.bfloat16, torch.float32}   # trains in bf16, evaluates in fp32
+    assert seen["teacher"] == {torch.bfloat16}
+    assert hist[-1]["train_loss"] < hist[0]["train_loss"]
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert all(v.dtype in (torch.float32, torch.int64) for v in state["model"].values())
+    assert state["config"]["precision"] == "bf16"
+    with pytest.raises(ValueError, match="precision"):
+        TrainConfig(precision="fp16")
+
+
 def test_schedules():
     cfg = TrainConfig(epochs=10, lr=0.1, warmup_epochs=1)
     assert lr_at(cfg, 0, 100) == 0 and abs(lr_at(cfg, 10, 100) - 0.1) < 1e-9

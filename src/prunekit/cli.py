@@ -86,6 +86,7 @@ DEFAULTS: dict[str, Any] = {
     "seed": 0, "subset": 0, "method": "oneshot", "target": 0.5, "metric": "macs",
     "criterion": "l1", "allocation": None, "round_to": 1, "finetune_epochs": 0,
     "finetune_lr": 0.01, "distill_alpha": 0.0, "channels_last": True, "max_steps_per_epoch": 0,
+    "precision": "fp32",
     # training regularisation
     "label_smoothing": 0.0, "warmup_epochs": 0.0, "distill_temperature": 4.0, "cutout": 0,
     # submodular
