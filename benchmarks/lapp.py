@@ -82,7 +82,8 @@ def run_one(name: str, args, train: Batches, test: Batches) -> None:
     if (folder / "done.json").is_file():
         return
     torch.manual_seed(args.seed)
-    tcfg = TrainConfig(epochs=args.epochs, lr=args.lr, weight_decay=5e-4, seed=args.seed)
+    tcfg = TrainConfig(epochs=args.epochs, lr=args.lr, weight_decay=5e-4, seed=args.seed,
+                       precision=args.precision)
     if name == "dense":
         dense_half(args, train, test, tcfg)
         model = CifarResNet(20)
@@ -259,6 +260,8 @@ def main() -> None:
     ap.add_argument("--report", action="store_true", help="tabulate finished runs")
     ap.add_argument("--report-md", default="benchmarks/lapp.md")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                    help="training precision of every run (the committed seed-0 runs: fp32)")
     args = ap.parse_args()
     if args.report:
         report(args)
