@@ -1,4 +1,4 @@
-"""The ``prunekit`` command line: train, eval, prune, finetune, export, info.
+"""The ``prunekit`` command line: train, average, eval, prune, finetune, export, info, ...
 
 Every option can come from a YAML/JSON file (``--config``), be overridden with
 ``--set key=value``, and then by the explicit flags. All input is validated
@@ -42,6 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher", help="distill from this registered model (with "
                    "--teacher-checkpoint and --set distill_alpha=A)")
     p.add_argument("--teacher-checkpoint", help="the teacher's weights")
+    p = sub.add_parser("average", help="average the weights of several trained copies of one "
+                       "model (a model soup); evaluates each and the average")
+    _common(p)
+    p.add_argument("--checkpoints", nargs="+", help="two or more checkpoints of --model")
     p = sub.add_parser("eval", help="top-1/top-5 on the test set")
     _common(p, out=False)
     p = sub.add_parser("prune", help="prune a model to a cost target")
@@ -104,6 +108,8 @@ DEFAULTS: dict[str, Any] = {
     "pool": 10000,
     # train: knowledge distillation from another model
     "teacher": None, "teacher_checkpoint": None,
+    # average: the checkpoints to average; BN re-estimation batches (0 = keep the averaged stats)
+    "checkpoints": None, "bn_batches": 0,
 }
 
 

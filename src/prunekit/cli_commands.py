@@ -158,6 +158,44 @@ def cmd_train(cfg: dict) -> int:
     return 0
 
 
+def cmd_average(cfg: dict) -> int:
+    """Average the weights of ``--checkpoints`` (a uniform model soup), optionally re-estimate
+    the BatchNorm statistics, and evaluate every input and the average when data is given."""
+    from .train import average_state_dicts, evaluate, recalibrate_bn
+    from .train.engine import save_atomic
+    paths = cfg.get("checkpoints") or []
+    if cfg.get("checkpoint") or cfg.get("pruned"):
+        raise CliError("average takes --checkpoints A B ..., not --checkpoint or --pruned")
+    if len(paths) < 2:
+        raise CliError("--checkpoints needs at least two checkpoint files")
+    bn = cfg["bn_batches"]
+    if isinstance(bn, bool) or not isinstance(bn, int) or bn < 0:
+        raise CliError(f"bn_batches must be a whole number >= 0, got {bn!r}")
+    models = [_model({"model": cfg.get("model"), "checkpoint": p})[0] for p in paths]
+    s = _model({"model": cfg["model"]})[1]
+    out = _out(cfg)
+    arrays = _data(cfg, required=bool(cfg.get("data")) or bn > 0)
+    avg = copy.deepcopy(models[0])
+    avg.load_state_dict(average_state_dicts([m.state_dict() for m in models]))
+    train, test = _batches(arrays, s, cfg) if arrays else (None, None)
+    if bn:
+        train.set_epoch(0)
+        recalibrate_bn(avg, train, bn)
+    rows = [{"checkpoint": str(p), **(evaluate(m, test) if test else {})}
+            for p, m in zip(paths, models)]
+    rows.append({"checkpoint": "average", **(evaluate(avg, test) if test else {})})
+    if test:
+        print(f"{'checkpoint':<60} {'top-1 (%)':>9}")
+        for r in rows:
+            print(f"{r['checkpoint']:<60} {r['top1']:>9.2f}")
+    out.mkdir(parents=True, exist_ok=True)
+    _write_json(out / "config.json", cfg)
+    save_atomic(avg.state_dict(), out / "model.pt")
+    _write_json(out / "metrics.json", {"bn_batches": bn, "rows": rows})
+    print(f"done: {out} (model.pt, metrics.json)")
+    return 0
+
+
 def cmd_eval(cfg: dict) -> int:
     model, s = _model_or_pruned(cfg)
     arrays = _data(cfg)
