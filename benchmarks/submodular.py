@@ -33,7 +33,7 @@ same layers at the same per-layer ratio, without reweighting.
 Rows are appended to a JSON-lines file as they finish; a rerun skips finished rows.
 
     python benchmarks/submodular.py --model resnet56 \
-        --checkpoint checkpoints/resnet56-jpeg/model.pt --data ../shared/datasets/cifar10 \
+        --checkpoint checkpoints/resnet56-jpeg-v1/model.pt --data ../shared/datasets/cifar10 \
         --out benchmarks/results/submodular-resnet56.jsonl
     python benchmarks/submodular.py --report benchmarks/results/submodular-*.jsonl
 """
@@ -195,7 +195,7 @@ for m in resnet20 resnet56; do
     --methods asym-intercept seq-intercept layer-intercept
 done
 python benchmarks/submodular.py --timing --model resnet56 \\
-  --checkpoint checkpoints/resnet56-jpeg/model.pt --data ../shared/datasets/cifar10 --threads 2 \\
+  --checkpoint checkpoints/resnet56-jpeg-v1/model.pt --data ../shared/datasets/cifar10 --threads 2 \\
   > benchmarks/results/submodular-timing.json
 python benchmarks/submodular.py --report benchmarks/results/submodular-resnet56.jsonl \\
   benchmarks/results/submodular-resnet20.jsonl [--status "..."]
