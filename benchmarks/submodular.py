@@ -185,7 +185,7 @@ COMMANDS = """```bash
 ALL="asym seq layer weightnorm random actgrad asym-weightnorm asym-random asym-actgrad tp-magnitude tp-taylor"
 CORE="asym seq layer weightnorm random"
 for m in resnet20 resnet56; do
-  common="--model $m --checkpoint checkpoints/$m-jpeg/model.pt --data ../shared/datasets/cifar10 \\
+  common="--model $m --checkpoint checkpoints/$m-jpeg-v1/model.pt --data ../shared/datasets/cifar10 \\
     --out benchmarks/results/submodular-$m.jsonl --threads 1"
   python benchmarks/submodular.py $common --seeds 0 --methods $ALL
   python benchmarks/submodular.py $common --seeds 1 2 --methods $CORE
