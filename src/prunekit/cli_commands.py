@@ -171,8 +171,8 @@ def cmd_average(cfg: dict) -> int:
     bn = cfg["bn_batches"]
     if isinstance(bn, bool) or not isinstance(bn, int) or bn < 0:
         raise CliError(f"bn_batches must be a whole number >= 0, got {bn!r}")
-    models = [_model({"model": cfg.get("model"), "checkpoint": p})[0] for p in paths]
-    s = _model({"model": cfg["model"]})[1]
+    loaded = [_model({"model": cfg.get("model"), "checkpoint": p}) for p in paths]
+    models, s = [m for m, _ in loaded], loaded[0][1]
     out = _out(cfg)
     arrays = _data(cfg, required=bool(cfg.get("data")) or bn > 0)
     avg = copy.deepcopy(models[0])
