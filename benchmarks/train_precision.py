@@ -3,7 +3,7 @@
     python benchmarks/train_precision.py --threads 2 --out benchmarks/train_precision.md
 
 Each row times the same SGD step (batch 128, channels_last, CIFAR input) of a CIFAR
-ResNet in both precisions, alternating them so both see the same machine state.
+ResNet in float32 and then in bfloat16, one right after the other in one process.
 """
 
 from __future__ import annotations
@@ -42,6 +42,13 @@ def step_seconds(depth: int, bf16: bool, steps: int) -> float:
     return (time.perf_counter() - t0) / steps
 
 
+def cpu_name() -> str:
+    info = Path("/proc/cpuinfo")
+    lines = info.read_text().splitlines() if info.is_file() else []
+    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
+    return names[0] if names else platform.machine()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=2)
@@ -57,9 +64,7 @@ def main() -> None:
         rows.append(f"| ResNet-{depth} | {1000 * fp32:.0f} | {1000 * bf16:.0f} | "
                     f"{fp32 / bf16:.2f}x | {390 * fp32 / 60:.2f} | {390 * bf16 / 60:.2f} |")
         print(rows[-1], flush=True)
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text()
-                .splitlines() if line.startswith("model name")), platform.machine()) \
-        if Path("/proc/cpuinfo").is_file() else platform.machine()
+    cpu = cpu_name()
     text = "\n".join([
         "# Training step time: float32 vs bfloat16 autocast", "",
         f"Command: `python benchmarks/train_precision.py --threads {args.threads} "

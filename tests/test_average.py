@@ -15,11 +15,11 @@ from prunekit.models import create
 from prunekit.train import average_state_dicts, recalibrate_bn
 
 
-def _copies(n: int, name: str = "resnet20") -> list[torch.nn.Module]:
+def _copies(n: int) -> list[torch.nn.Module]:
     out = []
     for seed in range(n):
         torch.manual_seed(seed)
-        model = create(name, widths=(4, 8, 8))
+        model = create("resnet20", widths=(4, 8, 8))
         for m in model.modules():
             if isinstance(m, torch.nn.BatchNorm2d):
                 m.running_mean.uniform_(-1, 1)

@@ -45,7 +45,7 @@ class TrainConfig:
     channels_last: bool = True        # the team measured 1.3x faster ResNet training on CPU
     seed: int = 0
     max_steps_per_epoch: int = 0      # 0 = whole epoch (small values for smoke tests)
-    precision: str = "fp32"           # "bf16": autocast forward/loss (weights and step stay fp32)
+    precision: str = "fp32"           # "bf16": autocast forward (losses, weights, step stay fp32)
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.lr <= 0 or not 0 <= self.distill_alpha <= 1:
