@@ -10,6 +10,8 @@ Runs (each in its own resumable folder under --runs; rerun the command to contin
   lapp-noprog    the same with the final target from the first step (no ramp)
   lapp-bypass0   the same with the bypass BN scales initialised to 0 (each branch starts
                  as a no-op)
+  lapp-hold      no bypass, and the cost held at the ramp's target from below
+                 (LappConfig.hold)
   uniform        a hand-built ResNet-20 with every width scaled by one factor to the
                  same MACs, E epochs from scratch
   l1             the dense run's weights after E/2 epochs, pruned one-shot (L1, global
@@ -43,7 +45,8 @@ from prunekit.train import TrainConfig, evaluate, fit
 from prunekit.train.engine import save_atomic
 
 X = torch.zeros(1, 3, 32, 32)
-RUNS = ("dense", "lapp", "lapp-nobypass", "lapp-noprog", "lapp-bypass0", "uniform", "l1")
+RUNS = ("dense", "lapp", "lapp-nobypass", "lapp-noprog", "lapp-bypass0", "lapp-hold", "uniform",
+        "l1")
 WITH_BYPASS = ("lapp", "lapp-noprog", "lapp-bypass0")
 
 
@@ -61,7 +64,8 @@ def uniform_widths(target: float) -> tuple[int, int, int]:
 
 def lapp_config(args, name: str) -> LappConfig:
     return LappConfig(target=args.target, prune_epochs=args.prune_epochs,
-                      bypass=name != "lapp-nobypass", progressive=name != "lapp-noprog",
+                      bypass=name not in ("lapp-nobypass", "lapp-hold"),
+                      progressive=name != "lapp-noprog", hold=name == "lapp-hold",
                       bypass_scale=0.0 if name == "lapp-bypass0" else 1.0)
 
 

@@ -233,3 +233,25 @@ def test_validation_and_refusals():
     graph = ChannelGraph.build(no_bn, X)
     with pytest.raises(TargetError, match="batch-norm"):
         Lapp(no_bn, graph, LappConfig(bypass=False), 1.0)
+
+
+def test_hold_raises_a_cost_below_the_target_by_one_common_offset():
+    torch.manual_seed(0)
+    model = CifarResNet(20).train()
+    lapp, _, _ = _lapp(model, LappConfig(target=0.5, hold=True), bypass=False)
+    with torch.no_grad():
+        for bn in (m for m in model.modules() if isinstance(m, nn.BatchNorm2d)):
+            _gamma(bn).uniform_(0.2, 1.5)
+        lapp.rates.copy_(torch.linspace(0.5, 0.8, len(lapp.groups)))
+    lapp.penalty(0.9)                                  # past the ramp: the target is 0.5
+    before = lapp.rates.detach().clone()
+    assert lapp.log(record=False)["lapp_cost_ratio"] < 0.4
+    offset = lapp.hold()
+    after = lapp.log(record=False)["lapp_cost_ratio"]
+    assert offset > 0
+    assert 0.5 * 0.99 <= after < 0.55                  # back at the target, not far above it
+    assert torch.allclose(before - lapp.rates, torch.full_like(before, offset), atol=1e-6)
+    assert lapp.hold() == 0.0                          # already at the target: no change
+    with torch.no_grad():
+        lapp.rates.fill_(0.2)                          # above the target: hold does nothing
+    assert lapp.hold() == 0.0 and bool((lapp.rates == 0.2).all())

@@ -67,6 +67,7 @@ class LappConfig:
     threshold_lr: float = 0.005    # typical step of a threshold's quantile
     min_width: int = 1
     tolerance: float = 0.01
+    hold: bool = False             # keep the cost at the ramp's target from below (docs/lapp.md)
     groups: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
@@ -298,9 +299,45 @@ class Lapp(nn.Module, Callback):
         self.opt.zero_grad(set_to_none=True)
         with torch.no_grad():
             self.rates.clamp_(0.0, 1.0)
+        if self.config.hold:
+            self.hold()
         self._steps += 1
         if self._steps % 25 == 0:
             self.trace.append({"step": self._steps, **self.log(record=False)})
+
+    def hold(self) -> float:
+        """If the hard mask's cost is below the current target by more than ``tolerance``,
+        move every rate down by one common offset (bisected, in quantile units) until it is
+        not: the task loss decides how the budget is shared between groups, the ramp decides
+        the total. Returns the offset (0 when the cost was not below).
+        Why: a masked channel gets no gradient, so its weights stop training and decay;
+        the straight-through estimate of switching it back on then says it would hurt, and
+        the thresholds keep pruning past the target (measured in docs/lapp.md)."""
+        goal = self._target_now * (1 - self.config.tolerance)
+        with torch.no_grad():
+            scores = self.scores()
+            qs = [self._quantiles(i, s) for i, s in enumerate(scores)]
+            floors = [self._floor(g, s.numpy()) for g, s in zip(self.groups, scores)]
+            rates = self.rates.detach().clone()
+
+            def ratio(delta: float) -> float:
+                masks = []
+                for q, fl, r in zip(qs, floors, rates.tolist()):
+                    hard = q > r - delta
+                    hard[fl] = True
+                    masks.append(hard.float())
+                return float(self.cost(self.unit_keep(masks))) / self.base
+            if ratio(0.0) >= goal:
+                return 0.0
+            lo, hi = 0.0, float(rates.max()) + 1e-6   # at hi every channel is kept
+            for _ in range(24):
+                mid = (lo + hi) / 2
+                if ratio(mid) >= goal:
+                    hi = mid
+                else:
+                    lo = mid
+            self.rates.sub_(hi).clamp_(0.0, 1.0)
+        return hi
 
     def log(self, record: bool = True) -> dict[str, Any]:
         with torch.no_grad():
