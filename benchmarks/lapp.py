@@ -250,6 +250,50 @@ def render(doc: dict, out: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+def collect(args) -> None:
+    """Copy every finished run's result, plan and logs from ``--runs`` into ``--collect``
+    (the folder committed under benchmarks/results/) and add a row per run to its
+    summary.json: top-1, params, MACs against the dense network, the learned cost before
+    the projection, and the settings that produced it. No training, no timing."""
+    import shutil
+    dest = Path(args.collect)
+    dest.mkdir(parents=True, exist_ok=True)
+    dense_macs = ChannelGraph.build(CifarResNet(20), X).cost().macs
+    summary = json.loads((dest / "summary.json").read_text()) if \
+        (dest / "summary.json").is_file() else {}
+    for name in RUNS:
+        folder = Path(args.runs) / name
+        if not (folder / "done.json").is_file():
+            continue
+        phase = f" prune_epochs={args.prune_epochs}" if name.startswith("lapp") else ""
+        key = f"{name} seed={args.seed}{phase} {args.precision}"
+        out = dest / key.replace(" ", "_").replace("=", "")
+        out.mkdir(exist_ok=True)
+        for rel in ("done.json", "model/plan.json", "log.jsonl", "prune/log.jsonl",
+                    "prune/lapp_trace.jsonl", "train/log.jsonl", "finetune/log.jsonl"):
+            if (folder / rel).is_file():
+                shutil.copyfile(folder / rel, out / rel.replace("/", "-"))
+        cost = ChannelGraph.build(_load(name, args), X).cost()
+        plan = folder / "model" / "plan.json"
+        meta = json.loads(plan.read_text())["meta"] if plan.is_file() else {}
+        summary[key] = {"run": name, "seed": args.seed,
+                        "prune_epochs": args.prune_epochs if phase else None,
+                        "precision": args.precision, "epochs": args.epochs,
+                        "top1": json.loads((folder / "done.json").read_text())["test"]["top1"],
+                        "params": cost.params, "macs_vs_dense": round(cost.macs / dense_macs, 4),
+                        "learned_cost": meta.get("learned"), "folder": out.name}
+    save_atomic_text(dest / "summary.json", json.dumps(summary, indent=1, sort_keys=True))
+    for key, row in sorted(summary.items()):
+        print(f"{key:55s} top-1 {row['top1']:.2f}  MACs {row['macs_vs_dense']:.4f}  "
+              f"learned {row['learned_cost']}")
+
+
+def save_atomic_text(path: Path, text: str) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data")
@@ -263,12 +307,17 @@ def main() -> None:
     ap.add_argument("--only", nargs="+", choices=RUNS, default=list(RUNS))
     ap.add_argument("--report", action="store_true", help="tabulate finished runs")
     ap.add_argument("--report-md", default="benchmarks/lapp.md")
+    ap.add_argument("--collect", metavar="DIR",
+                    help="copy the finished runs' results and logs into DIR (no training)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
                     help="training precision of every run (the committed seed-0 runs: fp32)")
     args = ap.parse_args()
     if args.report:
         report(args)
+        return
+    if args.collect:
+        collect(args)
         return
     torch.set_num_threads(args.threads)
     s = spec("resnet20")
