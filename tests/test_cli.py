@@ -101,6 +101,8 @@ def test_train_resume_and_config_file(tmp_path, data, capsys, monkeypatch):
       "threshold_lr=3"], "threshold_lr in (0, 1]"),
     (["prune", "--model", "resnet20", "--method", "lapp", "--target", "0.5", "--set",
       "bypass=False!"], "bypass must be true or false"),
+    (["prune", "--model", "resnet20", "--method", "lapp", "--target", "0.5", "--set",
+      "hold=maybe"], "hold must be true or false"),
     (["train", "--model", "resnet20", "--data", "/nonexistent/data", "--set",
       "channels_last=maybe"], "channels_last must be true or false"),
     (["train", "--model", "resnet20", "--data", "/nonexistent/data", "--set",
@@ -207,9 +209,10 @@ def test_lapp_from_scratch_end_to_end(tmp_path, data, capsys, monkeypatch):
                  "--target", "0.6", "--epochs", "2", "--set", "prune_epochs=1",
                  "--set", "threshold_lr=0.5", "--set", "batch_size=16",
                  "--set", "max_steps_per_epoch=3", "--set", "bypass=true",
-                 "--out", str(out)]) == 0
+                 "--set", "hold=on", "--out", str(out)]) == 0
     plan = json.loads((out / "plan.json").read_text())
     assert plan["meta"]["method"] == "lapp" and plan["meta"]["bypass"] is True
+    assert plan["meta"]["config"]["hold"] is True
     assert plan["meta"]["achieved"] <= 0.6
     for f in ("lapp/prune/log.jsonl", "lapp/train/log.jsonl", "lapp/thresholds.png",
               "metrics.json", "model/plan.json"):

@@ -97,7 +97,7 @@ DEFAULTS: dict[str, Any] = {
     "variant": "asym", "selector": "greedy", "reweight": True, "scope": "network",
     "groups": [], "calib": 512, "stochastic": 0.0, "intercept": False,
     # lapp
-    "bypass": False, "progressive": True,   # as LappConfig; None below: LappConfig's default
+    "bypass": False, "progressive": True, "hold": False,  # as LappConfig; None: its default
     "prune_epochs": None, "penalty": None, "temperature": None, "threshold_lr": None,
     "bypass_scale": None,
     # emo

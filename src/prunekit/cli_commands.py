@@ -264,7 +264,8 @@ def _prune_lapp(cfg: dict, model: torch.nn.Module, s, out: Path) -> int:
     tuned = {k: _number(cfg, k) for k in ("prune_epochs", "penalty", "temperature",
                                           "threshold_lr", "bypass_scale") if cfg[k] is not None}
     lcfg = LappConfig(target=cfg["target"], metric=cfg["metric"], bypass=_flag(cfg, "bypass"),
-                      progressive=_flag(cfg, "progressive"), groups=tuple(cfg["groups"] or ()),
+                      progressive=_flag(cfg, "progressive"), hold=_flag(cfg, "hold"),
+                      groups=tuple(cfg["groups"] or ()),
                       **tuned)
     tcfg = _train_config(cfg, int(cfg["epochs"]), float(cfg["lr"]))
     if lcfg.prune_epochs > tcfg.epochs:
