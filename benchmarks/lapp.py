@@ -42,7 +42,7 @@ from prunekit.methods.lapp import LappConfig, add_bypass, train_lapp
 from prunekit.models import CifarResNet, spec
 from prunekit.reporting import latency_ms, plot_lapp
 from prunekit.train import TrainConfig, evaluate, fit
-from prunekit.train.engine import save_atomic
+from prunekit.train.engine import save_atomic, write_text_atomic
 
 X = torch.zeros(1, 3, 32, 32)
 RUNS = ("dense", "lapp", "lapp-nobypass", "lapp-noprog", "lapp-bypass0", "lapp-hold", "uniform",
@@ -282,16 +282,10 @@ def collect(args) -> None:
                         "top1": json.loads((folder / "done.json").read_text())["test"]["top1"],
                         "params": cost.params, "macs_vs_dense": round(cost.macs / dense_macs, 4),
                         "learned_cost": meta.get("learned"), "folder": out.name}
-    save_atomic_text(dest / "summary.json", json.dumps(summary, indent=1, sort_keys=True))
+    write_text_atomic(dest / "summary.json", json.dumps(summary, indent=1, sort_keys=True))
     for key, row in sorted(summary.items()):
         print(f"{key:55s} top-1 {row['top1']:.2f}  MACs {row['macs_vs_dense']:.4f}  "
               f"learned {row['learned_cost']}")
-
-
-def save_atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 def main() -> None:

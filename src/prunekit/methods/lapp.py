@@ -310,9 +310,10 @@ class Lapp(nn.Module, Callback):
         move every rate down by one common offset (bisected, in quantile units) until it is
         not: the task loss decides how the budget is shared between groups, the ramp decides
         the total. Returns the offset (0 when the cost was not below).
-        Why: a masked channel gets no gradient, so its weights stop training and decay;
-        the straight-through estimate of switching it back on then says it would hurt, and
-        the thresholds keep pruning past the target (measured in docs/lapp.md)."""
+        Why: below the target only the task loss moves the thresholds, and from scratch it
+        kept pruning past the target (measured in docs/lapp.md). A likely cause: a masked
+        channel gets no gradient, so its weights stop training, and the straight-through
+        estimate of switching it back on says it would hurt."""
         goal = self._target_now * (1 - self.config.tolerance)
         with torch.no_grad():
             scores = self.scores()
