@@ -319,18 +319,18 @@ class Lapp(nn.Module, Callback):
             scores = self.scores()
             qs = [self._quantiles(i, s) for i, s in enumerate(scores)]
             floors = [self._floor(g, s.numpy()) for g, s in zip(self.groups, scores)]
-            rates = self.rates.detach().clone()
+            rates = self.rates.detach().tolist()
 
             def ratio(delta: float) -> float:
                 masks = []
-                for q, fl, r in zip(qs, floors, rates.tolist()):
+                for q, fl, r in zip(qs, floors, rates):
                     hard = q > r - delta
                     hard[fl] = True
                     masks.append(hard.float())
                 return float(self.cost(self.unit_keep(masks))) / self.base
             if ratio(0.0) >= goal:
                 return 0.0
-            lo, hi = 0.0, float(rates.max()) + 1e-6   # at hi every channel is kept
+            lo, hi = 0.0, max(rates) + 1e-6   # at hi every channel is kept
             for _ in range(24):
                 mid = (lo + hi) / 2
                 if ratio(mid) >= goal:
