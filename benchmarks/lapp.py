@@ -110,7 +110,8 @@ def run_one(name: str, args, train: Batches, test: Batches) -> None:
         fit(pruned, train, test, tcfg, folder / "finetune", resume=True,
             epochs=(args.epochs // 2, args.epochs))
         save_pruned(folder / "model", pruned.eval(), res.plan, (X,))
-    (folder / "done.json").write_text(json.dumps({"test": evaluate(_load(name, args), test)}))
+    write_text_atomic(folder / "done.json",
+                      json.dumps({"test": evaluate(_load(name, args), test)}))
 
 
 def _load(name: str, args) -> torch.nn.Module:
@@ -186,19 +187,43 @@ def report(args) -> None:
     doc = {"machine": f"{platform.machine()}, {torch.get_num_threads()} threads, "
                       f"torch {torch.__version__}",
            "epochs": args.epochs, "target": args.target, "rows": rows,
-           "pruning_phase_step_overhead": over}
-    plan = Path(args.runs) / "lapp" / "model" / "plan.json"
-    if plan.is_file():
-        doc["lapp_widths"] = {g: len(k) for g, k in json.loads(plan.read_text())["keep"].items()}
+           "pruning_phase_step_overhead": over,
+           "settings": {"runs": args.runs, "seed": args.seed, "precision": args.precision,
+                        "prune_epochs": args.prune_epochs, "threads": args.threads}}
+    shown = next((n for n in ("lapp-nobypass", "lapp") if n in done), None)  # the default first
+    if shown:
+        plan = json.loads((Path(args.runs) / shown / "model" / "plan.json").read_text())
+        doc["lapp_widths_run"] = shown
+        doc["lapp_widths"] = {g: len(k) for g, k in plan["keep"].items()}
     doc["uniform_widths"] = list(uniform_widths(args.target))
-    Path(args.out).write_text(json.dumps(doc, indent=1))
-    trace = Path(args.runs) / "lapp" / "prune" / "lapp_trace.jsonl"
-    if trace.is_file():
+    write_text_atomic(Path(args.out), json.dumps(doc, indent=1))
+    trace = Path(args.runs) / str(shown) / "prune" / "lapp_trace.jsonl"
+    if shown and trace.is_file():
         plot_lapp([json.loads(r) for r in trace.read_text().splitlines()],
                   Path(args.out).with_suffix(".png"), "step")
     text = render(doc, Path(args.out))
-    Path(args.report_md).write_text(text)
+    write_text_atomic(Path(args.report_md), text)
     print(text)
+
+
+def _commands(doc: dict, out: Path) -> list[str]:
+    """The commands that produced ``doc``'s runs and report (reports written before the
+    settings were recorded: the defaults of that time, seed 0, fp32, runs/lapp-bench)."""
+    st = {"runs": "runs/lapp-bench", "seed": 0, "precision": "fp32", "prune_epochs": 5.0,
+          "threads": 2, **doc.get("settings", {})}
+    common = f"--data ../shared/datasets/cifar10 --epochs {doc['epochs']} --runs {st['runs']}"
+    flags = (f" --seed {st['seed']}" if st["seed"] else "") + \
+        (f" --precision {st['precision']}" if st["precision"] != "fp32" else "") + \
+        (f" --prune-epochs {st['prune_epochs']:g}" if st["prune_epochs"] != 5.0 else "")
+    lines = [f"PRUNEKIT_THREADS=1 python benchmarks/lapp.py {common} --threads 1{flags} "
+             f"--only {r['run']}" for r in doc["rows"]]
+    threads = f" --threads {st['threads']}" if st["threads"] != 2 else ""
+    lines.append(f"python benchmarks/lapp.py {common}{flags}{threads} --out {out} --report" + ("" if "settings" not in doc else
+                                             f" --report-md {out.parent.parent}/{out.stem}.md"))
+    if "settings" in doc:
+        lines.append(f"python benchmarks/lapp.py --runs {st['runs']} --epochs {doc['epochs']}"
+                     f"{flags} --collect {out.parent}/{out.stem}")
+    return lines
 
 
 def render(doc: dict, out: Path) -> str:
@@ -209,11 +234,7 @@ def render(doc: dict, out: Path) -> str:
              f"{doc['epochs']} epochs, weight decay 5e-4, batch 128, crop + flip; target "
              f"{doc['target']} of the dense MACs. Latency: batch 64, median of interleaved "
              "rounds in one process.", "",
-             "```bash", *(f"PRUNEKIT_THREADS=1 python benchmarks/lapp.py --data "
-                          f"../shared/datasets/cifar10 --epochs {doc['epochs']} --runs "
-                          f"runs/lapp-bench --threads 1 --only {n}" for n in RUNS),
-             f"python benchmarks/lapp.py --data ../shared/datasets/cifar10 --epochs "
-             f"{doc['epochs']} --runs runs/lapp-bench --out {out} --report", "```", "",
+             "```bash", *_commands(doc, out), "```", "",
              "| run | top-1 % | params | MACs | MACs / dense | latency b64 (ms) | s / epoch |",
              "|---|---|---|---|---|---|---|"]
     for r in doc["rows"]:
@@ -240,12 +261,14 @@ def render(doc: dict, out: Path) -> str:
             lines.append(f"- {name} at least 1.0 point above the uniform network: "
                          f"{lapp['top1']:.2f} vs {uni['top1']:.2f} ({d:+.2f}): **{d >= 1.0}**")
     if "lapp_widths" in doc:
-        lines += ["", f"LAPP's kept widths per group (the uniform network: stage widths "
+        lines += ["", f"LAPP's kept widths per group, run `{doc.get('lapp_widths_run', 'lapp')}` "
+                  f"(the uniform network: stage widths "
                   f"{doc['uniform_widths']}):", "",
                   "| group | kept |", "|---|---|",
                   *(f"| {g} | {k} |" for g, k in doc["lapp_widths"].items())]
     lines += ["", f"![thresholds and widths over the pruning phase](results/{out.stem}.png)", "",
-              "Per-epoch logs: `runs/lapp-bench/<run>/log.jsonl` (LAPP: `prune/` and `train/`), "
+              f"Per-epoch logs: `{doc.get('settings', {}).get('runs', 'runs/lapp-bench')}/<run>/"
+              "log.jsonl` (LAPP: `prune/` and `train/`), "
               f"copied to `results/{out.stem}/`."]
     return "\n".join(lines) + "\n"
 

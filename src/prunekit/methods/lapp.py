@@ -46,7 +46,7 @@ from torch.nn.utils import parametrize
 from ..errors import TargetError
 from ..graph import ChannelGraph
 from ..plan import Plan
-from ..train.engine import Callback, TrainConfig, fit
+from ..train.engine import Callback, TrainConfig, fit, write_text_atomic
 from .allocate import METRICS
 from .base import Result
 from .soft_cost import SoftCost
@@ -474,9 +474,9 @@ def train_lapp(model: nn.Module, example_inputs: Sequence[Any] | torch.Tensor, t
         plan = lapp.freeze()
         lapp.detach()
         pruned = graph.apply(model.eval(), plan)
-        (out / "prune" / "lapp_trace.jsonl").write_text(
-            "".join(json.dumps(r) + "\n" for r in lapp.trace))
-        (out / "prune" / "history.json").write_text(json.dumps(hist))
+        write_text_atomic(out / "prune" / "lapp_trace.jsonl",
+                          "".join(json.dumps(r) + "\n" for r in lapp.trace))
+        write_text_atomic(out / "prune" / "history.json", json.dumps(hist))
         save_pruned(frozen, pruned, plan, example_inputs)
     if first < train_config.epochs:
         hist = hist + fit(pruned, train, test, train_config, out / "train", progress=progress,
