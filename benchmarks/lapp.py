@@ -48,6 +48,7 @@ X = torch.zeros(1, 3, 32, 32)
 RUNS = ("dense", "lapp", "lapp-nobypass", "lapp-noprog", "lapp-bypass0", "lapp-hold", "uniform",
         "l1")
 WITH_BYPASS = ("lapp", "lapp-noprog", "lapp-bypass0")
+_REPORT_MD = "benchmarks/lapp.md"
 
 
 def uniform_widths(target: float) -> tuple[int, int, int]:
@@ -189,18 +190,19 @@ def report(args) -> None:
            "epochs": args.epochs, "target": args.target, "rows": rows,
            "pruning_phase_step_overhead": over,
            "settings": {"runs": args.runs, "seed": args.seed, "precision": args.precision,
-                        "prune_epochs": args.prune_epochs, "threads": args.threads}}
+                        "prune_epochs": args.prune_epochs, "threads": args.threads,
+                        "report_md": args.report_md}}
     shown = next((n for n in ("lapp-nobypass", "lapp") if n in done), None)  # the default first
     if shown:
         plan = json.loads((Path(args.runs) / shown / "model" / "plan.json").read_text())
         doc["lapp_widths_run"] = shown
         doc["lapp_widths"] = {g: len(k) for g, k in plan["keep"].items()}
+        trace = Path(args.runs) / shown / "prune" / "lapp_trace.jsonl"
+        if trace.is_file():
+            plot_lapp([json.loads(r) for r in trace.read_text().splitlines()],
+                      Path(args.out).with_suffix(".png"), "step")
     doc["uniform_widths"] = list(uniform_widths(args.target))
     write_text_atomic(Path(args.out), json.dumps(doc, indent=1))
-    trace = Path(args.runs) / str(shown) / "prune" / "lapp_trace.jsonl"
-    if shown and trace.is_file():
-        plot_lapp([json.loads(r) for r in trace.read_text().splitlines()],
-                  Path(args.out).with_suffix(".png"), "step")
     text = render(doc, Path(args.out))
     write_text_atomic(Path(args.report_md), text)
     print(text)
@@ -218,8 +220,8 @@ def _commands(doc: dict, out: Path) -> list[str]:
     lines = [f"PRUNEKIT_THREADS=1 python benchmarks/lapp.py {common} --threads 1{flags} "
              f"--only {r['run']}" for r in doc["rows"]]
     threads = f" --threads {st['threads']}" if st["threads"] != 2 else ""
-    lines.append(f"python benchmarks/lapp.py {common}{flags}{threads} --out {out} --report" + ("" if "settings" not in doc else
-                                             f" --report-md {out.parent.parent}/{out.stem}.md"))
+    md = f" --report-md {st['report_md']}" if st.get("report_md", _REPORT_MD) != _REPORT_MD else ""
+    lines.append(f"python benchmarks/lapp.py {common}{flags}{threads} --out {out} --report{md}")
     if "settings" in doc:
         lines.append(f"python benchmarks/lapp.py --runs {st['runs']} --epochs {doc['epochs']}"
                      f"{flags} --collect {out.parent}/{out.stem}")
@@ -323,7 +325,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--only", nargs="+", choices=RUNS, default=list(RUNS))
     ap.add_argument("--report", action="store_true", help="tabulate finished runs")
-    ap.add_argument("--report-md", default="benchmarks/lapp.md")
+    ap.add_argument("--report-md", default=_REPORT_MD)
     ap.add_argument("--collect", metavar="DIR",
                     help="copy the finished runs' results and logs into DIR (no training)")
     ap.add_argument("--threads", type=int, default=2)
