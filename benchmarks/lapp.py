@@ -12,6 +12,10 @@ Runs (each in its own resumable folder under --runs; rerun the command to contin
                  as a no-op)
   lapp-hold      no bypass, and the cost held at the ramp's target from below
                  (LappConfig.hold)
+  lapp-leak      no bypass; in training a masked channel passes 1% of its output
+                 (LappConfig.leak=0.01), so the task loss sees the gain of switching it on
+  lapp-taylor    no bypass, leak 0.01, and channels ranked by the Taylor score
+                 |dL/dmask| (LappConfig.score="taylor") instead of the BN scale
   uniform        a hand-built ResNet-20 with every width scaled by one factor to the
                  same MACs, E epochs from scratch
   l1             the dense run's weights after E/2 epochs, pruned one-shot (L1, global
@@ -45,8 +49,8 @@ from prunekit.train import TrainConfig, evaluate, fit
 from prunekit.train.engine import save_atomic, write_text_atomic
 
 X = torch.zeros(1, 3, 32, 32)
-RUNS = ("dense", "lapp", "lapp-nobypass", "lapp-noprog", "lapp-bypass0", "lapp-hold", "uniform",
-        "l1")
+RUNS = ("dense", "lapp", "lapp-nobypass", "lapp-noprog", "lapp-bypass0", "lapp-hold",
+        "lapp-leak", "lapp-taylor", "uniform", "l1")
 WITH_BYPASS = ("lapp", "lapp-noprog", "lapp-bypass0")
 _REPORT_MD = "benchmarks/lapp.md"
 
@@ -65,9 +69,11 @@ def uniform_widths(target: float) -> tuple[int, int, int]:
 
 def lapp_config(args, name: str) -> LappConfig:
     return LappConfig(target=args.target, prune_epochs=args.prune_epochs,
-                      bypass=name not in ("lapp-nobypass", "lapp-hold"),
+                      bypass=name in WITH_BYPASS,
                       progressive=name != "lapp-noprog", hold=name == "lapp-hold",
-                      bypass_scale=0.0 if name == "lapp-bypass0" else 1.0)
+                      bypass_scale=0.0 if name == "lapp-bypass0" else 1.0,
+                      leak=0.01 if name in ("lapp-leak", "lapp-taylor") else 0.0,
+                      score="taylor" if name == "lapp-taylor" else "bn")
 
 
 def dense_half(args, train: Batches, test: Batches, tcfg: TrainConfig) -> Path:

@@ -103,6 +103,8 @@ def test_train_resume_and_config_file(tmp_path, data, capsys, monkeypatch):
       "bypass=False!"], "bypass must be true or false"),
     (["prune", "--model", "resnet20", "--method", "lapp", "--target", "0.5", "--set",
       "hold=maybe"], "hold must be true or false"),
+    (["prune", "--model", "resnet20", "--method", "lapp", "--target", "0.5", "--set",
+      "score=magnitude"], "score must be one of"),
     (["train", "--model", "resnet20", "--data", "/nonexistent/data", "--set",
       "channels_last=maybe"], "channels_last must be true or false"),
     (["train", "--model", "resnet20", "--data", "/nonexistent/data", "--set",
@@ -209,10 +211,12 @@ def test_lapp_from_scratch_end_to_end(tmp_path, data, capsys, monkeypatch):
                  "--target", "0.6", "--epochs", "2", "--set", "prune_epochs=1",
                  "--set", "threshold_lr=0.5", "--set", "batch_size=16",
                  "--set", "max_steps_per_epoch=3", "--set", "bypass=true",
-                 "--set", "hold=on", "--out", str(out)]) == 0
+                 "--set", "hold=on", "--set", "score=taylor", "--set", "leak=0.01",
+                 "--out", str(out)]) == 0
     plan = json.loads((out / "plan.json").read_text())
     assert plan["meta"]["method"] == "lapp" and plan["meta"]["bypass"] is True
     assert plan["meta"]["config"]["hold"] is True
+    assert plan["meta"]["config"]["score"] == "taylor" and plan["meta"]["config"]["leak"] == 0.01
     assert plan["meta"]["achieved"] <= 0.6
     for f in ("lapp/prune/log.jsonl", "lapp/train/log.jsonl", "lapp/thresholds.png",
               "metrics.json", "model/plan.json"):

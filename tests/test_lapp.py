@@ -109,13 +109,13 @@ def _toy_data(n: int = 256, seed: int = 0):
     return x, y.astype(np.int64)
 
 
-@pytest.mark.parametrize("bypass", [True, False])
-def test_toy_task_meets_budget_and_saves(tmp_path, bypass):
+@pytest.mark.parametrize("bypass,score", [(True, "bn"), (False, "bn"), (False, "taylor")])
+def test_toy_task_meets_budget_and_saves(tmp_path, bypass, score):
     torch.manual_seed(0)
     x, y = _toy_data()
     train = Batches(x, y, 32, CIFAR_NORM, train=True, drop_last=True)
     model = CifarResNet(8, widths=(8, 16, 32))
-    cfg = LappConfig(target=0.5, prune_epochs=2, bypass=bypass, threshold_lr=0.1)
+    cfg = LappConfig(target=0.5, prune_epochs=2, bypass=bypass, threshold_lr=0.1, score=score)
     res = train_lapp(model, X, train, None, cfg,
                      TrainConfig(epochs=3, lr=0.05, channels_last=False), tmp_path,
                      progress=False)
@@ -219,10 +219,12 @@ def test_zero_scale_bypass_starts_as_a_no_op():
 def test_validation_and_refusals():
     for bad in (dict(target=0), dict(metric="flops"), dict(prune_epochs=0),
                 dict(temperature=0), dict(temperature=2), dict(threshold_lr=1.5),
-                dict(tolerance=0.9), dict(bypass_scale=-0.1), dict(bypass_scale=2)):
+                dict(tolerance=0.9), dict(bypass_scale=-0.1), dict(bypass_scale=2),
+                dict(score="l1"), dict(score_momentum=1.0), dict(leak=-0.01), dict(leak=0.5)):
         with pytest.raises(TargetError):
             LappConfig(**bad)
-    cfg = LappConfig(target=0.3, groups=["layer*"])
+    cfg = LappConfig(target=0.3, groups=["layer*"], score="taylor", score_momentum=0.5,
+                     leak=0.01)
     assert LappConfig.from_json(cfg.to_json()) == cfg
     no_slot = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(),
                             nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10))
@@ -255,3 +257,42 @@ def test_hold_raises_a_cost_below_the_target_by_one_common_offset():
     with torch.no_grad():
         lapp.rates.fill_(0.2)                          # above the target: hold does nothing
     assert lapp.hold() == 0.0 and bool((lapp.rates == 0.2).all())
+
+
+@pytest.mark.parametrize("leak", [0.0, 0.01])
+def test_taylor_score_is_the_task_loss_gradient_of_each_mask(leak):
+    """score="taylor" (momentum 0): after a step each group's score is |dL/dm_c| of the task
+    loss alone. For a kept channel that is |sum over the group's BN layers of
+    gamma * dL/dgamma + beta * dL/dbeta|, computed here from the parameters' own gradients;
+    the cost term does not leak into the scores. A masked channel's score is 0 when every
+    BN output it leaves passes a ReLU (its gradient at exactly 0 is 0), and not with a leak."""
+    torch.manual_seed(0)
+    model = CifarResNet(20).train()
+    cfg = LappConfig(target=0.5, score="taylor", score_momentum=0.0, leak=leak)
+    lapp, _, _ = _lapp(model, cfg, bypass=False)
+    with torch.no_grad():
+        lapp.rates.fill_(0.3)
+    x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
+    loss = nn.functional.cross_entropy(model(x), y)
+    (loss + 100.0 * lapp.penalty(0.5)).backward()
+    hard = lapp.masks(hard_only=True)
+    expected = []
+    for g, mem in zip(lapp.groups, lapp.members):
+        e = torch.zeros(g.width)
+        for bn, idx in mem:
+            w = bn.parametrizations.weight.original
+            b = bn.parametrizations.bias.original
+            e = e.index_add(0, idx, (w * w.grad + b * b.grad).detach())
+        expected.append(e.abs())
+    lapp.after_step()
+    masked_scores = []
+    for got, want, m in zip(lapp.scores(), expected, hard):
+        kept = m > 0
+        assert torch.allclose(got[kept], want[kept], rtol=1e-4, atol=1e-7)
+        masked_scores.append(got[~kept])
+    masked_scores = torch.cat(masked_scores)
+    assert len(masked_scores) > 100
+    if leak:
+        assert (masked_scores > 0).float().mean() > 0.9
+    else:
+        assert (masked_scores == 0).all()

@@ -99,7 +99,7 @@ DEFAULTS: dict[str, Any] = {
     # lapp
     "bypass": False, "progressive": True, "hold": False,  # as LappConfig; None: its default
     "prune_epochs": None, "penalty": None, "temperature": None, "threshold_lr": None,
-    "bypass_scale": None,
+    "bypass_scale": None, "score": None, "score_momentum": None, "leak": None,
     # emo
     "parts": 3, "pop_size": 16, "generations": 8, "chain_points": 12, "feature_steps": 0,
     "executor": "inprocess", "workers": 2,

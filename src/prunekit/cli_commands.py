@@ -262,7 +262,10 @@ def _prune_lapp(cfg: dict, model: torch.nn.Module, s, out: Path) -> int:
     """LAPP trains: from scratch without --checkpoint, else from the given weights."""
     from .methods.lapp import LappConfig, train_lapp
     tuned = {k: _number(cfg, k) for k in ("prune_epochs", "penalty", "temperature",
-                                          "threshold_lr", "bypass_scale") if cfg[k] is not None}
+                                          "threshold_lr", "bypass_scale", "score_momentum",
+                                          "leak") if cfg[k] is not None}
+    if cfg["score"] is not None:
+        tuned["score"] = str(cfg["score"])
     lcfg = LappConfig(target=cfg["target"], metric=cfg["metric"], bypass=_flag(cfg, "bypass"),
                       progressive=_flag(cfg, "progressive"), hold=_flag(cfg, "hold"),
                       groups=tuple(cfg["groups"] or ()),

@@ -52,6 +52,9 @@ from .base import Result
 from .soft_cost import SoftCost
 
 
+SCORES = ("bn", "taylor")
+
+
 @dataclass(frozen=True)
 class LappConfig:
     """``target``: fraction of the *dense* model's cost (without bypass) to keep."""
@@ -68,6 +71,9 @@ class LappConfig:
     min_width: int = 1
     tolerance: float = 0.01
     hold: bool = False             # keep the cost at the ramp's target from below (docs/lapp.md)
+    score: str = "bn"              # channel importance: "bn" |gamma|, or "taylor" (docs/lapp.md)
+    score_momentum: float = 0.98   # "taylor": the running average's momentum per step
+    leak: float = 0.0              # training only: a masked channel's mask value (docs/lapp.md)
     groups: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
@@ -77,10 +83,13 @@ class LappConfig:
             raise TargetError(f"metric must be one of {METRICS}, got {self.metric!r}")
         if self.prune_epochs <= 0 or self.penalty <= 0 or not 0 < self.temperature <= 1 or \
                 not 0 < self.threshold_lr <= 1 or self.min_width < 1 or \
-                not 0 < self.tolerance < 0.5 or not 0 <= self.bypass_scale <= 1:
+                not 0 < self.tolerance < 0.5 or not 0 <= self.bypass_scale <= 1 or \
+                not 0 <= self.score_momentum < 1 or not 0 <= self.leak < 0.1:
             raise TargetError("prune_epochs and penalty must be > 0, temperature and "
                               "threshold_lr in (0, 1], min_width >= 1, tolerance in (0, 0.5), "
-                              "bypass_scale in [0, 1]")
+                              "bypass_scale in [0, 1], score_momentum in [0, 1), leak in [0, 0.1)")
+        if self.score not in SCORES:
+            raise TargetError(f"score must be one of {SCORES}, got {self.score!r}")
         object.__setattr__(self, "groups", tuple(self.groups))
 
     def to_json(self) -> str:
@@ -136,7 +145,7 @@ class _Masked(nn.Module):
         self.gi, self.idx = gi, idx
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
-        masks = self._owner[0]._masks
+        masks = self._owner[0]._applied
         if masks is None:          # accessed outside a forward pass of the model
             return t
         return t * masks[self.gi][self.idx].to(t.dtype)
@@ -181,7 +190,11 @@ class Lapp(nn.Module, Callback):
         # ``threshold_lr`` of the group's channels whatever the gradients' scale, and it stops
         # where its gradient vanishes instead of coasting on
         self.opt = torch.optim.Adam([self.rates], lr=config.threshold_lr, betas=(0.0, 0.999))
-        self._masks: list[torch.Tensor] | None = None
+        self._masks: list[torch.Tensor] | None = None     # this forward's masks (the cost)
+        self._applied: list[torch.Tensor] | None = None   # the same, as the BN layers use them
+        # "taylor": running mean of |dL/dm_c|, the task loss's first-order change from
+        # switching channel c off (kept) or on (masked)
+        self._taylor = [torch.zeros(g.width) for g in self.groups]
         self._handles: list[Any] = []
         self._masked: list[nn.Module] = []
         self._target_now = 1.0
@@ -192,7 +205,12 @@ class Lapp(nn.Module, Callback):
 
     # ----------------------------------------------------------- scores, masks
     def scores(self) -> list[torch.Tensor]:
-        """Per group, each channel's |gamma| averaged over the group's BN layers (detached)."""
+        """Per group, each channel's importance (detached): with ``score="bn"`` its |gamma|
+        averaged over the group's BN layers, with ``"taylor"`` the running mean of the task
+        loss's gradient magnitude with respect to its mask, |dL/dm_c| (summed over the
+        group's BN layers; all zero before the first step)."""
+        if self.config.score == "taylor":
+            return [t.clone() for t in self._taylor]
         out = []
         with torch.no_grad():
             for g, mem in zip(self.groups, self.members):
@@ -276,8 +294,29 @@ class Lapp(nn.Module, Callback):
                     parametrize.remove_parametrizations(bn, name, leave_parametrized=False)
         self._masked = []
 
-    def _refresh(self, _module, _args) -> None:
+    def _refresh(self, module, _args) -> None:
         self._masks = self.masks()
+        self._applied = self._masks
+        training = module.training and torch.is_grad_enabled()
+        if training and self.config.leak > 0:
+            # a masked channel passes ``leak`` of its output: a ReLU after it then lets the
+            # gradient of switching it back on through (at exactly 0 the ReLU passes none)
+            self._applied = [m + self.config.leak * (1 - m.detach()) for m in self._masks]
+        if training and self.config.score == "taylor":
+            # a copy per group that only the BN layers use: its gradient is the task loss's
+            # alone (the cost term reads ``_masks``)
+            self._applied = [m.clone() for m in self._applied]
+            for m in self._applied:
+                m.retain_grad()
+
+    def _update_taylor(self) -> None:
+        if self.config.score != "taylor" or self._applied is None:
+            return
+        b = self.config.score_momentum
+        for i, m in enumerate(self._applied):
+            if m.grad is not None:
+                self._taylor[i] = b * self._taylor[i] + (1 - b) * m.grad.detach().abs().float()
+                m.grad = None
 
     # ----------------------------------------------------------- training
     def target_at(self, progress: float) -> float:
@@ -295,6 +334,7 @@ class Lapp(nn.Module, Callback):
         return self.config.penalty * torch.relu(ratio - self._target_now).float()
 
     def after_step(self) -> None:
+        self._update_taylor()
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
         with torch.no_grad():
