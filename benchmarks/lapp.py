@@ -310,6 +310,7 @@ def collect(args) -> None:
         summary[key] = {"run": name, "seed": args.seed,
                         "prune_epochs": args.prune_epochs if phase else None,
                         "precision": args.precision, "epochs": args.epochs,
+                        "target": args.target,
                         "top1": json.loads((folder / "done.json").read_text())["test"]["top1"],
                         "params": cost.params, "macs_vs_dense": round(cost.macs / dense_macs, 4),
                         "learned_cost": meta.get("learned"), "folder": out.name}
