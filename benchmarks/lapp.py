@@ -281,6 +281,18 @@ def render(doc: dict, out: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _ramp_gap(trace: Path) -> dict:
+    """How far the learned cost fell below the ramp's target during the pruning phase, over
+    the trace's rows (every 25 steps): the mean and the largest (target - cost), in
+    fractions of the dense cost. Empty for runs without a trace."""
+    if not trace.is_file():
+        return {}
+    rows = [json.loads(line) for line in trace.read_text().splitlines()]
+    gaps = [r["lapp_target"] - r["lapp_cost_ratio"] for r in rows]
+    return {"below_ramp_mean": round(statistics.mean(gaps), 4),
+            "below_ramp_max": round(max(gaps), 4)} if gaps else {}
+
+
 def collect(args) -> None:
     """Copy every finished run's result, plan and logs from ``--runs`` into ``--collect``
     (the folder committed under benchmarks/results/) and add a row per run to its
@@ -313,11 +325,14 @@ def collect(args) -> None:
                         "target": args.target,
                         "top1": json.loads((folder / "done.json").read_text())["test"]["top1"],
                         "params": cost.params, "macs_vs_dense": round(cost.macs / dense_macs, 4),
-                        "learned_cost": meta.get("learned"), "folder": out.name}
+                        "learned_cost": meta.get("learned"), "folder": out.name,
+                        **_ramp_gap(folder / "prune" / "lapp_trace.jsonl")}
     write_text_atomic(dest / "summary.json", json.dumps(summary, indent=1, sort_keys=True))
     for key, row in sorted(summary.items()):
+        gap = f"  below ramp mean {row['below_ramp_mean']:.3f} max {row['below_ramp_max']:.3f}" \
+            if "below_ramp_mean" in row else ""
         print(f"{key:55s} top-1 {row['top1']:.2f}  MACs {row['macs_vs_dense']:.4f}  "
-              f"learned {row['learned_cost']}")
+              f"learned {row['learned_cost']}{gap}")
 
 
 def main() -> None:
