@@ -1,7 +1,8 @@
 """LAPP: layer-adaptive progressive pruning under a FLOPs constraint (Zhai et al., 2023).
 
 Every managed group (a prunable group with batch-norm members) has an importance
-score per channel, the BN scale |gamma| (mean over the group's BN layers), and **one
+score per channel, the BN scale |gamma| (mean over the group's BN layers; or, with
+``score="taylor"``, the running mean of the task loss's |dL/dmask|), and **one
 learnable threshold**, parametrised by its quantile r_g: the fraction of the group's
 prunable channels whose score lies below it (the threshold in score units, the score
 at quantile r_g, is what the logs and plots show). During the first ``prune_epochs``
