@@ -268,13 +268,15 @@ def test_taylor_score_is_the_task_loss_gradient_of_each_mask(leak):
     BN output it leaves passes a ReLU (its gradient at exactly 0 is 0), and not with a leak."""
     torch.manual_seed(0)
     model = CifarResNet(20).train()
-    cfg = LappConfig(target=0.5, score="taylor", score_momentum=0.0, leak=leak)
+    cfg = LappConfig(target=0.3, score="taylor", score_momentum=0.0, leak=leak)
     lapp, _, _ = _lapp(model, cfg, bypass=False)
     with torch.no_grad():
         lapp.rates.fill_(0.3)
     x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
     loss = nn.functional.cross_entropy(model(x), y)
-    (loss + 100.0 * lapp.penalty(0.5)).backward()
+    penalty = lapp.penalty(0.5)
+    assert float(penalty.detach()) > 0   # the cost term is active: its gradient must stay out
+    (loss + 100.0 * penalty).backward()
     hard = lapp.masks(hard_only=True)
     expected = []
     for g, mem in zip(lapp.groups, lapp.members):
