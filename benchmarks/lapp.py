@@ -55,20 +55,25 @@ WITH_BYPASS = ("lapp", "lapp-noprog", "lapp-bypass0")
 _REPORT_MD = "benchmarks/lapp.md"
 
 
-def uniform_widths(target: float) -> tuple[int, int, int]:
+def _cost(model: torch.nn.Module, metric: str) -> int:
+    cost = ChannelGraph.build(model, X).cost()
+    return cost.macs if metric == "macs" else cost.params
+
+
+def uniform_widths(target: float, metric: str = "macs") -> tuple[int, int, int]:
     """Even stage widths (option A pads by half the difference) scaled by one factor, the
-    widest whose MACs stay within ``target`` of ResNet-20's."""
-    base = ChannelGraph.build(CifarResNet(20), X).cost().macs
+    widest whose MACs (or params) stay within ``target`` of ResNet-20's."""
+    base = _cost(CifarResNet(20), metric)
     best = (2, 2, 2)
     for k in range(1, 33):
         w = (2 * max(1, round(8 * k / 32)), 2 * max(1, round(16 * k / 32)), 2 * k)
-        if ChannelGraph.build(CifarResNet(20, widths=w), X).cost().macs <= target * base:
+        if _cost(CifarResNet(20, widths=w), metric) <= target * base:
             best = w
     return best
 
 
 def lapp_config(args, name: str) -> LappConfig:
-    return LappConfig(target=args.target, prune_epochs=args.prune_epochs,
+    return LappConfig(target=args.target, metric=args.metric, prune_epochs=args.prune_epochs,
                       bypass=name in WITH_BYPASS,
                       progressive=name != "lapp-noprog", hold=name == "lapp-hold",
                       bypass_scale=0.0 if name == "lapp-bypass0" else 1.0,
@@ -106,13 +111,13 @@ def run_one(name: str, args, train: Batches, test: Batches) -> None:
                          resume=True)
         save_pruned(folder / "model", res.model, res.plan, (X,))
     elif name == "uniform":
-        model = CifarResNet(20, widths=uniform_widths(args.target))
+        model = CifarResNet(20, widths=uniform_widths(args.target, args.metric))
         fit(model, train, test, tcfg, folder, resume=True)
         torch.save(model.state_dict(), folder / "model.pt")
     elif name == "l1":
         model = CifarResNet(20)
         model.load_state_dict(torch.load(dense_half(args, train, test, tcfg), weights_only=True))
-        res = prune_oneshot(model.eval(), X, OneShotConfig(target=args.target, criterion="l1"))
+        res = prune_oneshot(model.eval(), X, OneShotConfig(target=args.target, metric=args.metric, criterion="l1"))
         pruned = res.model
         fit(pruned, train, test, tcfg, folder / "finetune", resume=True,
             epochs=(args.epochs // 2, args.epochs))
@@ -124,7 +129,7 @@ def run_one(name: str, args, train: Batches, test: Batches) -> None:
 def _load(name: str, args) -> torch.nn.Module:
     folder = Path(args.runs) / name
     if name == "uniform":
-        model = CifarResNet(20, widths=uniform_widths(args.target))
+        model = CifarResNet(20, widths=uniform_widths(args.target, args.metric))
         model.load_state_dict(torch.load(folder / "model.pt", weights_only=True))
         return model.eval()
     base = CifarResNet(20)
@@ -173,7 +178,8 @@ def report(args) -> None:
     torch.set_num_threads(args.threads)
     done = [n for n in RUNS if (Path(args.runs) / n / "done.json").is_file()]
     models = {n: _load(n, args) for n in done}
-    dense_macs = ChannelGraph.build(CifarResNet(20), X).cost().macs
+    dense = ChannelGraph.build(CifarResNet(20), X).cost()
+    dense_macs = dense.macs
     lat = {n: [] for n in models}
     for _ in range(5):  # interleaved rounds, median
         for n, m in models.items():
@@ -187,13 +193,14 @@ def report(args) -> None:
         secs = _epoch_seconds(folder, log)
         rows.append({"run": n, "top1": test["top1"], "params": cost.params, "macs": cost.macs,
                      "macs_vs_dense": round(cost.macs / dense_macs, 4),
+                     "params_vs_dense": round(cost.params / dense.params, 4),
                      "latency_ms": round(statistics.median(lat[n]), 2),
                      "epoch_s": round(secs, 1) if secs else None})
     tx, ty, _, _ = load_cifar10(args.data)
     over = step_overhead(args, Batches(tx, ty, 128, spec("resnet20").norm, train=True))
     doc = {"machine": f"{platform.machine()}, {torch.get_num_threads()} threads, "
                       f"torch {torch.__version__}",
-           "epochs": args.epochs, "target": args.target, "rows": rows,
+           "epochs": args.epochs, "target": args.target, "metric": args.metric, "rows": rows,
            "pruning_phase_step_overhead": over,
            "settings": {"runs": args.runs, "seed": args.seed, "precision": args.precision,
                         "prune_epochs": args.prune_epochs, "threads": args.threads,
@@ -207,7 +214,7 @@ def report(args) -> None:
         if trace.is_file():
             plot_lapp([json.loads(r) for r in trace.read_text().splitlines()],
                       Path(args.out).with_suffix(".png"), "step")
-    doc["uniform_widths"] = list(uniform_widths(args.target))
+    doc["uniform_widths"] = list(uniform_widths(args.target, args.metric))
     write_text_atomic(Path(args.out), json.dumps(doc, indent=1))
     text = render(doc, Path(args.out))
     write_text_atomic(Path(args.report_md), text)
@@ -222,7 +229,9 @@ def _commands(doc: dict, out: Path) -> list[str]:
     common = f"--data ../shared/datasets/cifar10 --epochs {doc['epochs']} --runs {st['runs']}"
     flags = (f" --seed {st['seed']}" if st["seed"] else "") + \
         (f" --precision {st['precision']}" if st["precision"] != "fp32" else "") + \
-        (f" --prune-epochs {st['prune_epochs']:g}" if st["prune_epochs"] != 5.0 else "")
+        (f" --prune-epochs {st['prune_epochs']:g}" if st["prune_epochs"] != 5.0 else "") + \
+        (f" --target {doc['target']:g}" if doc["target"] != 0.403 else "") + \
+        (" --metric params" if doc.get("metric") == "params" else "")
     lines = [f"PRUNEKIT_THREADS=1 python benchmarks/lapp.py {common} --threads 1{flags} "
              f"--only {r['run']}" for r in doc["rows"]]
     threads = f" --threads {st['threads']}" if st["threads"] != 2 else ""
@@ -240,7 +249,8 @@ def render(doc: dict, out: Path) -> str:
     lines = [f"# LAPP on ResNet-20, CIFAR-10 (JPEG), {doc['epochs']} epochs from scratch", "",
              f"**Machine:** {doc['machine']}. Every run: SGD + Nesterov, lr 0.1 cosine over "
              f"{doc['epochs']} epochs, weight decay 5e-4, batch 128, crop + flip; target "
-             f"{doc['target']} of the dense MACs. Latency: batch 64, median of interleaved "
+             f"{doc['target']} of the dense {doc.get('metric', 'macs').replace('macs', 'MACs')}. "
+             "Latency: batch 64, median of interleaved "
              "rounds in one process.", "",
              "```bash", *_commands(doc, out), "```", "",
              "| run | top-1 % | params | MACs | MACs / dense | latency b64 (ms) | s / epoch |",
@@ -257,9 +267,11 @@ def render(doc: dict, out: Path) -> str:
     dense, uni = rows.get("dense"), rows.get("uniform")
     for name in (n for n in RUNS if n.startswith("lapp") and n in rows):
         lapp = rows[name]
-        ok = doc["target"] * 0.99 <= lapp["macs_vs_dense"] <= doc["target"]
-        lines.append(f"- {name}: MACs {lapp['macs_vs_dense']:.4f} of the dense network's, "
-                     f"within 1% below {doc['target']}: **{ok}**")
+        metric = doc.get("metric", "macs")
+        frac = lapp[f"{metric}_vs_dense"]
+        ok = doc["target"] * 0.99 <= frac <= doc["target"]
+        lines.append(f"- {name}: {'MACs' if metric == 'macs' else 'params'} {frac:.4f} of the "
+                     f"dense network's, within 1% below {doc['target']}: **{ok}**")
         if dense:
             gap = dense["top1"] - lapp["top1"]
             lines.append(f"- {name} within 0.3 points of the dense network: {lapp['top1']:.2f} "
@@ -301,7 +313,8 @@ def collect(args) -> None:
     import shutil
     dest = Path(args.collect)
     dest.mkdir(parents=True, exist_ok=True)
-    dense_macs = ChannelGraph.build(CifarResNet(20), X).cost().macs
+    dense = ChannelGraph.build(CifarResNet(20), X).cost()
+    dense_macs = dense.macs
     summary = json.loads((dest / "summary.json").read_text()) if \
         (dest / "summary.json").is_file() else {}
     for name in RUNS:
@@ -309,7 +322,8 @@ def collect(args) -> None:
         if not (folder / "done.json").is_file():
             continue
         phase = f" prune_epochs={args.prune_epochs}" if name.startswith("lapp") else ""
-        key = f"{name} seed={args.seed}{phase} {args.precision}"
+        metric = " params" if args.metric == "params" and name != "dense" else ""
+        key = f"{name} seed={args.seed}{phase} {args.precision}{metric}"
         out = dest / key.replace(" ", "_").replace("=", "")
         out.mkdir(exist_ok=True)
         for rel in ("done.json", "model/plan.json", "log.jsonl", "prune/log.jsonl",
@@ -322,9 +336,10 @@ def collect(args) -> None:
         summary[key] = {"run": name, "seed": args.seed,
                         "prune_epochs": args.prune_epochs if phase else None,
                         "precision": args.precision, "epochs": args.epochs,
-                        "target": args.target,
+                        "target": args.target, "metric": args.metric,
                         "top1": json.loads((folder / "done.json").read_text())["test"]["top1"],
                         "params": cost.params, "macs_vs_dense": round(cost.macs / dense_macs, 4),
+                        "params_vs_dense": round(cost.params / dense.params, 4),
                         "learned_cost": meta.get("learned"), "folder": out.name,
                         **_ramp_gap(folder / "prune" / "lapp_trace.jsonl")}
     write_text_atomic(dest / "summary.json", json.dumps(summary, indent=1, sort_keys=True))
@@ -344,6 +359,9 @@ def main() -> None:
     ap.add_argument("--prune-epochs", type=float, default=5.0)
     ap.add_argument("--lr", type=float, default=0.1)
     ap.add_argument("--target", type=float, default=0.403)
+    ap.add_argument("--metric", choices=("macs", "params"), default="macs",
+                    help="what --target is a fraction of (LAPP's budget and the uniform "
+                         "network's size); the committed runs without it: MACs")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--only", nargs="+", choices=RUNS, default=list(RUNS))
     ap.add_argument("--report", action="store_true", help="tabulate finished runs")
