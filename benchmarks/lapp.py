@@ -13,7 +13,8 @@ Runs (each in its own resumable folder under --runs; rerun the command to contin
   lapp-hold      no bypass, and the cost held at the ramp's target from below
                  (LappConfig.hold)
   lapp-leak      no bypass; in training a masked channel passes 1% of its output
-                 (LappConfig.leak=0.01), so the task loss sees the gain of switching it on
+                 (LappConfig.leak=0.01), so the task loss sees the gain of switching it on;
+                 with --prune-epochs 10 (of 30) it is LappConfig's default since 2026-11-30
   lapp-taylor    no bypass, leak 0.01, and channels ranked by the Taylor score
                  |dL/dmask| (LappConfig.score="taylor") instead of the BN scale
   uniform        a hand-built ResNet-20 with every width scaled by one factor to the

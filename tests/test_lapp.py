@@ -133,6 +133,22 @@ def test_toy_task_meets_budget_and_saves(tmp_path, bypass, score):
         assert torch.allclose(loaded.eval()(X), res.model(X), atol=1e-5)
 
 
+def test_default_pruning_phase_is_a_third_of_the_schedule(tmp_path):
+    assert LappConfig().prune_epochs is None and LappConfig().phase_epochs(30) == 10
+    assert LappConfig(prune_epochs=4).phase_epochs(30) == 4
+    torch.manual_seed(0)
+    x, y = _toy_data()
+    train = Batches(x, y, 32, CIFAR_NORM, train=True, drop_last=True)
+    res = train_lapp(CifarResNet(8, widths=(8, 16, 32)), X, train, None,
+                     LappConfig(target=0.6, threshold_lr=0.1),
+                     TrainConfig(epochs=3, lr=0.05, channels_last=False), tmp_path,
+                     progress=False)
+    pruning = (tmp_path / "prune" / "log.jsonl").read_text().splitlines()
+    after = (tmp_path / "train" / "log.jsonl").read_text().splitlines()
+    assert (len(pruning), len(after)) == (1, 2)
+    assert 0.6 - 0.01 <= res.after.macs / res.before.macs <= 0.6
+
+
 def test_pruned_model_equals_masked_training_model():
     torch.manual_seed(0)
     model = CifarResNet(20)
@@ -156,9 +172,11 @@ def test_pruned_model_equals_masked_training_model():
     lapp.verify(model, (X,))   # the built-in check passes too
 
 
-def test_parametrized_mask_equals_masking_the_bn_outputs():
+@pytest.mark.parametrize("leak", [0.0, 0.01])
+def test_parametrized_mask_equals_masking_the_bn_outputs(leak: float):
     """The masks multiply BN scale and shift; that must equal multiplying BN outputs, in the
-    forward pass and in every gradient (thresholds, BN scales), and detach restores the model."""
+    forward pass and in every gradient (thresholds, BN scales), and detach restores the model
+    (with and without the training-time leak)."""
     torch.manual_seed(0)
     model = CifarResNet(20)
     add_bypass(model)
@@ -171,7 +189,7 @@ def test_parametrized_mask_equals_masking_the_bn_outputs():
     runs = []
     for net, by_output in ((model, False), (ref, True)):
         graph = ChannelGraph.build(net, X)
-        lapp = Lapp(net, graph, LappConfig(target=0.5), graph.cost().macs)
+        lapp = Lapp(net, graph, LappConfig(target=0.5, leak=leak), graph.cost().macs)
         with torch.no_grad():
             lapp.rates.fill_(0.4)
         if by_output:        # the reference: a forward hook masking each BN's output
@@ -181,7 +199,7 @@ def test_parametrized_mask_equals_masking_the_bn_outputs():
                 for bn, idx in mem:
                     lapp._handles.append(bn.register_forward_hook(
                         lambda _m, _a, out, gi=gi, idx=idx:
-                        out * lapp._masks[gi][idx].view(1, -1, 1, 1)))
+                        out * lapp._applied[gi][idx].view(1, -1, 1, 1)))
         net.train()
         out = net(X)
         (out.square().mean() + lapp.penalty(0.1)).backward()
@@ -217,7 +235,7 @@ def test_zero_scale_bypass_starts_as_a_no_op():
 
 
 def test_validation_and_refusals():
-    for bad in (dict(target=0), dict(metric="flops"), dict(prune_epochs=0),
+    for bad in (dict(target=0), dict(metric="flops"), dict(prune_epochs=0), dict(prune_epochs=-1.0),
                 dict(temperature=0), dict(temperature=2), dict(threshold_lr=1.5),
                 dict(tolerance=0.9), dict(bypass_scale=-0.1), dict(bypass_scale=2),
                 dict(score="l1"), dict(score_momentum=1.0), dict(leak=-0.01), dict(leak=0.5)):

@@ -271,7 +271,7 @@ def _prune_lapp(cfg: dict, model: torch.nn.Module, s, out: Path) -> int:
                       groups=tuple(cfg["groups"] or ()),
                       **tuned)
     tcfg = _train_config(cfg, int(cfg["epochs"]), float(cfg["lr"]))
-    if lcfg.prune_epochs > tcfg.epochs:
+    if lcfg.phase_epochs(tcfg.epochs) > tcfg.epochs:
         raise CliError(f"prune_epochs ({lcfg.prune_epochs}) exceeds epochs ({tcfg.epochs})")
     arrays = _data(cfg)
     original = copy.deepcopy(model)

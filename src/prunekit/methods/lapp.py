@@ -6,7 +6,7 @@ score per channel, the BN scale |gamma| (mean over the group's BN layers; or, wi
 learnable threshold**, parametrised by its quantile r_g: the fraction of the group's
 prunable channels whose score lies below it (the threshold in score units, the score
 at quantile r_g, is what the logs and plots show). During the first ``prune_epochs``
-of training a channel is kept iff its score is above the threshold; the mask is
+(default: a third of the schedule) of training a channel is kept iff its score is above the threshold; the mask is
 applied to the group's BN outputs with a straight-through estimator: the forward
 pass uses the hard 0/1 mask (so the training-time network *is* a pruned network),
 the backward pass the gradient of sigmoid((q_c - r_g) / temperature), q_c the
@@ -62,7 +62,7 @@ class LappConfig:
 
     target: float = 0.403
     metric: str = "macs"
-    prune_epochs: float = 5.0
+    prune_epochs: float | None = None  # None: a third of the training epochs (docs/lapp.md)
     progressive: bool = True
     bypass: bool = False           # measured: the bypass cost 1.1 points (docs/lapp.md)
     bypass_scale: float = 1.0      # initial BN scale of the bypass branches (0: start as no-op)
@@ -74,7 +74,7 @@ class LappConfig:
     hold: bool = False             # keep the cost at the ramp's target from below (docs/lapp.md)
     score: str = "bn"              # channel importance: "bn" |gamma|, or "taylor" (docs/lapp.md)
     score_momentum: float = 0.98   # "taylor": the running average's momentum per step
-    leak: float = 0.0              # training only: a masked channel's mask value (docs/lapp.md)
+    leak: float = 0.01             # training only: a masked channel's mask value (docs/lapp.md)
     groups: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
@@ -82,7 +82,7 @@ class LappConfig:
             raise TargetError(f"target must be a fraction in (0, 1], got {self.target!r}")
         if self.metric not in METRICS:
             raise TargetError(f"metric must be one of {METRICS}, got {self.metric!r}")
-        if self.prune_epochs <= 0 or self.penalty <= 0 or not 0 < self.temperature <= 1 or \
+        if (self.prune_epochs is not None and not self.prune_epochs > 0) or self.penalty <= 0 or not 0 < self.temperature <= 1 or \
                 not 0 < self.threshold_lr <= 1 or self.min_width < 1 or \
                 not 0 < self.tolerance < 0.5 or not 0 <= self.bypass_scale <= 1 or \
                 not 0 <= self.score_momentum < 1 or not 0 <= self.leak < 0.1:
@@ -92,6 +92,11 @@ class LappConfig:
         if self.score not in SCORES:
             raise TargetError(f"score must be one of {SCORES}, got {self.score!r}")
         object.__setattr__(self, "groups", tuple(self.groups))
+
+    def phase_epochs(self, epochs: int) -> float:
+        """The pruning phase's length in a schedule of ``epochs``: ``prune_epochs``, or a
+        third of the schedule when it is None."""
+        return self.prune_epochs if self.prune_epochs is not None else epochs / 3
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -500,7 +505,8 @@ def train_lapp(model: nn.Module, example_inputs: Sequence[Any] | torch.Tensor, t
         raise TargetError(f"{type(model).__name__} has no bypass slot (bypass_shape); "
                           "use bypass=False")
     graph = ChannelGraph.build(model, example_inputs)
-    first = min(train_config.epochs, max(1, math.ceil(config.prune_epochs)))
+    phase = config.phase_epochs(train_config.epochs)
+    first = min(train_config.epochs, max(1, math.ceil(phase)))
     out = Path(out_dir)
     frozen = out / "pruned-at-freeze"
     if resume and (frozen / "plan.json").is_file():
@@ -508,7 +514,7 @@ def train_lapp(model: nn.Module, example_inputs: Sequence[Any] | torch.Tensor, t
         hist = json.loads((out / "prune" / "history.json").read_text())
     else:
         lapp = Lapp(model, graph, config, base.macs if config.metric == "macs" else base.params,
-                    phase_end=config.prune_epochs / train_config.epochs)
+                    phase_end=phase / train_config.epochs)
         lapp.verify(model, example_inputs)
         hist = fit(model, train, test, train_config, out / "prune", progress=progress,
                    callback=lapp, epochs=(0, first))
