@@ -207,9 +207,11 @@ def test_parametrized_mask_equals_masking_the_bn_outputs(leak: float):
                      [_gamma(b).grad.clone() for b, _ in sum(lapp.members, [])]))
         lapp.detach()
     (o1, t1, g1), (o2, t2, g2) = runs
-    assert torch.allclose(o1, o2, atol=1e-5)
-    assert t1.abs().max() > 0 and torch.allclose(t1, t2, atol=1e-5)
-    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(g1, g2))
+    # the two forms differ only in float rounding (summed over 20 layers, the threshold
+    # gradients by up to ~1e-5); a wrong mask or gradient differs by orders more
+    assert torch.allclose(o1, o2, rtol=1e-4, atol=1e-4)
+    assert t1.abs().max() > 0 and torch.allclose(t1, t2, rtol=1e-4, atol=1e-4)
+    assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-4) for a, b in zip(g1, g2))
     assert sorted(model.state_dict()) == keys
 
 
