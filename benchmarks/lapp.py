@@ -118,7 +118,8 @@ def run_one(name: str, args, train: Batches, test: Batches) -> None:
     elif name == "l1":
         model = CifarResNet(20)
         model.load_state_dict(torch.load(dense_half(args, train, test, tcfg), weights_only=True))
-        res = prune_oneshot(model.eval(), X, OneShotConfig(target=args.target, metric=args.metric, criterion="l1"))
+        res = prune_oneshot(model.eval(), X, OneShotConfig(target=args.target, metric=args.metric,
+                                                           criterion="l1"))
         pruned = res.model
         fit(pruned, train, test, tcfg, folder / "finetune", resume=True,
             epochs=(args.epochs // 2, args.epochs))

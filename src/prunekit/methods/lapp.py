@@ -6,9 +6,10 @@ score per channel, the BN scale |gamma| (mean over the group's BN layers; or, wi
 learnable threshold**, parametrised by its quantile r_g: the fraction of the group's
 prunable channels whose score lies below it (the threshold in score units, the score
 at quantile r_g, is what the logs and plots show). During the first ``prune_epochs``
-(default: a third of the schedule) of training a channel is kept iff its score is above the threshold; the mask is
-applied to the group's BN outputs with a straight-through estimator: the forward
-pass uses the hard 0/1 mask (so the training-time network *is* a pruned network),
+(default: a third of the schedule) of training a channel is kept iff its score is above
+the threshold; the mask is applied to the group's BN outputs with a straight-through
+estimator: the forward pass uses the hard 0/1 mask (so the training-time network *is* a
+pruned network; with ``leak``, in training a masked channel passes ``leak`` of its output),
 the backward pass the gradient of sigmoid((q_c - r_g) / temperature), q_c the
 channel's quantile (rank + 1/2) / n in its group. A threshold in score units failed
 from scratch: BN scales start equal and stay clustered, so a threshold step either
@@ -82,7 +83,8 @@ class LappConfig:
             raise TargetError(f"target must be a fraction in (0, 1], got {self.target!r}")
         if self.metric not in METRICS:
             raise TargetError(f"metric must be one of {METRICS}, got {self.metric!r}")
-        if (self.prune_epochs is not None and not self.prune_epochs > 0) or self.penalty <= 0 or not 0 < self.temperature <= 1 or \
+        if (self.prune_epochs is not None and not self.prune_epochs > 0) or \
+                self.penalty <= 0 or not 0 < self.temperature <= 1 or \
                 not 0 < self.threshold_lr <= 1 or self.min_width < 1 or \
                 not 0 < self.tolerance < 0.5 or not 0 <= self.bypass_scale <= 1 or \
                 not 0 <= self.score_momentum < 1 or not 0 <= self.leak < 0.1:
