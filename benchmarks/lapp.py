@@ -43,6 +43,7 @@ from prunekit import ChannelGraph
 from prunekit.data import Batches, load_cifar10
 from prunekit.io import load_pruned, save_pruned
 from prunekit.methods import OneShotConfig, prune_oneshot
+from prunekit.methods.allocate import metric_value
 from prunekit.methods.lapp import LappConfig, add_bypass, train_lapp
 from prunekit.models import CifarResNet, spec
 from prunekit.reporting import latency_ms, plot_lapp
@@ -56,19 +57,15 @@ WITH_BYPASS = ("lapp", "lapp-noprog", "lapp-bypass0")
 _REPORT_MD = "benchmarks/lapp.md"
 
 
-def _cost(model: torch.nn.Module, metric: str) -> int:
-    cost = ChannelGraph.build(model, X).cost()
-    return cost.macs if metric == "macs" else cost.params
-
-
 def uniform_widths(target: float, metric: str = "macs") -> tuple[int, int, int]:
     """Even stage widths (option A pads by half the difference) scaled by one factor, the
     widest whose MACs (or params) stay within ``target`` of ResNet-20's."""
-    base = _cost(CifarResNet(20), metric)
+    base = metric_value(ChannelGraph.build(CifarResNet(20), X).cost(), metric)
     best = (2, 2, 2)
     for k in range(1, 33):
         w = (2 * max(1, round(8 * k / 32)), 2 * max(1, round(16 * k / 32)), 2 * k)
-        if _cost(CifarResNet(20, widths=w), metric) <= target * base:
+        if metric_value(ChannelGraph.build(CifarResNet(20, widths=w), X).cost(), metric) \
+                <= target * base:
             best = w
     return best
 
@@ -181,7 +178,6 @@ def report(args) -> None:
     done = [n for n in RUNS if (Path(args.runs) / n / "done.json").is_file()]
     models = {n: _load(n, args) for n in done}
     dense = ChannelGraph.build(CifarResNet(20), X).cost()
-    dense_macs = dense.macs
     lat = {n: [] for n in models}
     for _ in range(5):  # interleaved rounds, median
         for n, m in models.items():
@@ -194,7 +190,7 @@ def report(args) -> None:
         log = "prune" if n.startswith("lapp") else "finetune" if n == "l1" else ""
         secs = _epoch_seconds(folder, log)
         rows.append({"run": n, "top1": test["top1"], "params": cost.params, "macs": cost.macs,
-                     "macs_vs_dense": round(cost.macs / dense_macs, 4),
+                     "macs_vs_dense": round(cost.macs / dense.macs, 4),
                      "params_vs_dense": round(cost.params / dense.params, 4),
                      "latency_ms": round(statistics.median(lat[n]), 2),
                      "epoch_s": round(secs, 1) if secs else None})
@@ -316,7 +312,6 @@ def collect(args) -> None:
     dest = Path(args.collect)
     dest.mkdir(parents=True, exist_ok=True)
     dense = ChannelGraph.build(CifarResNet(20), X).cost()
-    dense_macs = dense.macs
     summary = json.loads((dest / "summary.json").read_text()) if \
         (dest / "summary.json").is_file() else {}
     for name in RUNS:
@@ -340,7 +335,7 @@ def collect(args) -> None:
                         "precision": args.precision, "epochs": args.epochs,
                         "target": args.target, "metric": args.metric,
                         "top1": json.loads((folder / "done.json").read_text())["test"]["top1"],
-                        "params": cost.params, "macs_vs_dense": round(cost.macs / dense_macs, 4),
+                        "params": cost.params, "macs_vs_dense": round(cost.macs / dense.macs, 4),
                         "params_vs_dense": round(cost.params / dense.params, 4),
                         "learned_cost": meta.get("learned"), "folder": out.name,
                         **_ramp_gap(folder / "prune" / "lapp_trace.jsonl")}

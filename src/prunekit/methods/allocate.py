@@ -49,7 +49,8 @@ class Budget:
             raise TargetError("round_to and min_width must be >= 1")
 
 
-def _value(cost: Cost, metric: str) -> int:
+def metric_value(cost: Cost, metric: str) -> int:
+    """``cost``'s MACs or params, as ``metric`` ("macs" | "params") says."""
     return cost.macs if metric == "macs" else cost.params
 
 
@@ -69,10 +70,10 @@ class Allocator:
             idx = np.nonzero(g.prunable)[0]
             self.order.append(idx[np.argsort(scores[g.units[idx]], kind="stable")])
             self.cap.append(max(0, min(len(idx), g.width - budget.min_width)))
-        self.base = _value(graph.cost(), budget.metric)
+        self.base = metric_value(graph.cost(), budget.metric)
         self.offset = 0  # cost outside the target's scope (constant under these groups)
         if budget.scope == "groups":
-            inside = _value(graph.layers_cost([g.id for g in self.groups]), budget.metric)
+            inside = metric_value(graph.layers_cost([g.id for g in self.groups]), budget.metric)
             self.offset = self.base - inside
 
     def mask(self, removed: list[int]) -> np.ndarray:
@@ -88,7 +89,7 @@ class Allocator:
         return keep
 
     def ratio(self, keep: np.ndarray) -> float:
-        value = _value(self.graph.cost_of_mask(keep), self.budget.metric)
+        value = metric_value(self.graph.cost_of_mask(keep), self.budget.metric)
         return (value - self.offset) / max(self.base - self.offset, 1)
 
     def plan(self, keep: np.ndarray, meta: dict) -> Plan:

@@ -43,7 +43,7 @@ from ..errors import TargetError
 from ..graph import ChannelGraph
 from ..importance import CRITERIA
 from ..plan import Plan, atomic_write_text
-from .allocate import METRICS
+from .allocate import METRICS, metric_value
 from .split import Runner, Segment, features, split
 from .widths import WidthPlanner
 
@@ -102,7 +102,7 @@ class Evaluator:
                      for s in self.segments if s.groups}
 
     def _value(self, cost) -> float:
-        return float(cost.macs if self.config.metric == "macs" else cost.params)
+        return float(metric_value(cost, self.config.metric))
 
     def keep(self, widths: dict[str, int]) -> np.ndarray:
         return self.planner.keep(widths)

@@ -49,7 +49,7 @@ from ..errors import TargetError
 from ..graph import ChannelGraph
 from ..plan import Plan
 from ..train.engine import Callback, TrainConfig, fit, write_text_atomic
-from .allocate import METRICS
+from .allocate import METRICS, metric_value
 from .base import Result
 from .soft_cost import SoftCost
 
@@ -468,8 +468,7 @@ class Lapp(nn.Module, Callback):
             return keep
 
         def value(keep: np.ndarray) -> float:
-            c = self.graph.cost_of_mask(keep)
-            return c.macs if self.config.metric == "macs" else c.params
+            return metric_value(self.graph.cost_of_mask(keep), self.config.metric)
         lo = min(float(m.min()) for m in margins) - 1.0
         hi = max(float(m.max()) for m in margins) + 1.0
         if value(keep_at(hi)) > goal * (1 + self.config.tolerance):
@@ -515,7 +514,7 @@ def train_lapp(model: nn.Module, example_inputs: Sequence[Any] | torch.Tensor, t
         pruned, plan = load_pruned(frozen, model, example_inputs)
         hist = json.loads((out / "prune" / "history.json").read_text())
     else:
-        lapp = Lapp(model, graph, config, base.macs if config.metric == "macs" else base.params,
+        lapp = Lapp(model, graph, config, metric_value(base, config.metric),
                     phase_end=phase / train_config.epochs)
         lapp.verify(model, example_inputs)
         hist = fit(model, train, test, train_config, out / "prune", progress=progress,
