@@ -106,7 +106,15 @@ class DataDependent(nn.Module):
 
 def test_untraceable_model():
     with pytest.raises(TraceError, match="cannot be traced"):
-        ChannelGraph.build(DataDependent(), torch.randn(1, 3, 8, 8))
+        ChannelGraph.build(DataDependent(), torch.randn(1, 3, 8, 8), capture="fx")
+
+
+def test_untraceable_model_is_recorded():
+    """capture='auto' falls back to recording one forward pass, which follows the branch taken."""
+    x = torch.rand(1, 3, 8, 8)
+    graph = ChannelGraph.build(DataDependent(), x)
+    assert graph.options["capture"] == "record"
+    assert graph.group("c").width == 4
 
 
 def test_weights_do_not_match_plan(tmp_path, r20):

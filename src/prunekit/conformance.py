@@ -14,6 +14,8 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from .graph import ChannelGraph
+from .graph.trace import as_inputs
+from .graph.verify import flat_outputs
 from .plan import Plan
 
 
@@ -33,7 +35,7 @@ def random_plan(graph: ChannelGraph, ratio: float, seed: int = 0) -> Plan:
 
 def outputs_close(a: Any, b: Any, rtol: float = 1e-4, atol: float = 1e-4) -> float:
     """Max abs difference over (nested) outputs; raises if structure differs or not close."""
-    fa, fb = _flat(a), _flat(b)
+    fa, fb = flat_outputs(a), flat_outputs(b)
     assert len(fa) == len(fb), f"output structure differs: {len(fa)} vs {len(fb)} tensors"
     worst = 0.0
     for x, y in zip(fa, fb):
@@ -46,35 +48,25 @@ def outputs_close(a: Any, b: Any, rtol: float = 1e-4, atol: float = 1e-4) -> flo
     return worst
 
 
-def _flat(x: Any) -> list[torch.Tensor]:
-    if isinstance(x, torch.Tensor):
-        return [x]
-    if isinstance(x, (tuple, list)):
-        return [t for v in x for t in _flat(v)]
-    if isinstance(x, dict):
-        return [t for k in sorted(x) for t in _flat(x[k])]
-    return []
-
-
 def measured_cost(model: nn.Module, inputs: Sequence[Any]) -> tuple[int, int]:
     """(params, MACs) measured on a real model: parameter count and FlopCounterMode / 2."""
-    inputs = (inputs,) if isinstance(inputs, torch.Tensor) else tuple(inputs)
+    inputs = as_inputs(inputs)
     model.eval()
     with torch.no_grad(), FlopCounterMode(display=False) as fc:
-        model(*inputs)
+        inputs.call(model)
     return sum(p.numel() for p in model.parameters()), fc.get_total_flops() // 2
 
 
 def check_plan(model: nn.Module, inputs: Sequence[Any], graph: ChannelGraph, plan: Plan,
                atol: float = 1e-4) -> dict[str, Any]:
     """Equivalence with the masked reference, cost = measured, input model untouched."""
-    inputs = (inputs,) if isinstance(inputs, torch.Tensor) else tuple(inputs)
+    inputs = as_inputs(inputs)
     model.eval()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    pruned = graph.apply(model, plan).eval()
+    pruned = graph.apply(model, plan, verify=False).eval()
     with torch.no_grad():
-        out = pruned(*inputs)
-        ref = graph.masked_reference(plan)(*inputs)
+        out = inputs.call(pruned)
+        ref = inputs.call(graph.masked_reference(plan))
     err = outputs_close(out, ref, atol=atol, rtol=atol)
     after = model.state_dict()
     assert before.keys() == after.keys(), "apply changed the input model's state_dict keys"

@@ -41,3 +41,7 @@ class WeightsMismatchError(PrunekitError):
 
 class CliError(PrunekitError):
     """A command-line user error: printed as one line, exit code 2."""
+
+
+class VerificationError(PrunekitError):
+    """A pruned model that does not compute what the reference computes (or fails to run)."""

@@ -17,6 +17,7 @@ None for non-tensors). Rules record:
 from __future__ import annotations
 
 import fnmatch
+import operator
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -27,6 +28,8 @@ from torch import nn
 from .layout import Block, Layout, UnionFind, untracked
 from .trace import module_stack
 
+_INT_OPS = (operator.add, operator.sub, operator.mul, operator.floordiv, operator.mod,
+            operator.neg)
 Rule = Callable[["Builder", fx.Node, Any], Any]
 MODULE_RULES: list[tuple[type, Rule]] = []
 FUNCTION_RULES: dict[Any, Rule] = {}
@@ -88,6 +91,31 @@ class Patch:
     pair: int               # position of the (before, after) pair in the widths tuple
 
 
+@dataclass(frozen=True)
+class Stat:
+    """An op whose statistics run over a pruned dim (a norm, a mean over channels).
+
+    The reference computes it over the kept channels of ``ids`` along ``dim`` of its
+    first input; ``kind`` is ``layer_norm``, ``rms_norm``, ``group_norm`` or ``reduce``.
+    """
+
+    kind: str
+    dim: int
+    ids: np.ndarray
+
+
+@dataclass(frozen=True)
+class Follow:
+    """A module attribute that the model's code reads and that follows a kept count:
+    ``getattr(module, attr)[index] = kept(ids) // per`` (``index`` None: the whole value)."""
+
+    fqn: str
+    attr: str
+    index: int | None
+    ids: np.ndarray
+    per: int = 1
+
+
 @dataclass
 class Builder:
     root: nn.Module
@@ -103,10 +131,13 @@ class Builder:
     layouts: dict[fx.Node, Any] = field(default_factory=dict)
     count_cost: bool = True
     mode: str = "eval"
+    freeze_normalised: bool = False
+    stats: dict[str, Stat] = field(default_factory=dict)
+    follows: list[Follow] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self._tensor_names = {n for n, _ in self.root.named_parameters()} | {
-            n for n, _ in self.root.named_buffers()}
+        self._by_name: dict[str, fx.Node] | None = None
+        self._param_names = {n for n, _ in self.root.named_parameters(remove_duplicate=False)}
 
     # ----------------------------------------------------------------- recording
     def new(self, name: str, n: int, kind: str) -> np.ndarray:
@@ -150,6 +181,16 @@ class Builder:
     def fix(self, fqn: str, kind: str) -> None:
         self.fixes[fqn] = kind
 
+    def stat(self, node: fx.Node, kind: str, dim: int, ids: np.ndarray) -> None:
+        """Record that ``node`` normalises over ``ids`` along ``dim`` (eval graph only)."""
+        if self.mode == "eval":
+            self.stats[node.name] = Stat(kind, dim, np.asarray(ids))
+
+    def follow(self, fqn: str, attr: str, ids: np.ndarray, index: int | None = None,
+               per: int = 1) -> None:
+        if not any(f.fqn == fqn and f.attr == attr and f.index == index for f in self.follows):
+            self.follows.append(Follow(fqn, attr, index, np.asarray(ids).ravel(), per))
+
     # ------------------------------------------------------------------- reading
     def layout(self, arg: Any) -> Any:
         if isinstance(arg, fx.Node):
@@ -159,6 +200,39 @@ class Builder:
     def shape(self, node: fx.Node) -> tuple[int, ...] | None:
         s = node.meta.get("pk_shape")
         return s if isinstance(s, tuple) and all(isinstance(v, int) for v in s) else None
+
+    def size_sources(self, v: Any) -> set[tuple[fx.Node, int]] | None:
+        """The (tensor node, dim) pairs a computed size was read from; None if unknown."""
+        from .record import SizeInt
+        if isinstance(v, SizeInt):
+            if self._by_name is None:
+                self._by_name = {n.name: n for n in self.layouts}
+            out = set()
+            for name, d in v.src:
+                n = self._by_name.get(name)
+                if n is None:
+                    return None
+                out.add((n, d))
+            return out
+        if not isinstance(v, fx.Node):
+            return set()
+        if v.op == "call_method" and v.target == "size" and len(v.args) > 1:
+            return {(v.args[0], v.args[1])}
+        if v.target is operator.getitem and isinstance(v.args[0], fx.Node):
+            base = v.args[0]
+            if isinstance(v.args[1], int) and (
+                    (base.target is getattr and base.args[1] == "shape") or
+                    (base.op == "call_method" and base.target == "size" and len(base.args) == 1)):
+                return {(base.args[0], v.args[1])}
+        if v.op == "call_function" and v.target in _INT_OPS:
+            out = set()
+            for a in v.args:
+                more = self.size_sources(a)
+                if more is None:
+                    return None
+                out |= more
+            return out
+        return None
 
     def where(self, node: fx.Node) -> str:
         """A readable location: op and innermost module."""
@@ -172,6 +246,7 @@ class Builder:
     def run(self, gm: Any) -> None:
         from .optional import torchvision_leaves
         torchvision_leaves()  # registers torchvision's rules if the model may use them
+        self._by_name = None
         for node in gm.graph.nodes:
             self.layouts[node] = self._visit(gm, node)
 
@@ -215,8 +290,11 @@ class Builder:
             return None
         fqn = str(node.target)
         dtype = node.meta.get("pk_dtype")
-        if fqn not in self._tensor_names or dtype is None or not dtype.is_floating_point:
-            return untracked(shape)  # index tensors and fx-made constants never shrink
+        if fqn not in self._param_names or dtype is None or not dtype.is_floating_point:
+            # buffers (rotary frequencies, fixed position tables), index tensors and
+            # fx-made constants are fixed-size operands; per-channel buffers of layers
+            # (batch-norm statistics) are recorded by their layer's rule instead
+            return untracked(shape)
         blocks = []
         for d, s in enumerate(shape):
             if s > 1:

@@ -12,10 +12,10 @@ from torch import nn
 
 from ..errors import PlanError, PlanMismatchError
 from ..plan import Plan
-from . import attention, rules_extra, rules_index, rules_layers, rules_shape  # noqa: F401
+from . import attention, rules_extra, rules_index, rules_layers, rules_norm, rules_shape  # noqa: F401
 from .builder import Builder, Source
 from .layout import UnionFind
-from .trace import trace_modes
+from .trace import Inputs, as_inputs, trace_modes
 
 
 @dataclass(frozen=True)
@@ -79,20 +79,29 @@ class ChannelGraph:
         self.min_width = min_width
         from .cost import CostModel
         self._cost = CostModel(self, builder)
+        self.inputs: Inputs | None = None
+        self.options: dict[str, Any] = {}
 
     # ------------------------------------------------------------------- build
     @classmethod
-    def build(cls, model: nn.Module, example_inputs: Sequence[Any] | torch.Tensor,
-              ignore: Sequence[str] = (), protect_outputs: bool = True) -> "ChannelGraph":
-        """Trace ``model`` on ``example_inputs`` and find its groups of coupled channels.
+    def build(cls, model: nn.Module, example_inputs: Any,
+              ignore: Sequence[str] = (), protect_outputs: bool = True,
+              capture: str = "auto", freeze_normalised: bool = False) -> "ChannelGraph":
+        """Capture ``model`` on ``example_inputs`` and find its groups of coupled channels.
 
+        ``example_inputs``: a tensor, a tuple of positional arguments, or a dict of
+        keyword arguments (``{"input_ids": ..., "attention_mask": ...}``).
         ``ignore``: fnmatch patterns of module names whose output channels are kept.
         ``protect_outputs``: keep every channel of the model's outputs (classifier rows).
+        ``capture``: ``"fx"`` (symbolic tracing), ``"record"`` (one eager forward pass), or
+        ``"auto"`` (fx where it works, else record).
+        ``freeze_normalised``: keep channels that a LayerNorm/RMSNorm/GroupNorm (or a mean
+        or variance over channels) normalises; by default they prune, the statistics
+        taken over the kept channels.
         """
-        if isinstance(example_inputs, torch.Tensor):
-            example_inputs = (example_inputs,)
-        graphs = trace_modes(model, tuple(example_inputs))
-        builder = Builder(model, tuple(ignore), protect_outputs)
+        inputs = as_inputs(example_inputs)
+        graphs = trace_modes(model, inputs, capture)
+        builder = Builder(model, tuple(ignore), protect_outputs, freeze_normalised=freeze_normalised)
         for mode, gm in graphs:
             builder.count_cost = mode == "eval"
             builder.mode = mode
@@ -101,7 +110,11 @@ class ChannelGraph:
             if mode == "eval":
                 eval_layouts = builder.layouts
         builder.layouts = eval_layouts
-        return cls(builder, graphs, fingerprint(model))
+        graph = cls(builder, graphs, fingerprint(model))
+        graph.inputs = inputs
+        graph.options = {"ignore": list(ignore), "protect_outputs": protect_outputs,
+                         "capture": graphs[0][1].capture, "freeze_normalised": freeze_normalised}
+        return graph
 
     def _make_groups(self, sources: list[Source]) -> list[Group]:
         parent = list(range(len(sources)))
@@ -221,12 +234,24 @@ class ChannelGraph:
         return Cost(params, macs)
 
     # ----------------------------------------------------------------- surgery
-    def apply(self, model: nn.Module, plan: Plan, inplace: bool = False) -> nn.Module:
-        """The physically pruned model; the input model is untouched unless ``inplace``."""
+    def apply(self, model: nn.Module, plan: Plan, inplace: bool = False,
+              verify: bool = True) -> nn.Module:
+        """The physically pruned model; the input model is untouched unless ``inplace``.
+
+        ``verify`` (default): run the pruned model and the masked reference on the
+        example inputs and raise :class:`VerificationError`, naming the group, when they
+        differ or the pruned model fails; turn it off only inside search loops.
+        """
         from .surgery import apply_plan
+        from .verify import verify_pruned
         if fingerprint(model) != self.fingerprint:
             raise PlanMismatchError("this model is not the architecture the graph was built on")
-        return apply_plan(self, model, self.keep_mask(plan), inplace)
+        keep = self.keep_mask(plan)
+        reference = self.masked_reference(plan, root=model) if verify and inplace else None
+        pruned = apply_plan(self, model, keep, inplace)
+        if verify:
+            verify_pruned(self, model, plan, pruned, reference)
+        return pruned
 
     def masked_reference(self, plan: Plan, root: nn.Module | None = None) -> nn.Module:
         """The original model with every removed channel zeroed at every op (eval graph).

@@ -31,14 +31,26 @@ class MaskedReference(nn.Module):
         self.root = copy.deepcopy(root if root is not None else traced.root).eval()
         self.graph = traced.graph
         _zero_slices(self.root, graph, keep)
+        self._traced = traced
+        self._graph_stats = graph._b.stats
         self._masks: dict[str, Any] = {}
         for node, value in graph._b.layouts.items():
             mask = _node_mask(graph, keep, value)
             if mask is not None:
                 self._masks[node.name] = mask
+        self._kept: dict[str, torch.Tensor] = {}
+        for name, st in graph._b.stats.items():
+            k = keep[graph.unit_of[st.ids]]
+            if not k.all():
+                self._kept[name] = torch.from_numpy(np.nonzero(k)[0])
 
-    def forward(self, *inputs: Any) -> Any:
-        return _Masker(self.root, self.graph, self._masks).run(*inputs)
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        from .trace import Inputs
+        inputs = self._traced.placeholders(Inputs(args, kwargs))
+        return _Masker(self.root, self.graph, self._masks, self._stats_of()).run(*inputs)
+
+    def _stats_of(self) -> dict[str, Any]:
+        return {name: (self._graph_stats[name], idx) for name, idx in self._kept.items()}
 
 
 def _zero_slices(gm: nn.Module, graph: "ChannelGraph", keep: np.ndarray) -> None:
@@ -94,9 +106,18 @@ def _apply(value: Any, mask: Any) -> Any:
 
 
 class _Masker(fx.Interpreter):
-    def __init__(self, root: nn.Module, graph: fx.Graph, masks: dict[str, Any]) -> None:
+    def __init__(self, root: nn.Module, graph: fx.Graph, masks: dict[str, Any],
+                 stats: dict[str, Any] | None = None) -> None:
         super().__init__(root, graph=graph)
         self.masks = masks
+        self.stats = stats or {}
 
     def run_node(self, n: fx.Node) -> Any:
-        return _apply(super().run_node(n), self.masks.get(n.name))
+        if n.name in self.stats:
+            from .masked_stats import kept_statistics
+            with self._set_current_node(n):
+                args, kwargs = self.fetch_args_kwargs_from_env(n)
+                out = kept_statistics(self.module, n, args, kwargs, *self.stats[n.name])
+        else:
+            out = super().run_node(n)
+        return _apply(out, self.masks.get(n.name))

@@ -85,8 +85,11 @@ def _slice_block(b: Builder, node: fx.Node, blk: Block, dim: int, sl: slice,
     start, stop, step = sl.indices(size)
     if (start, stop, step) == (0, size, 1):
         return ids
-    if len(blk.dims) > 1 or step < 0:
-        b.freeze(ids, f"{b.where(node)} slices a channel block")
+    if spans(b, Block(blk.dims, ids), ax) and len(blk.dims) > 1:
+        return np.take(ids, range(start, stop, step), axis=ax)  # inside whole units (a head)
+    if len(blk.dims) > 1 or step < 0 or _computed(sl):
+        b.freeze(ids, f"{b.where(node)} slices a channel block" if len(blk.dims) > 1 else
+                 f"{b.where(node)} slices channels at a computed position")
         return np.take(ids, range(start, stop, step), axis=ax)
     if stop < size:
         b.freeze(ids[:stop], f"{b.where(node)} slices channels with a fixed end")
@@ -95,6 +98,11 @@ def _slice_block(b: Builder, node: fx.Node, blk: Block, dim: int, sl: slice,
         for k in range(start, size, step):
             b.uf.union_all(ids[k:k + step])
     return ids[start:stop:step]
+
+
+def _computed(sl: slice) -> bool:
+    from .record import is_computed
+    return any(is_computed(v) for v in (sl.start, sl.stop, sl.step))
 
 
 function_rule(operator.getitem)(_getitem)
@@ -115,6 +123,9 @@ def _cat(b: Builder, node: fx.Node, _mod: Any) -> Any:
         return b.unknown(node)
     nd = len(out_shape)
     dim %= nd
+    spanned = _cat_spanned(b, node, lays, dim, out_shape)
+    if spanned is not None:
+        return spanned
     parts = []
     for lay in lays:
         blk = lay.block_at(dim)
@@ -140,6 +151,24 @@ def _cat(b: Builder, node: fx.Node, _mod: Any) -> Any:
     if any(lay.block_at(dim) is not None for lay in lays):
         blocks.append(Block((dim,), cat_ids))
     return Layout(out_shape, tuple(blocks))
+
+
+def _cat_spanned(b: Builder, node: fx.Node, lays: list[Layout], dim: int,
+                 out_shape: tuple[int, ...]) -> Layout | None:
+    """cat along a dim inside whole units (e.g. the halves of a rotary head): every operand
+    has the same multi-dim block there, spanning it; rows meeting at one position couple."""
+    blks = [lay.block_at(dim) for lay in lays]
+    if not all(blk is not None and len(blk.dims) > 1 and blk.dims == blks[0].dims for blk in blks):
+        return None
+    ax = blks[0].dims.index(dim)
+    if not all(spans(b, blk, ax) for blk in blks) or any(
+            len(lay.blocks) != 1 for lay in lays):
+        return None
+    first = np.take(blks[0].ids, [0], axis=ax)
+    for blk in blks[1:]:
+        b.uf.union_arrays(first, np.take(blk.ids, [0], axis=ax))
+    return Layout(out_shape, (Block(blks[0].dims, np.concatenate([blk.ids for blk in blks],
+                                                                 axis=ax)),))
 
 
 def _stack(b: Builder, node: fx.Node, _mod: Any) -> Any:
@@ -246,6 +275,8 @@ method_rule("unbind")(_unbind)
 
 # ---------------------------------------------------------------- reductions
 _SUMS = {"sum", torch.sum}
+# statistics that prune, taken over the kept channels (see rules_norm)
+_STATS = {"mean", "var", "std", torch.mean, torch.var, torch.std}
 
 
 def _reduce(b: Builder, node: fx.Node, _mod: Any) -> Any:
@@ -262,10 +293,14 @@ def _reduce(b: Builder, node: fx.Node, _mod: Any) -> Any:
     else:
         red = {d % nd for d in ([dim] if isinstance(dim, int) else dim)}
     is_sum = node.target in _SUMS
+    if node.target in _STATS and not is_sum:
+        from .rules_norm import normalised
+        normalised(b, node, lay, red, "reduce")
     blocks = []
     for blk in lay.blocks:
         hit = red & set(blk.dims)
-        if hit and not is_sum:
+        if hit and not is_sum and node.target not in _STATS and not all(
+                spans(b, blk, blk.dims.index(d)) for d in hit):
             b.freeze(blk.ids, f"{b.where(node)} reduces over channels")
         if hit:
             continue

@@ -13,6 +13,7 @@ from .builder import Builder, Patch, function_rule, module_rule
 from .layout import Block, Layout
 from .rules_index import matmul_layout
 from .rules_shape import merge_elementwise
+from .record import is_computed
 from .trace import module_stack
 
 
@@ -160,55 +161,6 @@ def embedding(b: Builder, node: fx.Node, mod: nn.Embedding) -> Any:
     return Layout(out_shape, (Block((len(out_shape) - 1,), ids),))
 
 
-# --------------------------------------------------------------------- norms
-@module_rule(nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm,
-             nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)
-def batchnorm(b: Builder, node: fx.Node, mod: nn.Module) -> Any:
-    lay = _input(b, node)
-    if lay is None:
-        return b.unknown(node)
-    fqn = str(node.target)
-    ids = _channel_ids(b, node, lay, 1) if len(lay.shape) > 1 else None
-    if ids is not None:
-        for name in ("weight", "bias", "running_mean", "running_var"):
-            if getattr(mod, name, None) is not None:
-                b.record(f"{fqn}.{name}", 0, ids)
-    b.fix(fqn, "norm")
-    return merge_elementwise(b, node, [lay])
-
-
-@module_rule(nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm, nn.RMSNorm)
-def channel_norm(b: Builder, node: fx.Node, mod: nn.Module) -> Any:
-    """Norms whose statistics mix channels: zeroing is not faithful, so they freeze."""
-    lay = _input(b, node)
-    if lay is None:
-        return b.unknown(node)
-    nd = len(lay.shape)
-    if isinstance(mod, (nn.LayerNorm, nn.RMSNorm)):
-        dims = set(range(nd - len(mod.normalized_shape), nd))
-    else:
-        dims = set(range(1, nd))
-    for blk in lay.blocks:
-        if dims & set(blk.dims):
-            b.freeze(blk.ids, f"{b.where(node)} normalises over channels "
-                     "(its statistics would change)")
-    return merge_elementwise(b, node, [lay])
-
-
-@function_rule(F.layer_norm, F.group_norm, F.rms_norm)
-def f_layer_norm(b: Builder, node: fx.Node, _mod: Any) -> Any:
-    lay = _input(b, node)
-    if lay is None:
-        return b.unknown(node)
-    for blk in lay.blocks:
-        b.freeze(blk.ids, f"{b.where(node)} normalises over channels (its statistics would change)")
-    extras = [b.layout(a) for a in list(node.args[2:]) + list(node.kwargs.values())]
-    for e in extras:
-        if isinstance(e, Layout):
-            b.freeze_layout(e, f"{b.where(node)} normalises over channels")
-    return merge_elementwise(b, node, [lay])
-
-
 @module_rule(nn.PReLU)
 def prelu(b: Builder, node: fx.Node, mod: nn.PReLU) -> Any:
     lay = _input(b, node)
@@ -259,7 +211,7 @@ def pad(b: Builder, node: fx.Node, _mod: Any) -> Any:
     mode = node.args[2] if len(node.args) > 2 else node.kwargs.get("mode", "constant")
     value = node.args[3] if len(node.args) > 3 else node.kwargs.get("value", None)
     if lay is None or out_shape is None or not isinstance(widths, (tuple, list)) or \
-            not all(isinstance(w, int) for w in widths):
+            not all(isinstance(w, int) and not is_computed(w) for w in widths):
         return b.unknown(node)
     nd = len(lay.shape)
     padded = {nd - 1 - k // 2 for k, w in enumerate(widths) if w != 0}

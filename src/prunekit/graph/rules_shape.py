@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from .builder import Builder, function_rule, method_rule, module_rule, untracked_like
 from .layout import Block, Layout, materialize, untracked
+from .record import is_computed
 
 
 # ---------------------------------------------------------------- elementwise
@@ -48,10 +49,19 @@ def merge_elementwise(b: Builder, node: fx.Node, layouts: list[Layout],
             base = np.ascontiguousarray(materialize(comp[0], dims, out_shape))
             for other in comp[1:]:
                 b.uf.union_arrays(base, materialize(other, dims, out_shape))
-        if fixed_dims.intersection(dims):
+        fixed = [d for d in fixed_dims.intersection(dims)
+                 if not _spans(b, base, dims.index(d))]   # whole units never change size there
+        if fixed:
             b.freeze(base, f"{b.where(node)} combines channels with an operand of fixed size")
         blocks.append(Block(dims, base))
     return Layout(out_shape, tuple(blocks))
+
+
+def _spans(b: Builder, ids: np.ndarray, axis: int) -> bool:
+    if ids.ndim < 2:
+        return False
+    roots = b.uf.roots(ids)
+    return bool((roots == np.take(roots, [0], axis=axis)).all())
 
 
 def _components(blocks: list[Block]) -> list[list[Block]]:
@@ -210,8 +220,38 @@ def _view(b: Builder, node: fx.Node, _mod: Any) -> Any:
     sizes = _size_args(node)
     if len(sizes) != len(out_shape):
         sizes = [None] * len(out_shape)
-    const = [isinstance(s, int) and s != -1 for s in sizes]
-    return reshape_layout(b, node, lay, out_shape, const)
+    const = [isinstance(s, int) and not is_computed(s) and s != -1 for s in sizes]
+    out = reshape_layout(b, node, lay, out_shape, const)
+    check_size_sources(b, node, out, sizes)
+    return out
+
+
+def check_size_sources(b: Builder, node: fx.Node, out: Layout, sizes: list[Any]) -> None:
+    """A size read from another tensor's channel dim ties this dim to that tensor's group.
+
+    ``reshape(B, G, P, D)`` with ``D`` read from the block's input while the tensor
+    reshaped is an attention's inner width: pruning one without the other would break
+    the reshape, so both freeze unless the source's channels are the reshaped ones.
+    """
+    for d, s in enumerate(sizes):
+        if not is_computed(s):
+            continue
+        srcs = b.size_sources(s)
+        for src, sd in srcs or ():
+            slay = b.layout(src)
+            if not isinstance(slay, Layout) or not slay.shape:
+                continue
+            sblk = slay.block_at(sd % len(slay.shape))
+            if sblk is None:
+                continue
+            mine = out.block_at(d)
+            theirs = set(b.uf.roots(sblk.ids).ravel().tolist())
+            if mine is None or not theirs <= set(b.uf.roots(mine.ids).ravel().tolist()):
+                b.freeze(sblk.ids, f"{b.where(node)} reshapes to a size read from another "
+                         "tensor's channels")
+                if mine is not None:
+                    b.freeze(mine.ids, f"{b.where(node)} reshapes to a size read from another "
+                             "tensor's channels")
 
 
 def _implicit_reshape(b: Builder, node: fx.Node, _mod: Any) -> Any:
@@ -233,7 +273,7 @@ def _unflatten(b: Builder, node: fx.Node, _mod: Any) -> Any:
     dim = dim % len(lay.shape)
     const = [False] * len(out_shape)
     for k, s in enumerate(sizes):
-        const[dim + k] = isinstance(s, int) and s != -1
+        const[dim + k] = isinstance(s, int) and not is_computed(s) and s != -1
     return reshape_layout(b, node, lay, out_shape, const)
 
 

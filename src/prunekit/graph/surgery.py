@@ -31,7 +31,21 @@ def apply_plan(graph: "ChannelGraph", model: nn.Module, keep: np.ndarray,
             _slice_tensor(new, fqn, cuts)
     for fqn, kind in graph._b.fixes.items():
         _FIXERS[kind](new, fqn, model)
+    for f in graph._b.follows:
+        _follow(new, f, int(keep[graph.unit_of[f.ids]].sum()) // f.per)
     return _patch_constants(graph, new, keep)
+
+
+def _follow(model: nn.Module, f, value: int) -> None:
+    """Set an attribute the model's code reads (a norm's shape, a head count)."""
+    mod = model.get_submodule(f.fqn)
+    if f.index is None:
+        setattr(mod, f.attr, value)
+        return
+    old = getattr(mod, f.attr)
+    seq = list(old)
+    seq[f.index] = value
+    setattr(mod, f.attr, type(old)(seq) if isinstance(old, (tuple, list)) else tuple(seq))
 
 
 def _slice_tensor(model: nn.Module, fqn: str, cuts: list[tuple[int, torch.Tensor]]) -> None:

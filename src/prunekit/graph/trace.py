@@ -1,23 +1,26 @@
-"""Tracing with torch.fx and shape propagation.
+"""Capture: torch.fx symbolic tracing (the fast path) or recording one eager forward.
 
-We use ``torch.fx.symbolic_trace`` rather than ``torch.export``: fx keeps
+Both give an ``fx.Graph`` in one set of conventions (see ``record.py``), so
+one set of op rules reads either. ``torch.fx.symbolic_trace`` keeps
 ``torch.nn`` layers as single ``call_module`` nodes named by their qualified
-name, which is exactly the granularity surgery works at (weights live in
-modules), it records the module stack of every functional op (needed to patch
-constants such as pad widths), it traces in milliseconds even for 500-layer
-networks, and every torchvision classifier is fx-traceable by design. Shapes
-come from one forward pass over the example inputs.
+name, which is exactly the granularity surgery works at, records the module
+stack of every functional op, and traces in milliseconds even for 500-layer
+networks; shapes come from one forward pass of the traced graph. Where
+symbolic tracing fails (control flow over tensors or shapes, keyword or dict
+inputs), :func:`prunekit.graph.record.record` captures one real forward pass
+instead. ``torch.export`` was measured and not used (``docs/engine.md``).
 """
 
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import torch
 import torch.fx as fx
 from torch import nn
+from torch.utils._pytree import tree_flatten
 
 from ..errors import ExampleInputError, TraceError
 
@@ -39,15 +42,57 @@ class PrunekitTracer(fx.Tracer):
 
 
 @dataclass(frozen=True)
+class Inputs:
+    """Example inputs: positional arguments and keyword arguments of ``forward``."""
+
+    args: tuple
+    kwargs: dict = field(default_factory=dict)
+
+    def tensors(self) -> list[torch.Tensor]:
+        """The tensor leaves, in the order of the recorded graph's placeholders."""
+        flat, _ = tree_flatten((self.args, self.kwargs))
+        return [v for v in flat if isinstance(v, torch.Tensor)]
+
+    def call(self, model: nn.Module) -> Any:
+        return model(*self.args, **self.kwargs)
+
+    def shapes(self) -> list[Any]:
+        return [tuple(t.shape) for t in self.tensors()]
+
+
+def as_inputs(example: Any) -> Inputs:
+    """A tensor, a tuple/list of positional arguments, a dict of keyword arguments,
+    or an :class:`Inputs`."""
+    if isinstance(example, Inputs):
+        return example
+    if isinstance(example, torch.Tensor):
+        return Inputs((example,))
+    if isinstance(example, dict):
+        return Inputs((), dict(example))
+    if isinstance(example, (tuple, list)):
+        return Inputs(tuple(example))
+    raise ExampleInputError(
+        f"example inputs must be a tensor, a tuple of positional arguments or a dict of "
+        f"keyword arguments, not {type(example).__name__}")
+
+
+@dataclass(frozen=True)
 class Traced:
     """A model and its fx graph (no generated code: building a GraphModule compiles
-    Python source, which is a quarter of the analysis time of a small network)."""
+    Python source, which is a quarter of the analysis time of a small network).
+
+    ``capture`` is ``"fx"`` (placeholders are ``forward``'s positional arguments) or
+    ``"record"`` (placeholders are the tensor leaves of the example inputs)."""
 
     root: nn.Module
     graph: fx.Graph
+    capture: str = "fx"
 
     def get_submodule(self, name: str) -> nn.Module:
         return self.root.get_submodule(name)
+
+    def placeholders(self, inputs: Inputs) -> list[Any]:
+        return inputs.tensors() if self.capture == "record" else list(inputs.args)
 
 
 def trace(model: nn.Module) -> Traced:
@@ -120,17 +165,56 @@ def modules_missed(model: nn.Module, gm: Traced) -> list[str]:
     return missed
 
 
-def trace_modes(model: nn.Module, example_inputs: Sequence[Any]) -> list[tuple[str, Traced]]:
-    """Trace in eval mode; also in train mode when eval misses parametrised modules.
+CAPTURES = ("auto", "fx", "record")
 
-    The train-mode shape pass runs on a deep copy so batch-norm statistics of the
+
+def record_leaf(mod: nn.Module) -> bool:
+    """A layer the recording keeps whole: a module rule covers its type and its forward."""
+    from .builder import MODULE_RULES
+    from .optional import torchvision_leaves
+    leaves = torchvision_leaves()
+    if leaves and isinstance(mod, leaves):
+        return True
+    return any(isinstance(mod, t) and type(mod).forward is t.forward for t, _ in MODULE_RULES)
+
+
+def capture(model: nn.Module, inputs: Inputs, how: str) -> Traced:
+    """One graph of ``model`` on ``inputs`` (the model's mode is used as it is)."""
+    if how not in CAPTURES:
+        raise ValueError(f"capture must be one of {CAPTURES}, not {how!r}")
+    fx_error: Exception | None = None
+    if how in ("auto", "fx"):
+        try:
+            if inputs.kwargs or not all(isinstance(a, torch.Tensor) for a in inputs.args):
+                raise TraceError("torch.fx takes positional tensor inputs only")
+            gm = trace(model)
+            propagate_shapes(gm, inputs.args)
+            return gm
+        except (TraceError, ExampleInputError) as exc:
+            if how == "fx":
+                raise
+            fx_error = exc
+    from .record import record
+    try:
+        return Traced(model, record(model, inputs.args, inputs.kwargs, record_leaf), "record")
+    except ExampleInputError as exc:
+        if fx_error is not None and not isinstance(fx_error, TraceError):
+            raise fx_error from exc
+        raise
+
+
+def trace_modes(model: nn.Module, example_inputs: Any, how: str = "auto"
+                ) -> list[tuple[str, Traced]]:
+    """Capture in eval mode; also in train mode when eval misses parametrised modules.
+
+    The train-mode pass runs on a deep copy so batch-norm statistics of the
     user's model are never touched.
     """
+    inputs = as_inputs(example_inputs)
     was_training = model.training
     model.eval()
     try:
-        gm_eval = trace(model)
-        propagate_shapes(gm_eval, example_inputs)
+        gm_eval = capture(model, inputs, how)
     finally:
         model.train(was_training)
     graphs = [("eval", gm_eval)]
@@ -138,12 +222,11 @@ def trace_modes(model: nn.Module, example_inputs: Sequence[Any]) -> list[tuple[s
     if missed:
         twin = copy.deepcopy(model).train()
         try:
-            gm_train = trace(twin)
-            propagate_shapes(gm_train, example_inputs)
+            gm_train = capture(twin, inputs, gm_eval.capture)
         except Exception as exc:
             raise TraceError(
                 f"modules {missed[:5]} are used only in training mode, and the training-mode "
-                f"trace failed ({exc}); use larger example inputs (batch >= 2) or pass them in "
+                f"capture failed ({exc}); use larger example inputs (batch >= 2) or pass them in "
                 "`ignore`.") from exc
         graphs.append(("train", gm_train))
     return graphs
