@@ -11,9 +11,9 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
 from .graph import ChannelGraph
+from .graph.cost import flop_counter
 from .graph.trace import as_inputs
 from .graph.verify import flat_outputs
 from .plan import Plan
@@ -52,7 +52,7 @@ def measured_cost(model: nn.Module, inputs: Sequence[Any]) -> tuple[int, int]:
     """(params, MACs) measured on a real model: parameter count and FlopCounterMode / 2."""
     inputs = as_inputs(inputs)
     model.eval()
-    with torch.no_grad(), FlopCounterMode(display=False) as fc:
+    with torch.no_grad(), flop_counter() as fc:
         inputs.call(model)
     return sum(p.numel() for p in model.parameters()), fc.get_total_flops() // 2
 

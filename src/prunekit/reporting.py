@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
+from .graph.cost import flop_counter
 
 from .graph.report import table
 
@@ -29,7 +29,7 @@ def latency_ms(model: nn.Module, example: torch.Tensor, batch: int = 64, runs: i
 
 
 def _cost(model: nn.Module, example: torch.Tensor) -> tuple[int, int]:
-    with torch.no_grad(), FlopCounterMode(display=False) as fc:
+    with torch.no_grad(), flop_counter() as fc:
         model.eval()(example)
     return sum(p.numel() for p in model.parameters()), fc.get_total_flops() // 2
 
@@ -55,7 +55,7 @@ def before_after(original: nn.Module, pruned: nn.Module, example: torch.Tensor,
 
 
 def layer_table(model: nn.Module, example: torch.Tensor) -> str:
-    with torch.no_grad(), FlopCounterMode(display=False) as fc:
+    with torch.no_grad(), flop_counter() as fc:
         model.eval()(example)
     counts = fc.get_flop_counts()
     rows = []

@@ -19,6 +19,24 @@ if TYPE_CHECKING:
     from .core import ChannelGraph
 
 
+def _cpu_flash_flop(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    """FLOPs of PyTorch's CPU flash attention, counted like its math path (two bmm)."""
+    *batch, seq_q, e = query_shape
+    seq_k, ev = key_shape[-2], value_shape[-1]
+    n = int(np.prod(batch))
+    return 2 * n * seq_q * seq_k * (e + ev)
+
+
+def flop_counter():
+    """``FlopCounterMode`` as the engine defines MACs: PyTorch's own formulas, plus its CPU
+    flash-attention kernel (which it leaves uncounted, so the count of the same attention
+    would depend on its arguments: a causal or grouped-query call goes to that kernel)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+    op = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+    return FlopCounterMode(display=False, custom_mapping={op: _cpu_flash_flop})
+
+
 @dataclass(frozen=True)
 class Cost:
     params: int

@@ -126,6 +126,7 @@ class _Recorder(TorchFunctionMode):
         self.stack: list[tuple[str, type]] = []
         self.leaf_depth = 0
         self.pending: list[tuple[Any, Any]] = []
+        self.busy = False               # inside our own hooks: record nothing
 
     # -------------------------------------------------------------- values
     def bind(self, value: Any, node: fx.Node) -> None:
@@ -170,13 +171,14 @@ class _Recorder(TorchFunctionMode):
 
     def sizes(self, x: torch.Tensor) -> torch.Size:
         node = self.arg(x)
-        return torch.Size([SizeInt(s, frozenset({(node.name, d)})) for d, s in
-                           enumerate(x.shape)])
+        with torch._C.DisableTorchFunction():
+            shape = tuple(x.shape)
+        return torch.Size([SizeInt(s, frozenset({(node.name, d)})) for d, s in enumerate(shape)])
 
     # --------------------------------------------------------------- ops
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if self.leaf_depth:
+        if self.leaf_depth or self.busy:
             return func(*args, **kwargs)
         prop = getattr(getattr(func, "__self__", None), "__name__", None) \
             if type(func).__name__ == "method-wrapper" else None
@@ -212,22 +214,30 @@ class _Recorder(TorchFunctionMode):
     # ------------------------------------------------------------ modules
     def pre_hook(self, name: str, leaf: bool):
         def hook(mod: nn.Module, args: Any, kwargs: Any) -> None:
-            self.stack.append((name, type(mod)))
-            if leaf and not self.leaf_depth:
-                self.pending.append((self.arg(tuple(args)), self.arg(dict(kwargs))))
-            if leaf:
-                self.leaf_depth += 1
+            self.busy = True
+            try:
+                self.stack.append((name, type(mod)))
+                if leaf and not self.leaf_depth:
+                    self.pending.append((self.arg(tuple(args)), self.arg(dict(kwargs))))
+                if leaf:
+                    self.leaf_depth += 1
+            finally:
+                self.busy = False
         return hook
 
     def post_hook(self, name: str, leaf: bool):
         def hook(mod: nn.Module, args: Any, kwargs: Any, out: Any) -> None:
-            if leaf:
-                self.leaf_depth -= 1
-            if leaf and not self.leaf_depth:
-                a, k = self.pending.pop()
-                node = self.graph.call_module(name, a, k)
-                self.bind(out, node)
-            self.stack.pop()
+            self.busy = True
+            try:
+                if leaf:
+                    self.leaf_depth -= 1
+                if leaf and not self.leaf_depth:
+                    a, k = self.pending.pop()
+                    node = self.graph.call_module(name, a, k)
+                    self.bind(out, node)
+                self.stack.pop()
+            finally:
+                self.busy = False
         return hook
 
 
@@ -238,7 +248,8 @@ def _has_tensor(value: Any) -> bool:
 
 def _shapes(value: Any) -> Any:
     if isinstance(value, torch.Tensor):
-        return tuple(int(s) for s in value.shape)
+        with torch._C.DisableTorchFunction():
+            return tuple(int(s) for s in value.shape)
     if isinstance(value, (tuple, list)):
         return tuple(_shapes(v) for v in value)
     return None

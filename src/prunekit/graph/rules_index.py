@@ -132,7 +132,9 @@ def _cat(b: Builder, node: fx.Node, _mod: Any) -> Any:
         if blk is not None and len(blk.dims) > 1:
             b.freeze(blk.ids, f"{b.where(node)} concatenates along a channel block")
             blk = None
-        if blk is None:
+        if blk is None and not any(l.block_at(dim) is not None for l in lays):
+            parts.append(np.zeros(0, np.int64))
+        elif blk is None:
             ids = b.new(f"{node.name}:fill", lay.shape[dim], "fill") if lay.shape[dim] else \
                 np.zeros(0, np.int64)
             if lay.shape[dim] and any(l.block_at(dim) is not None for l in lays):

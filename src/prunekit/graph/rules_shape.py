@@ -153,39 +153,49 @@ def reshape_layout(b: Builder, node: fx.Node, lay: Layout, out_shape: tuple[int,
         for blk in blocks:
             b.freeze(blk.ids, f"{b.where(node)} is a reshape prunekit cannot follow")
         return untracked(out_shape)
-    # merge groups that one block spans
-    merged: list[tuple[list[int], list[int]]] = []
-    for gi, go in groups:
-        touching = [blk for blk in blocks if set(blk.dims) & set(gi)]
-        if merged and any(set(blk.dims) & set(merged[-1][0]) for blk in touching):
-            merged[-1] = (merged[-1][0] + gi, merged[-1][1] + go)
-        else:
-            merged.append((gi, go))
+    # clusters: groups that one block spans (not necessarily adjacent)
+    owner = list(range(len(groups)))
+    for blk in blocks:
+        hit = [k for k, (gi, _) in enumerate(groups) if set(blk.dims) & set(gi)]
+        root = min(owner[k] for k in hit)
+        for k in range(len(groups)):
+            if owner[k] in {owner[h] for h in hit}:
+                owner[k] = root
     out_blocks = []
-    for gi, go in merged:
+    for root in sorted(set(owner)):
+        members = [k for k in range(len(groups)) if owner[k] == root]
+        gi = [d for k in members for d in groups[k][0]]
+        go = [d for k in members for d in groups[k][1]]
         inside = [blk for blk in blocks if set(blk.dims) & set(gi)]
         if not inside:
             continue
-        if any(not set(blk.dims) <= set(gi) for blk in inside):
-            for blk in inside:
-                b.freeze(blk.ids, f"{b.where(node)} is a reshape prunekit cannot follow")
-            continue
-        dims = tuple(gi)
-        full = np.ascontiguousarray(materialize(inside[0], dims, in_shape))
+        full = np.ascontiguousarray(materialize(inside[0], tuple(gi), in_shape))
         for other in inside[1:]:
-            b.uf.union_arrays(full, materialize(other, dims, in_shape))
+            b.uf.union_arrays(full, materialize(other, tuple(gi), in_shape))
         full = full.reshape([out_shape[d] for d in go])
-        free = [i for i, d in enumerate(go) if not const[d]]
-        if len(free) != 1:
-            b.freeze(full, f"{b.where(node)} gives a channel dim a constant size"
-                     if not free else f"{b.where(node)} splits channels into several computed sizes")
-        for i, d in enumerate(go):
-            if const[d] and len(go) > 1:
-                moved = np.moveaxis(full, i, 0).reshape(full.shape[i], -1)
-                for col in range(moved.shape[1]):
-                    b.uf.union_all(moved[:, col])
+        for k in members:
+            _check_group(b, node, full, [go.index(d) for d in groups[k][1]], groups[k][1],
+                         const)
         out_blocks.append(Block(tuple(go), full))
     return Layout(out_shape, tuple(out_blocks))
+
+
+def _check_group(b: Builder, node: fx.Node, full: np.ndarray, axes: list[int], go: list[int],
+                 const: list[bool]) -> None:
+    """One regrouped set of dims: its size change goes to its one computed output size."""
+    roots = b.uf.roots(full)
+    if all((roots == np.take(roots, [0], axis=a)).all() for a in axes):
+        return  # inside whole units: these dims never change size
+    free = [a for a, d in zip(axes, go) if not const[d]]
+    if len(free) != 1:
+        b.freeze(full, f"{b.where(node)} gives a channel dim a constant size"
+                 if not free else f"{b.where(node)} splits channels into several computed sizes")
+    if len(go) > 1:
+        for a, d in zip(axes, go):
+            if const[d]:
+                moved = np.moveaxis(full, a, 0).reshape(full.shape[a], -1)
+                for col in range(moved.shape[1]):
+                    b.uf.union_all(moved[:, col])
 
 
 def _regroup(a: tuple[int, ...], c: tuple[int, ...]) -> list[tuple[list[int], list[int]]] | None:
