@@ -52,9 +52,18 @@ def measured_cost(model: nn.Module, inputs: Sequence[Any]) -> tuple[int, int]:
     """(params, MACs) measured on a real model: parameter count and FlopCounterMode / 2."""
     inputs = as_inputs(inputs)
     model.eval()
-    with torch.no_grad(), flop_counter() as fc:
-        inputs.call(model)
-    return sum(p.numel() for p in model.parameters()), fc.get_total_flops() // 2
+    # FlopCounterMode's module tracker hooks autograd on inputs that require grad (a
+    # parameter handed to a submodule), which fails under no_grad: count without grad
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        for p, _ in flags:
+            p.requires_grad_(False)
+        with torch.no_grad(), flop_counter() as fc:
+            inputs.call(model)
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+    return sum(p.numel() for p, _ in flags), fc.get_total_flops() // 2
 
 
 def check_plan(model: nn.Module, inputs: Sequence[Any], graph: ChannelGraph, plan: Plan,

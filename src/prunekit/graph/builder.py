@@ -137,6 +137,7 @@ class Builder:
 
     def __post_init__(self) -> None:
         self._by_name: dict[str, fx.Node] | None = None
+        self._leaf_owned: set[str] = set()
         self._param_names = {n for n, _ in self.root.named_parameters(remove_duplicate=False)}
 
     # ----------------------------------------------------------------- recording
@@ -205,10 +206,10 @@ class Builder:
         """The (tensor node, dim) pairs a computed size was read from; None if unknown."""
         from .record import SizeInt
         if isinstance(v, SizeInt):
-            if self._by_name is None:
-                self._by_name = {n.name: n for n in self.layouts}
             out = set()
             for name, d in v.src:
+                if self._by_name is None or name not in self._by_name:
+                    self._by_name = {n.name: n for n in self.layouts}
                 n = self._by_name.get(name)
                 if n is None:
                     return None
@@ -247,6 +248,9 @@ class Builder:
         from .optional import torchvision_leaves
         torchvision_leaves()  # registers torchvision's rules if the model may use them
         self._by_name = None
+        # parameters of layers called whole belong to their layer's rule, not to a get_attr
+        # that reads them for another reason (``self.proj.weight.device``)
+        self._leaf_owned = {str(n.target) for n in gm.graph.nodes if n.op == "call_module"}
         for node in gm.graph.nodes:
             self.layouts[node] = self._visit(gm, node)
 
@@ -290,7 +294,8 @@ class Builder:
             return None
         fqn = str(node.target)
         dtype = node.meta.get("pk_dtype")
-        if fqn not in self._param_names or dtype is None or not dtype.is_floating_point:
+        if fqn not in self._param_names or dtype is None or not dtype.is_floating_point or \
+                fqn.rpartition(".")[0] in self._leaf_owned:
             # buffers (rotary frequencies, fixed position tables), index tensors and
             # fx-made constants are fixed-size operands; per-channel buffers of layers
             # (batch-norm statistics) are recorded by their layer's rule instead
@@ -304,7 +309,13 @@ class Builder:
         return Layout(shape, tuple(blocks))
 
     def unknown(self, node: fx.Node) -> Any:
-        """An op no rule covers: freeze every tracked input; the output is untracked."""
+        """An op no rule covers: freeze every tracked input; the output is untracked.
+
+        Its cost no longer depends on the plan; what the capture measured for it
+        (``pk_flops``, FlopCounterMode on that op alone) is a constant cost term."""
+        flops = node.meta.get("pk_flops")
+        if flops:
+            self.macs(int(flops) // 2, [], self.where(node))
         tensor_in = False
         for a in node.all_input_nodes:
             lay = self.layouts.get(a)
@@ -314,6 +325,21 @@ class Builder:
                     self.freeze_layout(l, f"{self.where(node)} is not understood by prunekit")
         return untracked_like(node.meta.get("pk_shape")) if tensor_in or node.meta.get(
             "pk_dtype") is not None else None
+
+
+def has_rule(op: str, target: Any, root: Any = None) -> bool:
+    """Whether a rule covers this op (an op without one is measured for its cost)."""
+    if op == "call_module":
+        mod = root.get_submodule(str(target)) if root is not None else target
+        return any(isinstance(mod, t) for t, _ in MODULE_RULES)
+    if op == "call_function":
+        try:
+            return target in FUNCTION_RULES
+        except TypeError:
+            return False
+    if op == "call_method":
+        return str(target) in METHOD_RULES
+    return True
 
 
 def iter_layouts(value: Any):

@@ -191,23 +191,32 @@ class _Recorder(TorchFunctionMode):
             return full if dim is None else full[dim]
         if name == "__len__":
             return self.sizes(args[0])[0]
-        out = func(*args, **kwargs)
-        if prop is not None and prop not in _TENSOR_PROPS or name in _PASS:
-            return out
-        if not _has_tensor(out) and not _has_tensor((args, kwargs)):
-            return out
+        if prop is not None and prop not in _TENSOR_PROPS or name in _PASS or \
+                not _has_tensor((args, kwargs)):
+            return func(*args, **kwargs)
         if prop is not None:
-            node = self.graph.call_function(tensor_attr, (self.arg(args[0]), prop))
+            op, target, a, k = "call_function", tensor_attr, (args[0], prop), {}
         elif name in _RDUNDER:
-            node = self.graph.call_function(_RDUNDER[name], (self.arg(args[1]),
-                                                             self.arg(args[0])))
+            op, target, a, k = "call_function", _RDUNDER[name], (args[1], args[0]), {}
         elif name in _DUNDER:
-            node = self.graph.call_function(_DUNDER[name], self.arg(tuple(args)),
-                                            self.arg(kwargs))
+            op, target, a, k = "call_function", _DUNDER[name], tuple(args), kwargs
         elif name is not None:
-            node = self.graph.call_method(name, self.arg(tuple(args)), self.arg(kwargs))
+            op, target, a, k = "call_method", name, tuple(args), kwargs
         else:
-            node = self.graph.call_function(func, self.arg(tuple(args)), self.arg(kwargs))
+            op, target, a, k = "call_function", func, tuple(args), kwargs
+        a, k = self.arg(a), self.arg(k)   # before running: an in-place op rebinds its input
+        from .builder import has_rule
+        flops = None
+        if has_rule(op, target):
+            out = func(*args, **kwargs)
+        else:
+            from .cost import flop_counter
+            with flop_counter() as fc:
+                out = func(*args, **kwargs)
+            flops = fc.get_total_flops()
+        node = self.graph.create_node(op, target, a, k)
+        if flops:
+            node.meta["pk_flops"] = flops
         self.bind(out, node)
         return out
 

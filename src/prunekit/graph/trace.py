@@ -111,7 +111,15 @@ class _ShapeRecorder(fx.Interpreter):
     """Runs the graph once and stores each node's output shapes in ``node.meta['pk_shape']``."""
 
     def run_node(self, n: fx.Node) -> Any:
-        out = super().run_node(n)
+        from .builder import has_rule
+        if n.op in ("call_module", "call_function", "call_method") and \
+                not has_rule(n.op, n.target, self.module):
+            from .cost import flop_counter
+            with flop_counter() as fc:
+                out = super().run_node(n)
+            n.meta["pk_flops"] = fc.get_total_flops()
+        else:
+            out = super().run_node(n)
         n.meta["pk_shape"] = _shapes(out)
         n.meta["pk_dtype"] = out.dtype if isinstance(out, torch.Tensor) else None
         return out
