@@ -62,6 +62,12 @@ def _getitem(b: Builder, node: fx.Node, _mod: Any) -> Any:
                 else:
                     b.freeze(blk.ids, f"{b.where(node)} selects a single channel")
                     blocks.pop(id(blk), None)
+        elif isinstance(i, slice) and any(isinstance(v, fx.Node) for v in (i.start, i.stop, i.step)):
+            dim_out[d_in] = d_out   # bounds computed in the graph: the channels cannot follow
+            if blk is not None:
+                b.freeze(blk.ids, f"{b.where(node)} slices channels at a computed position")
+                blocks.pop(id(blk), None)
+            d_out += 1
         elif isinstance(i, slice):
             dim_out[d_in] = d_out
             if blk is not None and i != slice(None):

@@ -89,7 +89,10 @@ def bind_vector(b: Builder, node: fx.Node, arg: Any, ids: np.ndarray | None) -> 
     """Couple a per-channel tensor argument (a norm's weight or statistics) with ``ids``."""
     if not isinstance(arg, fx.Node):
         return
-    if arg.op == "get_attr" and ids is not None:
+    if ids is None:   # fixed channels: the vector keeps its size too
+        b.freeze_layout(b.layout(arg), f"{b.where(node)} scales channels it cannot follow")
+        return
+    if arg.op == "get_attr":
         b.record(str(arg.target), 0, ids)
         return
     lay = b.layout(arg)
@@ -206,7 +209,10 @@ def f_layer_norm(b: Builder, node: fx.Node, _mod: Any) -> Any:
     rms = node.target is F.rms_norm
     vecs = [_arg(node, 2, "weight")] + ([] if rms else [_arg(node, 3, "bias")])
     d = normalised(b, node, lay, set(range(nd - k, nd)), "rms_norm" if rms else "layer_norm")
-    if d is not None:
+    if d is None:
+        for v in vecs:
+            bind_vector(b, node, v, None)
+    else:
         ids, pos = lay.ids_1d(d), d - (nd - k)
         owner = _owner(node, *vecs)
         from .record import is_computed
@@ -232,7 +238,10 @@ def f_group_norm(b: Builder, node: fx.Node, _mod: Any) -> Any:
         return b.unknown(node)
     ids = _group_norm(b, node, lay, groups)
     vecs = [_arg(node, 2, "weight"), _arg(node, 3, "bias")]
-    if ids is not None:
+    if ids is None:
+        for v in vecs:
+            bind_vector(b, node, v, None)
+    else:
         from .record import is_computed
         owner = _owner(node, *vecs)
         mod = b.root.get_submodule(owner) if owner else None

@@ -115,9 +115,10 @@ function_rule(F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout,
 method_rule("add", "sub", "mul", "div", "truediv", "pow", "add_", "mul_", "sub_", "div_",
             "relu", "relu_", "sigmoid", "sigmoid_", "tanh", "exp", "sqrt", "rsqrt", "abs",
             "neg", "clamp", "clamp_", "clamp_min", "clamp_max", "masked_fill", "where",
-            "float", "half", "double", "bfloat16", "to", "type", "type_as", "contiguous",
-            "clone", "detach", "requires_grad_", "hardtanh_", "square", "erf", "log",
-            "reciprocal", "maximum", "minimum")(elementwise)
+            "hardtanh_", "square", "erf", "log", "reciprocal", "maximum", "minimum")(elementwise)
+# conversions: a tensor argument gives only its dtype/device
+method_rule("float", "half", "double", "bfloat16", "to", "type", "type_as", "contiguous",
+            "clone", "detach", "requires_grad_")(first_arg)
 
 _ACT = (torch.nn.ReLU, torch.nn.ReLU6, torch.nn.GELU, torch.nn.SiLU, torch.nn.Sigmoid,
         torch.nn.Tanh, torch.nn.Hardswish, torch.nn.Hardsigmoid, torch.nn.LeakyReLU,
