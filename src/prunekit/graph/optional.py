@@ -1,7 +1,9 @@
-"""Rules for torchvision's own ops and layers, registered only once torchvision is imported.
+"""Rules for layers of torchvision and Hugging Face transformers, registered only once the
+library is imported.
 
-``import prunekit`` must not import torchvision; a model built from torchvision has
-already imported it, so checking ``sys.modules`` at trace time is enough.
+``import prunekit`` must not import either; a model built from one has already
+imported it, so checking ``sys.modules`` at capture time is enough. They use the
+same public registry as a user's own layers (``prunekit.graph.rules``).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ _leaf_types: tuple[type, ...] | None = None
 def torchvision_leaves() -> tuple[type, ...]:
     """Register the torchvision rules (once) and return the layer types traced as leaves."""
     global _leaf_types
+    _transformers_rules()
     if _leaf_types is not None:
         return _leaf_types
     if "torchvision" not in sys.modules:
@@ -27,3 +30,21 @@ def torchvision_leaves() -> tuple[type, ...]:
     _leaf_types = TORCHVISION_WINDOW + (PrunedWindowAttention,)
     module_rule(*_leaf_types)(window_rule)
     return _leaf_types
+
+
+_hf_done = False
+
+
+def _transformers_rules() -> None:
+    """transformers' ``Conv1D`` (GPT-2 family): a linear layer with an (in, out) weight."""
+    global _hf_done
+    if _hf_done or "transformers" not in sys.modules:
+        return
+    _hf_done = True
+    try:
+        from transformers.pytorch_utils import Conv1D
+    except ImportError:
+        return
+    from .builder import module_rule
+    from .rules_layers import hf_conv1d
+    module_rule(Conv1D)(hf_conv1d)

@@ -97,14 +97,15 @@ def _group_couplings(b: Builder, node: fx.Node, ids_in: np.ndarray | None, ids_o
 
 # -------------------------------------------------------------------- linear
 def linear_core(b: Builder, node: fx.Node, lay: Layout, fqn_w: str, fqn_b: str | None,
-                n_out: int, name: str) -> Layout:
+                n_out: int, name: str, transposed: bool = False) -> Layout:
+    """A linear map of the last dim; ``transposed``: the weight is (in, out)."""
     out_shape = b.shape(node)
     nd = len(lay.shape)
     ids_in = _channel_ids(b, node, lay, nd - 1)
     ids_out = b.new(name, n_out, "linear")
-    b.record(fqn_w, 0, ids_out)
+    b.record(fqn_w, int(transposed), ids_out)
     if ids_in is not None:
-        b.record(fqn_w, 1, ids_in)
+        b.record(fqn_w, 1 - int(transposed), ids_in)
     if fqn_b is not None:
         b.record(fqn_b, 0, ids_out)
     coeff = lay.shape[-1] if ids_in is None else 1
@@ -131,6 +132,17 @@ def linear(b: Builder, node: fx.Node, mod: nn.Linear) -> Any:
     b.fix(fqn, "linear")
     return linear_core(b, node, lay, f"{fqn}.weight", f"{fqn}.bias" if mod.bias is not None
                        else None, mod.out_features, fqn)
+
+
+def hf_conv1d(b: Builder, node: fx.Node, mod: nn.Module) -> Any:
+    """transformers' Conv1D: ``x @ weight + bias`` with weight (nx, nf)."""
+    lay = _input(b, node)
+    if lay is None or b.shape(node) is None:
+        return b.unknown(node)
+    fqn = str(node.target)
+    b.fix(fqn, "hf_conv1d")
+    return linear_core(b, node, lay, f"{fqn}.weight", f"{fqn}.bias" if mod.bias is not None
+                       else None, mod.weight.shape[1], fqn, transposed=True)
 
 
 @function_rule(F.linear)

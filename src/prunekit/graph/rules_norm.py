@@ -166,7 +166,8 @@ def group_norm(b: Builder, node: fx.Node, mod: nn.GroupNorm) -> Any:
             if getattr(mod, name, None) is not None:
                 b.record(f"{fqn}.{name}", 0, ids)
         b.follow(fqn, "num_channels", ids)
-        b.follow(fqn, "num_groups", ids, per=mod.num_channels // mod.num_groups)
+        if mod.num_groups > 1:
+            b.follow(fqn, "num_groups", ids, per=mod.num_channels // mod.num_groups)
     return merge_elementwise(b, node, [lay])
 
 

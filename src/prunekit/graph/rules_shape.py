@@ -108,14 +108,20 @@ _BINARY = [operator.add, operator.sub, operator.mul, operator.truediv, operator.
            torch.square, torch.reciprocal, torch.nan_to_num, torch.masked_fill,
            F.relu, F.relu6, F.gelu, F.silu, F.sigmoid, F.tanh, F.hardswish, F.hardsigmoid,
            F.leaky_relu, F.elu, F.selu, F.celu, F.mish, F.softplus, F.hardtanh, F.logsigmoid,
-           F.softsign, F.tanhshrink]
+           F.softsign, F.tanhshrink, torch.addcmul, torch.addcdiv, torch.lerp, torch.sin,
+           torch.cos, torch.clamp_min, torch.clamp_max]
 function_rule(*_BINARY)(elementwise)
 function_rule(F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout,
               F.feature_alpha_dropout)(first_arg)
 method_rule("add", "sub", "mul", "div", "truediv", "pow", "add_", "mul_", "sub_", "div_",
             "relu", "relu_", "sigmoid", "sigmoid_", "tanh", "exp", "sqrt", "rsqrt", "abs",
             "neg", "clamp", "clamp_", "clamp_min", "clamp_max", "masked_fill", "where",
-            "hardtanh_", "square", "erf", "log", "reciprocal", "maximum", "minimum")(elementwise)
+            "hardtanh_", "square", "erf", "log", "reciprocal", "maximum", "minimum", "sin", "cos",
+            "addcmul", "addcmul_", "addcdiv", "lerp", "silu", "gelu", "exp_", "sigmoid_",
+            "tanh_", "neg_", "softplus")(elementwise)
+# like-factories: the shape (and so the channels) of their input, constant values
+function_rule(torch.zeros_like, torch.ones_like, torch.full_like, torch.empty_like,
+              torch.rand_like, torch.randn_like)(lambda b, n, m: first_arg(b, n, m))
 # conversions: a tensor argument gives only its dtype/device
 method_rule("float", "half", "double", "bfloat16", "to", "type", "type_as", "contiguous",
             "clone", "detach", "requires_grad_")(first_arg)
@@ -127,6 +133,30 @@ _ACT = (torch.nn.ReLU, torch.nn.ReLU6, torch.nn.GELU, torch.nn.SiLU, torch.nn.Si
         torch.nn.Dropout3d, torch.nn.AlphaDropout, torch.nn.Identity, torch.nn.LogSigmoid,
         torch.nn.Softsign, torch.nn.Tanhshrink)
 module_rule(*_ACT)(first_arg)
+
+
+# -------------------------------------------------------------------- factories
+def factory(b: Builder, node: fx.Node, _mod: Any) -> Any:
+    """A tensor made from sizes (arange, zeros, ones, full, ...): its dims are fixed.
+
+    Sizes read from a channel dim (``torch.zeros(x.shape[1])``) tie that dim to a
+    tensor prunekit does not follow, so those channels are frozen."""
+    for v in list(node.args) + list(node.kwargs.values()):
+        for s in (v if isinstance(v, (tuple, list)) else (v,)):
+            for src, d in b.size_sources(s) or ():
+                lay = b.layout(src)
+                blk = lay.block_at(d % len(lay.shape)) if isinstance(lay, Layout) and \
+                    lay.shape else None
+                if blk is not None:
+                    b.freeze(blk.ids, f"{b.where(node)} is a factory op whose size prunekit "
+                             "does not control")
+    return untracked_like(node.meta.get("pk_shape"))
+
+
+function_rule(torch.arange, torch.zeros, torch.ones, torch.full, torch.empty, torch.rand,
+              torch.randn, torch.eye, torch.linspace, torch.logspace, torch.tensor,
+              torch.as_tensor)(factory)
+method_rule("new_zeros", "new_ones", "new_full", "new_empty", "new_tensor")(factory)
 
 
 # -------------------------------------------------------------------- reshape

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 from collections import defaultdict
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -27,8 +27,11 @@ def apply_plan(graph: "ChannelGraph", model: nn.Module, keep: np.ndarray,
         if not k.all():
             per_tensor[fqn].append((dim, torch.from_numpy(np.nonzero(k)[0])))
     with torch.no_grad():
-        for fqn, cuts in per_tensor.items():
-            _slice_tensor(new, fqn, cuts)
+        for names, cuts in _tied(new, per_tensor):
+            sliced = _slice_tensor(new, names[0], cuts)
+            for other in names[1:]:   # tied weights (embedding and LM head) stay one tensor
+                prefix, _, attr = other.rpartition(".")
+                setattr(new.get_submodule(prefix) if prefix else new, attr, sliced)
     for fqn, kind in graph._b.fixes.items():
         _FIXERS[kind](new, fqn, model)
     for f in graph._b.follows:
@@ -48,7 +51,35 @@ def _follow(model: nn.Module, f, value: int) -> None:
     setattr(mod, f.attr, type(old)(seq) if isinstance(old, (tuple, list)) else tuple(seq))
 
 
-def _slice_tensor(model: nn.Module, fqn: str, cuts: list[tuple[int, torch.Tensor]]) -> None:
+def _tied(model: nn.Module, per_tensor: dict) -> list[tuple[list[str], list]]:
+    """Names that share one tensor, with their cuts merged (identical cuts per dim)."""
+    names = {n: id(t) for n, t in list(model.named_parameters(remove_duplicate=False)) +
+             list(model.named_buffers(remove_duplicate=False))}
+    by_obj: dict[int, list[str]] = defaultdict(list)
+    for n, oid in names.items():
+        by_obj[oid].append(n)
+    out, done = [], set()
+    for fqn, cuts in per_tensor.items():
+        oid = names.get(fqn)
+        if oid in done:
+            continue
+        group = by_obj.get(oid, [fqn])
+        merged: dict[int, torch.Tensor] = {}
+        tie = True
+        for n in group:
+            for dim, idx in per_tensor.get(n, []):
+                if dim in merged and not torch.equal(merged[dim], idx):
+                    tie = False
+                merged.setdefault(dim, idx)
+        if not tie or len(group) == 1:
+            out.append(([fqn], cuts))
+            continue
+        done.add(oid)
+        out.append((group, sorted(merged.items())))
+    return out
+
+
+def _slice_tensor(model: nn.Module, fqn: str, cuts: list[tuple[int, torch.Tensor]]) -> Any:
     prefix, _, name = fqn.rpartition(".")
     mod = model.get_submodule(prefix) if prefix else model
     old = getattr(mod, name)
@@ -56,9 +87,11 @@ def _slice_tensor(model: nn.Module, fqn: str, cuts: list[tuple[int, torch.Tensor
     for dim, idx in cuts:
         t = t.index_select(dim, idx.to(t.device))
     if isinstance(old, nn.Parameter):
-        setattr(mod, name, nn.Parameter(t.clone(), requires_grad=old.requires_grad))
-    else:
-        mod._buffers[name] = t.clone()
+        new = nn.Parameter(t.clone(), requires_grad=old.requires_grad)
+        setattr(mod, name, new)
+        return new
+    mod._buffers[name] = t.clone()
+    return mod._buffers[name]
 
 
 def _fix_conv(model: nn.Module, fqn: str, original: nn.Module) -> None:
@@ -93,6 +126,11 @@ def _fix_norm(model: nn.Module, fqn: str, _orig: nn.Module) -> None:
         mod.num_features = ref.shape[0]
 
 
+def _fix_hf_conv1d(model: nn.Module, fqn: str, _orig: nn.Module) -> None:
+    mod = model.get_submodule(fqn)
+    mod.nx, mod.nf = mod.weight.shape
+
+
 def _fix_embedding(model: nn.Module, fqn: str, _orig: nn.Module) -> None:
     mod = model.get_submodule(fqn)
     mod.embedding_dim = mod.weight.shape[1]
@@ -117,7 +155,7 @@ def _fix_window(model: nn.Module, fqn: str, original: nn.Module) -> None:
 
 
 _FIXERS = {"conv": _fix_conv, "linear": _fix_linear, "norm": _fix_norm,
-           "embedding": _fix_embedding, "prelu": _fix_prelu, "mha": _fix_mha,
+           "embedding": _fix_embedding, "hf_conv1d": _fix_hf_conv1d, "prelu": _fix_prelu, "mha": _fix_mha,
            "window_attention": _fix_window}
 
 

@@ -40,15 +40,22 @@ def _has_safetensors() -> bool:
 
 
 def save_pruned(path: str | os.PathLike[str], model: nn.Module, plan: Plan,
-                example_inputs: Sequence[torch.Tensor], ignore: Sequence[str] = ()) -> Path:
-    """Write ``path/`` atomically: it either appears complete or not at all."""
+                example_inputs: Any, ignore: Sequence[str] = (),
+                graph_options: dict | None = None) -> Path:
+    """Write ``path/`` atomically: it either appears complete or not at all.
+
+    ``example_inputs``: a tensor, a tuple, or a dict of keyword arguments (their shapes,
+    dtypes and non-tensor values are stored so loading can rebuild the graph).
+    ``graph_options``: ``ChannelGraph.build`` options to replay (``freeze_normalised``,
+    ``protect_outputs``, ``capture``)."""
+    options = {k: v for k, v in (graph_options or {}).items()
+               if k in ("freeze_normalised", "protect_outputs", "capture")}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
     try:
         doc = plan.to_dict()
-        doc["graph"] = {"ignore": list(ignore),
-                        "input_shapes": [list(x.shape) for x in _as_tuple(example_inputs)]}
+        doc["graph"] = {"ignore": list(ignore), **_input_spec(example_inputs), **options}
         (tmp / "plan.json").write_text(json.dumps(doc, indent=1))
         state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
         if _has_safetensors():
@@ -88,9 +95,10 @@ def load_pruned(path: str | os.PathLike[str], base_model: nn.Module,
     plan = Plan.from_dict(doc)
     opts = doc.get("graph", {})
     if example_inputs is None:
-        example_inputs = tuple(torch.zeros(s) for s in opts.get("input_shapes", []))
-    graph = ChannelGraph.build(base_model, _as_tuple(example_inputs),
-                               ignore=tuple(opts.get("ignore", ())))
+        example_inputs = _inputs_of(opts)
+    graph = ChannelGraph.build(base_model, example_inputs, ignore=tuple(opts.get("ignore", ())),
+                               **{k: opts[k] for k in ("freeze_normalised", "protect_outputs",
+                                                       "capture") if k in opts})
     model = graph.apply(base_model, plan)
     state = _read_weights(path)
     own = model.state_dict()
@@ -121,6 +129,36 @@ def _read_weights(path: Path) -> dict[str, torch.Tensor]:
     except Exception as exc:
         raise WeightsMismatchError(f"cannot read weights in {path}: {exc}") from exc
     raise WeightsMismatchError(f"no weights.safetensors or weights.pt in {path}")
+
+
+def _spec(v: Any) -> Any:
+    if isinstance(v, torch.Tensor):
+        return {"shape": list(v.shape), "dtype": str(v.dtype).removeprefix("torch.")}
+    if v is None or isinstance(v, (bool, int, float, str)):
+        return {"value": v}
+    raise PlanFormatError(f"cannot save an example input of type {type(v).__name__}; pass "
+                          "tensors (and plain bool/int/float/str keyword values)")
+
+
+def _input_spec(example_inputs: Any) -> dict:
+    if isinstance(example_inputs, dict):
+        return {"input_kwargs": {k: _spec(v) for k, v in example_inputs.items()}}
+    return {"input_shapes": [list(x.shape) for x in _as_tuple(example_inputs)]}
+
+
+def _value(spec: dict) -> Any:
+    if "value" in spec:
+        return spec["value"]
+    dtype = getattr(torch, spec.get("dtype", "float32"))
+    # token ids and masks of ones are valid inputs; zeros would mask every token
+    fill = torch.zeros if dtype.is_floating_point else torch.ones
+    return fill(spec["shape"], dtype=dtype)
+
+
+def _inputs_of(opts: dict) -> Any:
+    if "input_kwargs" in opts:
+        return {k: _value(v) for k, v in opts["input_kwargs"].items()}
+    return tuple(torch.zeros(s) for s in opts.get("input_shapes", []))
 
 
 def _as_tuple(x: Any) -> tuple:
