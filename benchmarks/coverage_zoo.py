@@ -131,7 +131,8 @@ HF = {
                    dict(BERTLIKE, embedding_size=16, intra_bottleneck_size=16,
                         true_hidden_size=16, num_feedforward_networks=2, num_labels=3)),
     "gpt2": ("GPT2LMHeadModel", "GPT2Config",
-             dict(vocab_size=100, n_embd=32, n_layer=2, n_head=4, n_positions=64)),
+             dict(vocab_size=100, n_embd=32, n_layer=2, n_head=4, n_positions=64,
+                  bos_token_id=0, eos_token_id=0)),
     "gpt_neo": ("GPTNeoForCausalLM", "GPTNeoConfig",
                 dict(TEXT, hidden_size=32, num_layers=2, num_heads=4, window_size=16,
                      attention_types=[[["global", "local"], 1]])),
@@ -151,7 +152,8 @@ HF = {
     "gemma2_gqa": ("Gemma2ForCausalLM", "Gemma2Config", GQA),
     "phi": ("PhiForCausalLM", "PhiConfig", DECODER),
     "phi3_gqa": ("Phi3ForCausalLM", "Phi3Config", dict(DECODER, num_key_value_heads=2,
-                                                       pad_token_id=0)),
+                                                       pad_token_id=0, bos_token_id=0,
+                                                       eos_token_id=0)),
     "falcon": ("FalconForCausalLM", "FalconConfig",
                dict(vocab_size=100, hidden_size=32, num_hidden_layers=2,
                     num_attention_heads=4)),
@@ -164,7 +166,8 @@ HF = {
              dict(image_size=32, patch_size=2, embed_dim=16, depths=[1, 1], num_heads=[2, 4],
                   window_size=4, num_labels=5)),
     "convnext": ("ConvNextForImageClassification", "ConvNextConfig",
-                 dict(num_channels=3, hidden_sizes=[16, 32], depths=[1, 1], num_labels=5)),
+                 dict(num_channels=3, hidden_sizes=[8, 16, 24, 32], depths=[1, 1, 1, 1],
+                      num_labels=5)),
 }
 
 
@@ -194,7 +197,7 @@ YOLO = ["yolov3u.yaml", "yolov5n.yaml", "yolov6n.yaml", "yolov8n.yaml", "yolov8n
 
 def yolo_model(name: str):
     from ultralytics.nn import tasks
-    task = tasks.guess_model_task(name)
+    task = tasks.guess_model_task(tasks.yaml_model_load(name))
     cls = {"detect": tasks.DetectionModel, "segment": tasks.SegmentationModel,
            "pose": tasks.PoseModel, "obb": tasks.OBBModel,
            "classify": tasks.ClassificationModel}[task]
@@ -260,7 +263,7 @@ def shares(graph: ChannelGraph) -> dict:
             "frozen_top": [f"{c}x {r}" for r, c in why.most_common(3)]}
 
 
-class Timeout(Exception):
+class Timeout(BaseException):  # not swallowed by the library's `except Exception`
     pass
 
 
