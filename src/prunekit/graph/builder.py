@@ -327,8 +327,28 @@ class Builder:
             "pk_dtype") is not None else None
 
 
+def _flop_ops() -> set:
+    import torch
+    import torch.nn.functional as F
+    return {torch.matmul, torch.bmm, torch.mm, torch.einsum, torch.addmm, torch.baddbmm,
+            F.linear, F.conv1d, F.conv2d, F.conv3d, F.scaled_dot_product_attention,
+            operator.matmul, "matmul", "bmm", "mm", "addmm", "baddbmm"}
+
+
+_FLOP_OPS: set | None = None
+
+
 def has_rule(op: str, target: Any, root: Any = None) -> bool:
-    """Whether a rule covers this op (an op without one is measured for its cost)."""
+    """Whether a rule covers this op and accounts for its cost. Ops without one, and ops
+    that FlopCounterMode counts (a rule may still give up on them), are measured."""
+    global _FLOP_OPS
+    if _FLOP_OPS is None:
+        _FLOP_OPS = _flop_ops()
+    try:
+        if op != "call_module" and target in _FLOP_OPS:
+            return False
+    except TypeError:
+        pass
     if op == "call_module":
         mod = root.get_submodule(str(target)) if root is not None else target
         return any(isinstance(mod, t) for t, _ in MODULE_RULES)

@@ -17,6 +17,8 @@ from .rules_shape import merge_elementwise
 
 def spans(b: Builder, blk: Block, axis: int) -> bool:
     """True when every unit of the block covers the whole of ``axis`` (its size never changes)."""
+    if blk.ids.size == 0:
+        return True
     roots = b.uf.roots(blk.ids)
     return bool((roots == np.take(roots, [0], axis=axis)).all())
 
@@ -172,9 +174,11 @@ def _cat_spanned(b: Builder, node: fx.Node, lays: list[Layout], dim: int,
     if not all(spans(b, blk, ax) for blk in blks) or any(
             len(lay.blocks) != 1 for lay in lays):
         return None
-    first = np.take(blks[0].ids, [0], axis=ax)
-    for blk in blks[1:]:
-        b.uf.union_arrays(first, np.take(blk.ids, [0], axis=ax))
+    full = [blk for blk in blks if blk.ids.size]
+    if full:
+        first = np.take(full[0].ids, [0], axis=ax)
+        for blk in full[1:]:
+            b.uf.union_arrays(first, np.take(blk.ids, [0], axis=ax))
     return Layout(out_shape, (Block(blks[0].dims, np.concatenate([blk.ids for blk in blks],
                                                                  axis=ax)),))
 

@@ -74,7 +74,9 @@ def sdpa(b: Builder, node: fx.Node, _mod: Any) -> Any:
     _contract(b, node, blocks[0], blocks[1], lq, lk)
     heads = [_heads(b, blk, lay.shape) for blk, lay in zip(blocks, lays)]
     rep = lq.shape[nd - 3] // max(lk.shape[nd - 3], 1) if nd >= 3 else 1
-    if rep > 1 and not _arg(node, "enable_gqa", False):
+    if lk.shape[nd - 3] == 1 and lv.shape[nd - 3] == 1:
+        rep = 1   # multi-query: one key/value head broadcast to every query head
+    elif rep > 1 and not _arg(node, "enable_gqa", False):
         return b.unknown(node)
     hdims = [_head_dims(blk, nd) for blk in blocks]
     if len({h for h in hdims if h}) > 1:
@@ -123,6 +125,8 @@ def _couple_heads(b: Builder, node: fx.Node, heads: list, rep: int, lq: Layout,
         b.uf.union_arrays(hk, hv)
     if hq is None and not kv:
         return
+    if hq is not None and not kv and lk.shape[-3] == 1:
+        return    # a broadcast key/value head: query heads are independent
     if hq is None or len(kv) < 2:
         for h in [hq] + kv:
             if h is not None:

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from .builder import Builder, function_rule, method_rule, module_rule, untracked_like
 from .layout import Block, Layout, materialize, untracked
-from .record import is_computed
+from .record import is_computed, tensor_attr
 
 
 # ---------------------------------------------------------------- elementwise
@@ -60,6 +60,8 @@ def merge_elementwise(b: Builder, node: fx.Node, layouts: list[Layout],
 def _spans(b: Builder, ids: np.ndarray, axis: int) -> bool:
     if ids.ndim < 2:
         return False
+    if ids.size == 0:
+        return True
     roots = b.uf.roots(ids)
     return bool((roots == np.take(roots, [0], axis=axis)).all())
 
@@ -215,7 +217,7 @@ def _check_group(b: Builder, node: fx.Node, full: np.ndarray, axes: list[int], g
                  const: list[bool]) -> None:
     """One regrouped set of dims: its size change goes to its one computed output size."""
     roots = b.uf.roots(full)
-    if all((roots == np.take(roots, [0], axis=a)).all() for a in axes):
+    if full.size == 0 or all((roots == np.take(roots, [0], axis=a)).all() for a in axes):
         return  # inside whole units: these dims never change size
     free = [a for a, d in zip(axes, go) if not const[d]]
     if len(free) != 1:
@@ -388,6 +390,20 @@ def _movedim(b: Builder, node: fx.Node, _mod: Any) -> Any:
     return permute_layout(lay, [int(p) for p in perm])
 
 
+def _tensor_attr(b: Builder, node: fx.Node, _mod: Any) -> Any:
+    """``x.T`` / ``x.mT`` (transposes) and ``x.data`` (the same tensor), from a recording."""
+    lay = b.layout(node.args[0])
+    name = node.args[1]
+    if not isinstance(lay, Layout) or name not in ("T", "mT", "data"):
+        return b.unknown(node)
+    nd = len(lay.shape)
+    if name == "data":
+        return lay
+    perm = list(range(nd))[::-1] if name == "T" else list(range(nd - 2)) + [nd - 1, nd - 2]
+    return permute_layout(lay, perm)
+
+
+function_rule(tensor_attr)(_tensor_attr)
 function_rule(torch.permute)(_permute)
 method_rule("permute")(_permute)
 function_rule(torch.transpose, torch.swapaxes, torch.t)(_transpose)
