@@ -38,7 +38,7 @@ class PrunekitTracer(fx.Tracer):
         leaves = torchvision_leaves()
         if leaves and isinstance(m, leaves):
             return True
-        return super().is_leaf_module(m, module_qualified_name)
+        return record_leaf(m) or super().is_leaf_module(m, module_qualified_name)
 
 
 @dataclass(frozen=True)
