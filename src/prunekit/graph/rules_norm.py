@@ -106,10 +106,16 @@ def bind_vector(b: Builder, node: fx.Node, arg: Any, ids: np.ndarray | None) -> 
 
 
 def _owner(node: fx.Node, *args: Any) -> str | None:
+    """The module owning a norm's weight (read directly, or through ``.float()``/``.to()``)."""
     for a in args:
+        while isinstance(a, fx.Node) and a.op == "call_method" and a.target in _CASTS:
+            a = a.args[0]
         if isinstance(a, fx.Node) and a.op == "get_attr":
             return str(a.target).rpartition(".")[0]
     return None
+
+
+_CASTS = ("float", "half", "bfloat16", "double", "to", "type_as", "contiguous")
 
 
 @function_rule(F.batch_norm, F.instance_norm)
@@ -221,6 +227,8 @@ def f_layer_norm(b: Builder, node: fx.Node, _mod: Any) -> Any:
             mod = b.root.get_submodule(owner) if owner else None
             if mod is None or tuple(getattr(mod, "normalized_shape", ())) != shape:
                 b.freeze(ids, f"{b.where(node)} normalises over a constant shape it cannot follow")
+                for v in vecs:
+                    bind_vector(b, node, v, None)
                 return merge_elementwise(b, node, [lay])
             b.follow(owner, "normalized_shape", ids, index=pos)
         for v in vecs:
@@ -249,6 +257,8 @@ def f_group_norm(b: Builder, node: fx.Node, _mod: Any) -> Any:
         if groups > 1 and not is_computed(groups):
             if mod is None or getattr(mod, "num_groups", None) != groups:
                 b.freeze(ids, f"{b.where(node)} uses a constant group count it cannot follow")
+                for v in vecs:
+                    bind_vector(b, node, v, None)
                 return merge_elementwise(b, node, [lay])
             b.follow(owner, "num_groups", ids, per=lay.shape[1] // groups)
         if mod is not None and hasattr(mod, "num_channels"):
