@@ -36,6 +36,23 @@ FUNCTION_RULES: dict[Any, Rule] = {}
 METHOD_RULES: dict[str, Rule] = {}
 
 
+SIZE_ATTRIBUTES: list[tuple[type, tuple[str, ...]]] = []
+
+
+def size_attributes(cls: type, *attrs: str) -> None:
+    """Declare integer attributes of ``cls`` that its ``forward`` passes as constant sizes
+    (``x.split(self.split_size, dim)``): a rule may then prune through that constant and
+    surgery sets the attribute to the kept size. Nothing is inferred from a value alone."""
+    SIZE_ATTRIBUTES.append((cls, tuple(attrs)))
+
+
+def declared_attribute(mod: nn.Module, value: int) -> str | None:
+    """The declared size attribute of ``mod`` that holds ``value``, if exactly one does."""
+    hits = [a for t, attrs in SIZE_ATTRIBUTES if isinstance(mod, t) for a in attrs
+            if getattr(mod, a, None) == value]
+    return hits[0] if len(set(hits)) == 1 else None
+
+
 def module_rule(*types: type) -> Callable[[Rule], Rule]:
     def deco(fn: Rule) -> Rule:
         for t in types:

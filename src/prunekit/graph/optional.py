@@ -45,6 +45,11 @@ def _transformers_rules() -> None:
         from transformers.pytorch_utils import Conv1D
     except ImportError:
         return
-    from .builder import module_rule
+    from .builder import module_rule, size_attributes
     from .rules_layers import hf_conv1d
     module_rule(Conv1D)(hf_conv1d)
+    try:   # GPT-2 splits its fused q/k/v projection with self.split_size
+        from transformers.models.gpt2.modeling_gpt2 import GPT2Attention
+        size_attributes(GPT2Attention, "split_size")
+    except ImportError:
+        pass

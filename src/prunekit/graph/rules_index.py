@@ -248,9 +248,29 @@ def _split(b: Builder, node: fx.Node, _mod: Any) -> Any:
     dim = node.args[2] if len(node.args) > 2 else node.kwargs.get("dim", 0)
     dim %= len(lay.shape)
     blk = lay.block_at(dim)
-    if blk is not None:
+    if blk is not None and not _split_by_attribute(b, node, blk, lay.shape[dim]):
         b.freeze(blk.ids, f"{b.where(node)} splits channels into constant sizes")
     return _split_outputs(lay, dim, shapes)
+
+
+def _split_by_attribute(b: Builder, node: fx.Node, blk: Block, size: int) -> bool:
+    """``x.split(self.split_size)`` into equal parts, the size a declared attribute of the
+    module running it: prune like chunk, and surgery sets the attribute."""
+    from .builder import declared_attribute
+    from .trace import module_stack
+    part = node.args[1] if len(node.args) > 1 else node.kwargs.get("split_size_or_sections")
+    stack = module_stack(node)
+    if not isinstance(part, int) or len(blk.dims) != 1 or part <= 0 or size % part or not stack:
+        return False
+    owner = stack[-1]
+    attr = declared_attribute(b.root.get_submodule(owner), part)
+    if attr is None:
+        return False
+    grid = blk.ids.reshape(size // part, part)
+    for col in range(part):
+        b.uf.union_all(grid[:, col])
+    b.follow(owner, attr, grid[0])
+    return True
 
 
 def _unbind(b: Builder, node: fx.Node, _mod: Any) -> Any:
