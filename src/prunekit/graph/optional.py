@@ -17,6 +17,7 @@ def torchvision_leaves() -> tuple[type, ...]:
     """Register the torchvision rules (once) and return the layer types traced as leaves."""
     global _leaf_types
     _transformers_rules()
+    _timm_rules()
     if _leaf_types is not None:
         return _leaf_types
     if "torchvision" not in sys.modules:
@@ -53,3 +54,20 @@ def _transformers_rules() -> None:
         size_attributes(GPT2Attention, "split_size")
     except ImportError:
         pass
+
+
+_timm_done = False
+
+
+def _timm_rules() -> None:
+    """timm's shared attention reshapes with ``self.num_heads`` and ``self.attn_dim``."""
+    global _timm_done
+    if _timm_done or "timm" not in sys.modules:
+        return
+    _timm_done = True
+    try:
+        from timm.layers.attention import Attention
+    except ImportError:
+        return
+    from .builder import size_attributes
+    size_attributes(Attention, "num_heads", "attn_dim")

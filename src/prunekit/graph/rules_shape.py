@@ -264,8 +264,40 @@ def _view(b: Builder, node: fx.Node, _mod: Any) -> Any:
     if len(sizes) != len(out_shape):
         sizes = [None] * len(out_shape)
     const = [isinstance(s, int) and not is_computed(s) and s != -1 for s in sizes]
+    attrs = _declared_sizes(b, node, sizes, const)
+    for d in attrs:
+        const[d] = False          # a declared attribute: surgery sets it to the kept size
     out = reshape_layout(b, node, lay, out_shape, const)
     check_size_sources(b, node, out, sizes)
+    for d, (owner, attr) in attrs.items():
+        blk = out.block_at(d)
+        if blk is None:
+            continue
+        ax = blk.dims.index(d)
+        line = np.moveaxis(blk.ids, ax, 0).reshape(blk.ids.shape[ax], -1)[:, 0]
+        b.follow(owner, attr, line)
+    return out
+
+
+def _declared_sizes(b: Builder, node: fx.Node, sizes: list[Any],
+                    const: list[bool]) -> dict[int, tuple[str, str]]:
+    """Constant sizes that are declared attributes of the module running the reshape
+    (``reshape(B, N, 3, self.num_heads, self.head_dim)``): matched by value, only where
+    exactly one constant of the call has that value, so a literal is never mistaken."""
+    from .builder import SIZE_ATTRIBUTES, declared_attribute
+    from .trace import module_stack
+    stack = module_stack(node)
+    if not SIZE_ATTRIBUTES or not stack:
+        return {}
+    owner = stack[-1]
+    mod = b.root.get_submodule(owner)
+    values = [s for s, c in zip(sizes, const) if c]
+    out = {}
+    for d, (s, c) in enumerate(zip(sizes, const)):
+        if c and values.count(s) == 1:
+            attr = declared_attribute(mod, s)
+            if attr is not None:
+                out[d] = (owner, attr)
     return out
 
 
