@@ -161,6 +161,23 @@ def f_linear(b: Builder, node: fx.Node, _mod: Any) -> Any:
     return out
 
 
+@function_rule(F.embedding)
+def f_embedding(b: Builder, node: fx.Node, _mod: Any) -> Any:
+    """``F.embedding(ids, weight)``: the output's last dim is the table's dim 1."""
+    w = node.args[1] if len(node.args) > 1 else node.kwargs.get("weight")
+    lw, lidx, out_shape = b.layout(w), b.layout(node.args[0]), b.shape(node)
+    if not isinstance(lw, Layout) or out_shape is None or len(lw.shape) != 2:
+        return b.unknown(node)
+    if isinstance(lidx, Layout) and lidx.blocks:
+        b.freeze_layout(lidx, f"{b.where(node)} looks up channels as indices")
+    blk0 = lw.block_at(0)
+    if blk0 is not None:
+        b.freeze(blk0.ids, f"{b.where(node)} indexes the rows of its table")
+    ids = lw.ids_1d(1)
+    blocks = (Block((len(out_shape) - 1,), ids),) if ids is not None else ()
+    return Layout(out_shape, blocks)
+
+
 @module_rule(nn.Embedding)
 def embedding(b: Builder, node: fx.Node, mod: nn.Embedding) -> Any:
     out_shape = b.shape(node)
@@ -222,10 +239,16 @@ def pad(b: Builder, node: fx.Node, _mod: Any) -> Any:
     widths = node.args[1] if len(node.args) > 1 else node.kwargs.get("pad")
     mode = node.args[2] if len(node.args) > 2 else node.kwargs.get("mode", "constant")
     value = node.args[3] if len(node.args) > 3 else node.kwargs.get("value", None)
-    if lay is None or out_shape is None or not isinstance(widths, (tuple, list)) or \
-            not all(isinstance(w, int) and not is_computed(w) for w in widths):
+    if lay is None or out_shape is None or not isinstance(widths, (tuple, list)):
         return b.unknown(node)
     nd = len(lay.shape)
+    if not all(isinstance(w, int) and not is_computed(w) for w in widths):
+        # computed widths (window padding): fine on dims without channels
+        padded = {nd - 1 - k // 2 for k, w in enumerate(widths)
+                  if not (isinstance(w, int) and not is_computed(w) and w == 0)}
+        if any(padded & set(blk.dims) for blk in lay.blocks):
+            return b.unknown(node)
+        return spatial(b, node, None) if len(out_shape) == nd else b.unknown(node)
     padded = {nd - 1 - k // 2 for k, w in enumerate(widths) if w != 0}
     blocks = [blk for blk in lay.blocks if not padded & set(blk.dims)]
     hit = [blk for blk in lay.blocks if padded & set(blk.dims)]

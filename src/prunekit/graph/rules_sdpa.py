@@ -86,8 +86,11 @@ def sdpa(b: Builder, node: fx.Node, _mod: Any) -> Any:
         heads = [None, None, None]
     _couple_heads(b, node, heads, rep, lq, lk)
     _mask(b, node, heads[0], nd)
-    _cost(b, node, blocks, lays)
+    _cost(b, node, blocks, lays, heads[0], hdims[0] if heads[0] is not None else ())
     vblk = blocks[2]
+    if vblk is not None and heads[0] is not None and nd - 3 not in vblk.dims and \
+            _all_frozen(b, vblk.ids):
+        vblk = None   # one shared value head of fixed size (multi-query): heads carry the output
     parts = []
     if vblk is not None:
         ids = np.repeat(vblk.ids, rep, axis=vblk.dims.index(nd - 3)) if rep > 1 and \
@@ -98,6 +101,12 @@ def sdpa(b: Builder, node: fx.Node, _mod: Any) -> Any:
     if not parts:
         return Layout(out_shape, ())
     return merge_elementwise(b, node, parts, fixed_ok=tuple(parts), out_shape=out_shape)
+
+
+def _all_frozen(b: Builder, ids: np.ndarray) -> bool:
+    frozen = set(b.uf.roots(np.fromiter(b.reasons, dtype=np.int64)).tolist()) if b.reasons \
+        else set()
+    return bool(ids.size) and set(b.uf.roots(ids).ravel().tolist()) <= frozen
 
 
 def _contract(b: Builder, node: fx.Node, bq: Block | None, bk: Block | None, lq: Layout,
@@ -151,21 +160,17 @@ def _mask(b: Builder, node: fx.Node, hq: np.ndarray | None, nd: int) -> None:
         b.freeze(hq, f"{b.where(node)} has a per-head mask of fixed size")
 
 
-def _cost(b: Builder, node: fx.Node, blocks: list, lays: list[Layout]) -> None:
-    """FlopCounterMode counts two batched matmuls: q @ k^T and attn @ v."""
+def _cost(b: Builder, node: fx.Node, blocks: list, lays: list[Layout], heads: np.ndarray | None,
+          hdims: tuple[int, ...]) -> None:
+    """FlopCounterMode counts two batched matmuls, q @ k^T and attn @ v, over the query
+    heads: kept query heads times the kept features a per-channel contraction leaves."""
     lq, lk, lv = lays
     nd = len(lq.shape)
     seq = lq.shape[nd - 2] * lk.shape[nd - 2]
+    batch = int(np.prod([lq.shape[d] for d in range(nd - 2) if d not in hdims]))
     for blk, lay in ((blocks[0], lq), (blocks[2], lv)):
-        dims = [d for d in list(range(nd - 2)) + [nd - 1]]
-        covered = set(blk.dims) if blk is not None else set()
-        out_batch = [lq.shape[d] for d in range(nd - 2)]
-        sizes = [out_batch[d] if d < nd - 2 else lay.shape[d] for d in dims]
-        coeff = seq * int(np.prod([s for d, s in zip(dims, sizes) if d not in covered]))
-        factor = None
-        if blk is not None:
-            full = materialize(blk, tuple(sorted(covered)), lay.shape)
-            rep = out_batch[nd - 3] // lay.shape[nd - 3] if nd - 3 in covered else 1
-            factor = np.repeat(full, rep, axis=sorted(covered).index(nd - 3)) if rep > 1 \
-                else full
-        b.macs(coeff, [factor], b.where(node))
+        feat = blk.ids if blk is not None and blk.dims == (nd - 1,) else None
+        coeff = seq * batch * (lay.shape[nd - 1] if feat is None else 1)
+        if heads is None:
+            coeff *= int(np.prod([lq.shape[d] for d in hdims]))
+        b.macs(coeff, [None if heads is None else heads.ravel(), feat], b.where(node))
