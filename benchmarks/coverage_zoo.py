@@ -44,7 +44,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from coverage import hook_reference  # noqa: E402
+from coverage import _kept_rows, hook_reference  # noqa: E402
 
 from prunekit import ChannelGraph  # noqa: E402
 from prunekit.conformance import check_plan, outputs_close, random_plan  # noqa: E402
@@ -203,7 +203,20 @@ def yolo_model(name: str):
            "classify": tasks.ClassificationModel}[task]
     with contextlib.redirect_stdout(sys.stderr):
         model = cls(name, verbose=False)
-    return model, torch.randn(1, 3, 64, 64)
+    return Predictions(model), torch.randn(1, 3, 64, 64)
+
+
+class Predictions(nn.Module):
+    """An Ultralytics model returning its predictions only: in eval mode the heads also
+    return their input feature maps, which would make the neck's channels model outputs."""
+
+    def __init__(self, m: nn.Module):
+        super().__init__()
+        self.m = m
+
+    def forward(self, x):
+        out = self.m(x)
+        return out[0] if isinstance(out, (tuple, list)) else out
 
 
 def names_of(table: str) -> list[str]:
@@ -320,7 +333,7 @@ def output_layers(key: str, model: nn.Module, x) -> list[nn.Module]:
     protects model outputs by itself)."""
     table = key.split(":", 1)[0]
     if table == "yolo":
-        return [model.model[-1]]  # the head, as in Torch-Pruning's YOLOv8 example
+        return [model.m.model[-1]]  # the head, as in Torch-Pruning's YOLOv8 example
     if table == "hf":
         cfg = model.config
         dims = {getattr(cfg, "vocab_size", -1), getattr(cfg, "num_labels", -1)}
@@ -349,6 +362,37 @@ def heads_of(model: nn.Module) -> dict:
                 out[mods[0]] = nh
                 out[mods[1]] = out[mods[2]] = nkv if q == "q_proj" else nh
     return out
+
+
+def norm_kept_reference(orig: nn.Module, pruned: nn.Module) -> nn.Module:
+    """``hook_reference`` whose LayerNorms over pruned channels take their statistics over
+    the kept channels only: the semantics prunekit gives such channels by default (its
+    masked reference does the same), so Torch-Pruning is also judged by that rule."""
+    import types
+
+    import torch.nn.functional as F
+    ref = hook_reference(orig, pruned)
+    new_mods = dict(pruned.named_modules())
+    for name, m in ref.named_modules():
+        p = new_mods.get(name)
+        if not isinstance(m, nn.LayerNorm) or m.weight is None or len(m.normalized_shape) != 1 \
+                or getattr(p, "weight", None) is None or p.weight.shape == m.weight.shape:
+            continue
+        kept = _kept_rows(m.weight.detach(), p.weight.detach(), 0)
+        if kept is None:
+            raise RuntimeError(f"cannot match pruned rows of {name}")
+        first = "2d" in type(m).__name__.lower() or getattr(m, "data_format", "") \
+            == "channels_first"
+
+        def forward(self, x, kept=torch.tensor(kept), first=first):
+            xs = x.movedim(1, -1) if first else x
+            y = torch.zeros_like(xs)
+            b = self.bias[kept] if self.bias is not None else None
+            y[..., kept] = F.layer_norm(xs[..., kept], (len(kept),), self.weight[kept], b,
+                                        self.eps)
+            return y.movedim(-1, 1) if first else y
+        m.forward = types.MethodType(forward, m)
+    return ref
 
 
 def theirs(key: str, model: nn.Module, x) -> dict:
@@ -381,7 +425,18 @@ def theirs(key: str, model: nn.Module, x) -> dict:
             expect = call(ref, x)
         err = outputs_close(out, expect)
     except AssertionError as exc:
-        return {"status": "WRONG", "reason": str(exc)[:300], "params_kept": n_after / n_before}
+        row = {"status": "WRONG", "reason": str(exc)[:300], "params_kept": n_after / n_before}
+        try:  # is it only the LayerNorm statistics? judge it by prunekit's rule too
+            with torch.no_grad():
+                expect = call(norm_kept_reference(model, work), x)
+            row = {"status": "verified-normkept", "error": outputs_close(out, expect),
+                   "reason": f"vs zeroing reference: {exc}"[:300],
+                   "params_kept": n_after / n_before, "prune_s": secs}
+        except AssertionError as exc2:
+            row["normkept"] = str(exc2)[:200]
+        except Exception as exc2:
+            row["normkept"] = f"{type(exc2).__name__}: {exc2}"[:200]
+        return row
     except Exception as exc:
         return {"status": "unverifiable", "reason": f"{type(exc).__name__}: {exc}"[:300]}
     return {"status": "verified", "error": err, "params_kept": n_after / n_before,
@@ -412,7 +467,12 @@ def finish_tp(proc: subprocess.Popen, started: float, seconds: float) -> dict:
 def _fmt_err(r: dict) -> str:
     if r.get("status") == "verified":
         return f"{r['error']:.1e}"
-    return (r.get("reason") or "").replace("|", "/").replace("\n", " ")[:140]
+    if r.get("status") == "verified-normkept":
+        return f"{r['error']:.1e} ({r.get('reason', '')})"
+    text = (r.get("reason") or "")[:140]
+    if r.get("normkept"):
+        text += f"; with kept-channel LayerNorm statistics: {r['normkept'][:100]}"
+    return text.replace("|", "/").replace("\n", " ")
 
 
 def _pct(v) -> str:
@@ -424,12 +484,13 @@ def summary(rows: list[dict], tool: str) -> str:
     return ", ".join(f"{n} {s}" for s, n in sorted(c.items(), key=lambda t: (-t[1], t[0])))
 
 
-def render(out: Path, report: Path, command: str, complete: bool) -> None:
+def render(out: Path, report: Path, command: str, complete: bool, rev: str | None = None) -> None:
     rows = [json.loads(line) for line in out.read_text().splitlines()] if out.exists() else []
     import timm
-    import torch_pruning as tp
+    import importlib.metadata
     import transformers
     import ultralytics
+    tp_version = importlib.metadata.version("torch-pruning")
     cpu = next((line.split(":", 1)[1].strip() for line in
                 Path("/proc/cpuinfo").read_text().splitlines() if "model name" in line), "?")
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
@@ -438,9 +499,11 @@ def render(out: Path, report: Path, command: str, complete: bool) -> None:
         f"Machine: {os.cpu_count()}-core {platform.machine()} CPU VM ({cpu}), {mem:.0f} GiB, "
         f"no GPU; torch {torch.__version__}, timm {timm.__version__}, transformers "
         f"{transformers.__version__}, ultralytics {ultralytics.__version__}, Torch-Pruning "
-        f"{tp.__version__}. One thread per tool; prunekit in the driver process and "
+        f"{tp_version}. One thread per tool; prunekit in the driver process and "
         f"Torch-Pruning in a child process per model, running at the same time.", "",
-        f"Command: `{command}`", "",
+        f"Command: `{command}`"
+        + (f" (prunekit: the working tree of commit {rev}, clean when the run started)."
+           if rev else ""), "",
         f"Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}. "
         + ("The run completed." if complete else
            f"**The run did not complete**: this report holds the {len(rows)} rows written "
@@ -453,7 +516,7 @@ def render(out: Path, report: Path, command: str, complete: bool) -> None:
         "fix-ups of attention attributes after pruning) is compared with the original whose "
         "layers zero the channels it removed. Weights are random (every parameter and BN "
         "statistic re-drawn). Statuses: *verified*; *WRONG* = outputs differ (silently "
-        "wrong); *cost-mismatch* = prunekit's outputs were checked equal but its analytic "
+        "wrong); *verified-normkept* (Torch-Pruning only, see the notes); *cost-mismatch* = prunekit's outputs were checked equal but its analytic "
         "cost differs from the measured one; *crash* = the pruned model fails to run; "
         "*refused* = the tool raised; *timeout* = no result within the limit "
         "(prunekit 120 s, Torch-Pruning 60 s, on this busy 2-core machine: no verdict). "
@@ -461,7 +524,21 @@ def render(out: Path, report: Path, command: str, complete: bool) -> None:
         "heads, embeddings) prunekit may remove, not counting those frozen only because they "
         "are model outputs; *MACs share* = MACs of the layers the prunable groups touch / "
         "dense MACs. Capture = how prunekit captured the graph (fx trace or one recorded "
-        "eager forward).", ""]
+        "eager forward).", "",
+        "Notes. Ultralytics models are wrapped to return their predictions only (in eval "
+        "mode their heads also return the input feature maps, which would make the neck's "
+        "channels model outputs); Torch-Pruning ignores the whole head, as in its YOLOv8 "
+        "example. HF encoders and vision models carry a classification head, decoders their "
+        "LM head, so the hidden size is not a model output. LayerNorm: prunekit prunes "
+        "channels a LayerNorm normalises over (default `freeze_normalised=False`), the "
+        "statistics then taken over the kept channels, and its masked reference does the "
+        "same; Torch-Pruning shrinks such LayerNorms too, which the zeroing reference of "
+        "coverage.py (statistics over all channels) calls WRONG. So each Torch-Pruning "
+        "WRONG result is checked again against a reference whose LayerNorms over pruned "
+        "channels use the kept channels only: *verified-normkept* = equal to that "
+        "reference (the only difference was the LayerNorm statistics, the same semantics "
+        "prunekit uses); rows still WRONG differ for another reason as well (e.g. attention "
+        "modules whose head layout no longer matches their pruned projections).", ""]
     titles = {"timm": "timm: one model per architecture family",
               "hf": "Hugging Face transformers (small configs)",
               "yolo": "Ultralytics YOLO (package YAMLs, built offline)"}
@@ -472,7 +549,7 @@ def render(out: Path, report: Path, command: str, complete: bool) -> None:
             lines += ["No rows.", ""]
             continue
         lines.append(f"{len(sub)} models. prunekit: {summary(sub, 'ours')}.  ")
-        lines.append(f"Torch-Pruning {tp.__version__}: {summary(sub, 'torch_pruning')}.")
+        lines.append(f"Torch-Pruning {tp_version}: {summary(sub, 'torch_pruning')}.")
         ver = [r for r in sub if r["ours"].get("status") == "verified"]
         if table == "timm" and ver:
             med = np.median([r["ours"]["prunable_share"] for r in ver])
@@ -509,10 +586,14 @@ def main() -> None:
     ap.add_argument("--ours-timeout", type=int, default=120)
     ap.add_argument("--report", action="store_true", help="only render the markdown")
     ap.add_argument("--incomplete", action="store_true", help="say so in the report")
+    ap.add_argument("--rev", help="the prunekit commit the run used (for the report)")
     ap.add_argument("--command", default="PYTHONWARNINGS=ignore YOLO_OFFLINE=1 nohup "
                     ".venv/bin/python benchmarks/coverage_zoo.py "
                     "> benchmarks/results/coverage_zoo.log 2>&1 &")
     ap.add_argument("--tp-one", help=argparse.SUPPRESS)
+    ap.add_argument("--refresh-tp", nargs="*",
+                    help="recompute Torch-Pruning's result for these keys (all rows whose "
+                    "Torch-Pruning status is WRONG when none are named), keeping prunekit's")
     args = ap.parse_args()
     torch.set_num_threads(1)
     if args.tp_one:
@@ -521,9 +602,23 @@ def main() -> None:
         return
     out, report = Path(args.out), Path(args.report_to)
     if args.report:
-        render(out, report, args.command, not args.incomplete)
+        render(out, report, args.command, not args.incomplete, args.rev)
         return
     out.parent.mkdir(parents=True, exist_ok=True)
+    if args.refresh_tp is not None:
+        rows = [json.loads(line) for line in out.read_text().splitlines()]
+        want = set(args.refresh_tp) or {r["key"] for r in rows
+                                        if r.get("torch_pruning", {}).get("status") == "WRONG"}
+        for row in rows:
+            if row["key"] in want:
+                row["torch_pruning"] = finish_tp(start_tp(row["key"]), time.time(),
+                                                 args.tp_timeout)
+                print("refresh", row["key"], row["torch_pruning"]["status"], flush=True)
+                tmp = out.with_suffix(".tmp")
+                tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+                tmp.replace(out)
+        render(out, report, args.command, not args.incomplete, args.rev)
+        return
     done = {json.loads(line)["key"] for line in out.read_text().splitlines()} \
         if out.exists() else set()
     keys = args.models or [f"{t}:{n}" for t in args.tables for n in names_of(t)]
