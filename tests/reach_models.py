@@ -144,6 +144,29 @@ class ViTAttention(nn.Module):
         return x + self.proj(out.transpose(1, 2).reshape(b, n, -1))
 
 
+class EagerAttention(ViTAttention):
+    """The same attention written with matmul and softmax (HF's eager path)."""
+
+    def forward(self, x):
+        b, n, c = x.shape
+        y = self.norm(x)
+        head_dim = 16 // self.heads   # a constant head size: heads prune whole
+        qkv = self.qkv(y).reshape(b, n, 3, -1, head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        attn = (q @ k.transpose(-2, -1)) * (q.shape[-1] ** -0.5)
+        out = attn.softmax(dim=-1) @ v
+        return x + self.proj(out.transpose(1, 2).reshape(b, n, -1))
+
+
+class EagerNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed, self.attn, self.head = nn.Linear(6, 16), EagerAttention(), nn.Linear(16, 3)
+
+    def forward(self, x):
+        return self.head(self.attn(self.embed(x)).mean(1))
+
+
 class TinyViT(nn.Module):
     def __init__(self) -> None:
         super().__init__()
@@ -257,6 +280,7 @@ REACH = {
     "layernorm_stream": (LayerNormStream, lambda: (torch.randn(2, 5, 6),)),
     "tiny_lm_gqa_rope": (TinyLM, lambda: {"input_ids": torch.randint(0, 20, (2, 6))}),
     "tiny_vit_sdpa": (TinyViT, lambda: (torch.randn(2, 3, 8, 8),)),
+    "eager_attention": (EagerNet, lambda: (torch.randn(2, 5, 6),)),
     "group_norms": (GroupNorms, lambda: (torch.randn(2, 3, 8, 8),)),
     "c2f": (C2fNet, lambda: (torch.randn(1, 3, 8, 8),)),
     "fourier_pos": (FourierPos, lambda: (torch.randn(2, 3, 6, 6),)),

@@ -142,3 +142,11 @@ def test_apply_verifies_and_names_the_group():
     with pytest.raises(VerificationError, match="'a'"):
         graph.apply(model, plan)
     graph.apply(model, plan, verify=False)        # search loops may skip the check
+
+
+def test_eager_attention_heads_prune_whole():
+    model, x = make("eager_attention")
+    graph = ChannelGraph.build(model, x)
+    assert graph.group("attn.qkv").n_prunable == 4      # four heads, each one unit
+    pruned = graph.apply(model, graph.make_plan({"attn.qkv": [0, 3]}))
+    assert pruned.attn.qkv.out_features == 24 and pruned.attn.proj.in_features == 8

@@ -383,6 +383,10 @@ def matmul_layout(b: Builder, node: fx.Node, la: Layout, lb: Layout) -> Any:
     if out_shape is None or len(la.shape) < 2 or len(lb.shape) < 2:
         return b.unknown(node)
     na, nb, no = len(la.shape), len(lb.shape), len(out_shape)
+    from .rules_matmul import batched_matmul
+    batched = batched_matmul(b, node, la, lb)
+    if batched is not None:
+        return batched
     for lay, keep in ((la, (na - 2, na - 1)), (lb, (nb - 2, nb - 1))):
         for blk in lay.blocks:
             if len(blk.dims) > 1 or blk.dims[0] not in keep:
