@@ -338,7 +338,12 @@ def output_layers(key: str, model: nn.Module, x) -> list[nn.Module]:
         cfg = model.config
         dims = {getattr(cfg, "vocab_size", -1), getattr(cfg, "num_labels", -1)}
         return [m for m in model.modules() if isinstance(m, nn.Linear) and m.out_features in dims]
-    n_out = model.num_classes if getattr(model, "num_classes", 0) else -1
+    n_out = getattr(model, "num_classes", 0) or 0
+    if n_out <= 0:  # no classifier (num_classes=0): the layers producing the features
+        with torch.no_grad():
+            out = call(model, x)
+        out = out[0] if isinstance(out, (tuple, list)) else out
+        n_out = out.shape[-1] if out.dim() <= 2 else out.shape[1]
     layers = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))
               and n_out in (getattr(m, "out_features", None), getattr(m, "out_channels", None))]
     return layers[-2:]  # distilled models have two heads
@@ -484,7 +489,8 @@ def summary(rows: list[dict], tool: str) -> str:
     return ", ".join(f"{n} {s}" for s, n in sorted(c.items(), key=lambda t: (-t[1], t[0])))
 
 
-def render(out: Path, report: Path, command: str, complete: bool, rev: str | None = None) -> None:
+def render(out: Path, report: Path, command: str, complete: bool, rev: str | None = None,
+           when: str | None = None) -> None:
     rows = [json.loads(line) for line in out.read_text().splitlines()] if out.exists() else []
     import timm
     import importlib.metadata
@@ -504,7 +510,7 @@ def render(out: Path, report: Path, command: str, complete: bool, rev: str | Non
         f"Command: `{command}`"
         + (f" (prunekit: the working tree of commit {rev}, clean when the run started)."
            if rev else ""), "",
-        f"Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}. "
+        f"Date: {when or time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}. "
         + ("The run completed." if complete else
            f"**The run did not complete**: this report holds the {len(rows)} rows written "
            f"before the deadline; the missing models were not run."), "",
@@ -587,6 +593,7 @@ def main() -> None:
     ap.add_argument("--report", action="store_true", help="only render the markdown")
     ap.add_argument("--incomplete", action="store_true", help="say so in the report")
     ap.add_argument("--rev", help="the prunekit commit the run used (for the report)")
+    ap.add_argument("--when", help="when the run ran (for the report; default: now)")
     ap.add_argument("--command", default="PYTHONWARNINGS=ignore YOLO_OFFLINE=1 nohup "
                     ".venv/bin/python benchmarks/coverage_zoo.py "
                     "> benchmarks/results/coverage_zoo.log 2>&1 &")
@@ -602,7 +609,7 @@ def main() -> None:
         return
     out, report = Path(args.out), Path(args.report_to)
     if args.report:
-        render(out, report, args.command, not args.incomplete, args.rev)
+        render(out, report, args.command, not args.incomplete, args.rev, args.when)
         return
     out.parent.mkdir(parents=True, exist_ok=True)
     if args.refresh_tp is not None:
@@ -617,7 +624,7 @@ def main() -> None:
                 tmp = out.with_suffix(".tmp")
                 tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
                 tmp.replace(out)
-        render(out, report, args.command, not args.incomplete, args.rev)
+        render(out, report, args.command, not args.incomplete, args.rev, args.when)
         return
     done = {json.loads(line)["key"] for line in out.read_text().splitlines()} \
         if out.exists() else set()
