@@ -601,6 +601,9 @@ def main() -> None:
     ap.add_argument("--refresh-tp", nargs="*",
                     help="recompute Torch-Pruning's result for these keys (all rows whose "
                     "Torch-Pruning status is WRONG when none are named), keeping prunekit's")
+    ap.add_argument("--refresh-ours", action="store_true",
+                    help="recompute prunekit's result for every row (or --models), keeping "
+                    "Torch-Pruning's (its result does not depend on prunekit's code)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     if args.tp_one:
@@ -625,6 +628,9 @@ def main() -> None:
                 tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
                 tmp.replace(out)
         render(out, report, args.command, not args.incomplete, args.rev, args.when)
+        return
+    if args.refresh_ours:
+        refresh_ours(out, report, args)
         return
     done = {json.loads(line)["key"] for line in out.read_text().splitlines()} \
         if out.exists() else set()
@@ -666,6 +672,25 @@ def main() -> None:
               f"tp {row.get('torch_pruning', {}).get('status')} ({row['wall_s']:.0f}s)",
               flush=True)
     render(out, report, args.command, True)
+
+
+def refresh_ours(out: Path, report: Path, args: argparse.Namespace) -> None:
+    """Re-run prunekit on the rows (the engine changed), Torch-Pruning's rows kept."""
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    want = set(args.models or [r["key"] for r in rows])
+    t0 = time.time()
+    for i, row in enumerate(rows):
+        if row["key"] not in want or row["ours"].get("status") == "skipped":
+            continue
+        model, x = get_model(row["key"])
+        row["ours"] = ours(model, x, args.ours_timeout)
+        del model
+        print(f"[{i + 1}/{len(rows)} {time.time() - t0:.0f}s] refresh {row['key']}: "
+              f"{row['ours']['status']} {row['ours'].get('reason', '')[:120]}", flush=True)
+        tmp = out.with_suffix(".tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        tmp.replace(out)
+    render(out, report, args.command, not args.incomplete, args.rev, args.when)
 
 
 if __name__ == "__main__":
