@@ -331,10 +331,16 @@ def _reduce(b: Builder, node: fx.Node, _mod: Any) -> Any:
     blocks = []
     for blk in lay.blocks:
         hit = red & set(blk.dims)
-        if hit and not is_sum and node.target not in _STATS and not all(
-                spans(b, blk, blk.dims.index(d)) for d in hit):
+        whole = bool(hit) and len(blk.dims) > len(hit) and all(
+            spans(b, blk, blk.dims.index(d)) for d in hit)
+        if hit and not is_sum and node.target not in _STATS and not whole:
             b.freeze(blk.ids, f"{b.where(node)} reduces over channels")
-        if hit:
+        if whole:   # reduced inside whole units (a head's features): the units remain
+            ids = blk.ids
+            for d in sorted(hit, reverse=True):
+                ids = np.take(ids, 0, axis=blk.dims.index(d))
+            blk = Block(tuple(d for d in blk.dims if d not in hit), ids)
+        elif hit:
             continue
         dims = blk.dims if keep else tuple(d - sum(1 for r in red if r < d) for d in blk.dims)
         blocks.append(Block(dims, blk.ids))

@@ -40,6 +40,7 @@ def merge_elementwise(b: Builder, node: fx.Node, layouts: list[Layout],
         for d, s in enumerate(lay.shape):
             if s > 1 and lay.block_at(d) is None:
                 fixed_dims.add(d + off)
+    tracked = _inside_units(b, node, tracked)
     blocks: list[Block] = []
     for comp in _components(tracked):
         dims = tuple(sorted({d for blk in comp for d in blk.dims}))
@@ -55,6 +56,22 @@ def merge_elementwise(b: Builder, node: fx.Node, layouts: list[Layout],
             b.freeze(base, f"{b.where(node)} combines channels with an operand of fixed size")
         blocks.append(Block(dims, base))
     return Layout(out_shape, tuple(blocks))
+
+
+def _inside_units(b: Builder, node: fx.Node, tracked: list[Block]) -> list[Block]:
+    """A per-feature vector meeting whole units that span that feature (a per-head norm's
+    weight over the head size): the features never change size, so the vector is fixed;
+    unioning it would merge every head into one unit."""
+    out = []
+    for blk in tracked:
+        whole = len(blk.dims) == 1 and any(
+            len(o.dims) > 1 and blk.dims[0] in o.dims and
+            _spans(b, o.ids, o.dims.index(blk.dims[0])) for o in tracked if o is not blk)
+        if whole:
+            b.freeze(blk.ids, f"{b.where(node)} scales features inside whole units")
+        else:
+            out.append(blk)
+    return out
 
 
 def _spans(b: Builder, ids: np.ndarray, axis: int) -> bool:
