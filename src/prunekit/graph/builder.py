@@ -355,6 +355,27 @@ def _flop_ops() -> set:
 _FLOP_OPS: set | None = None
 
 
+_TYPE_CACHE: dict[tuple[type, int], tuple[bool, bool]] = {}
+
+
+def _type_info(cls: type) -> tuple[bool, bool]:
+    """(a module rule covers cls, one covers it with its own forward): cached per type."""
+    key = (cls, len(MODULE_RULES))
+    if key not in _TYPE_CACHE:
+        hits = [t for t, _ in MODULE_RULES if issubclass(cls, t)]
+        _TYPE_CACHE[key] = (bool(hits), any(cls.forward is t.forward for t in hits))
+    return _TYPE_CACHE[key]
+
+
+def has_module_rule(cls: type) -> bool:
+    return _type_info(cls)[0]
+
+
+def is_rule_leaf(cls: type) -> bool:
+    """A rule covers the type and the type keeps that rule's forward: keep it whole."""
+    return _type_info(cls)[1]
+
+
 def has_rule(op: str, target: Any, root: Any = None) -> bool:
     """Whether a rule covers this op and accounts for its cost. Ops without one, and ops
     that FlopCounterMode counts (a rule may still give up on them), are measured."""
@@ -368,7 +389,7 @@ def has_rule(op: str, target: Any, root: Any = None) -> bool:
         pass
     if op == "call_module":
         mod = root.get_submodule(str(target)) if root is not None else target
-        return any(isinstance(mod, t) for t, _ in MODULE_RULES)
+        return has_module_rule(type(mod))
     if op == "call_function":
         try:
             return target in FUNCTION_RULES

@@ -243,17 +243,18 @@ class ChannelGraph:
         differ or the pruned model fails; turn it off only inside search loops.
         """
         from .surgery import apply_plan
-        from .verify import verify_pruned
+        from .verify import expected_outputs, verify_pruned
         if fingerprint(model) != self.fingerprint:
             raise PlanMismatchError("this model is not the architecture the graph was built on")
         keep = self.keep_mask(plan)
-        reference = self.masked_reference(plan, root=model) if verify and inplace else None
+        expected = expected_outputs(self, model, plan) if verify and inplace else None
         pruned = apply_plan(self, model, keep, inplace)
         if verify:
-            verify_pruned(self, model, plan, pruned, reference)
+            verify_pruned(self, model, plan, pruned, expected)
         return pruned
 
-    def masked_reference(self, plan: Plan, root: nn.Module | None = None) -> nn.Module:
+    def masked_reference(self, plan: Plan, root: nn.Module | None = None,
+                         snapshot: bool = True) -> nn.Module:
         """The original model with every removed channel zeroed at every op (eval graph).
 
         ``root``: use this model's weights (same architecture) instead of the traced one's.
@@ -261,7 +262,7 @@ class ChannelGraph:
         from .masked import MaskedReference
         if root is not None and fingerprint(root) != self.fingerprint:
             raise PlanMismatchError("root is not the architecture the graph was built on")
-        return MaskedReference(self, self.keep_mask(plan), root)
+        return MaskedReference(self, self.keep_mask(plan), root, snapshot)
 
     def explain(self, show_frozen: bool = True) -> str:
         from .report import explain

@@ -24,13 +24,24 @@ if TYPE_CHECKING:
 
 
 class MaskedReference(nn.Module):
+    """``snapshot`` (default): a zeroed deep copy of the weights, unaffected by later
+    changes of the model. ``snapshot=False`` (verification): no copy; the zeroed tensors
+    are swapped into the model only while it runs, so the model must not change between
+    construction and the run."""
+
     def __init__(self, graph: "ChannelGraph", keep: np.ndarray,
-                 root: nn.Module | None = None) -> None:
+                 root: nn.Module | None = None, snapshot: bool = True) -> None:
         super().__init__()
         traced = graph.graphs[0][1]
-        self.root = copy.deepcopy(root if root is not None else traced.root).eval()
+        base = root if root is not None else traced.root
+        self._swap: dict[str, torch.Tensor] = {}
+        if snapshot:
+            self.root = copy.deepcopy(base).eval()
+            _zero_slices(self.root, graph, keep)
+        else:
+            object.__setattr__(self, "_live", base)   # not a submodule: modes stay the user's
+            self._swap = _zeroed(base, graph, keep)
         self.graph = traced.graph
-        _zero_slices(self.root, graph, keep)
         self._traced = traced
         self._graph_stats = graph._b.stats
         self._masks: dict[str, Any] = {}
@@ -47,10 +58,49 @@ class MaskedReference(nn.Module):
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         from .trace import Inputs
         inputs = self._traced.placeholders(Inputs(args, kwargs))
-        return _Masker(self.root, self.graph, self._masks, self._stats_of()).run(*inputs)
+        if "root" in self._modules:
+            return _Masker(self.root, self.graph, self._masks, self._stats_of()).run(*inputs)
+        root = self._live
+        was, old = root.training, {}
+        try:
+            root.eval()
+            for fqn, t in self._swap.items():
+                old[fqn] = _set_tensor(root, fqn, t)
+            return _Masker(root, self.graph, self._masks, self._stats_of()).run(*inputs)
+        finally:
+            for fqn, t in old.items():
+                _set_tensor(root, fqn, t)
+            root.train(was)
 
     def _stats_of(self) -> dict[str, Any]:
         return {name: (self._graph_stats[name], idx) for name, idx in self._kept.items()}
+
+
+def _set_tensor(root: nn.Module, fqn: str, value: torch.Tensor) -> torch.Tensor:
+    prefix, _, name = fqn.rpartition(".")
+    mod = root.get_submodule(prefix) if prefix else root
+    table = mod._parameters if name in mod._parameters else mod._buffers
+    old = table[name]
+    table[name] = value
+    return old
+
+
+def _zeroed(root: nn.Module, graph: "ChannelGraph", keep: np.ndarray) -> dict[str, torch.Tensor]:
+    """Zeroed copies of the tensors with removed channels (no copy of the model)."""
+    out: dict[str, torch.Tensor] = {}
+    names = dict(root.named_parameters()) | dict(root.named_buffers())
+    with torch.no_grad():
+        for (fqn, dim), units in graph.slices.items():
+            k = keep[units]
+            if k.all() or fqn not in names or "running_var" in fqn:
+                continue
+            t = out.get(fqn)
+            if t is None:
+                src = names[fqn]
+                t = out[fqn] = (nn.Parameter(src.detach().clone(), src.requires_grad)
+                                if isinstance(src, nn.Parameter) else src.detach().clone())
+            t.data.index_fill_(dim, torch.from_numpy(np.nonzero(~k)[0]), 0.0)
+    return out
 
 
 def _zero_slices(gm: nn.Module, graph: "ChannelGraph", keep: np.ndarray) -> None:

@@ -178,12 +178,12 @@ CAPTURES = ("auto", "fx", "record")
 
 def record_leaf(mod: nn.Module) -> bool:
     """A layer the recording keeps whole: a module rule covers its type and its forward."""
-    from .builder import MODULE_RULES
+    from .builder import is_rule_leaf
     from .optional import torchvision_leaves
     leaves = torchvision_leaves()
     if leaves and isinstance(mod, leaves):
         return True
-    return any(isinstance(mod, t) and type(mod).forward is t.forward for t, _ in MODULE_RULES)
+    return is_rule_leaf(type(mod))
 
 
 def capture(model: nn.Module, inputs: Inputs, how: str) -> Traced:

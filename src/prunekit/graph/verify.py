@@ -77,7 +77,8 @@ def _run(model: nn.Module, graph: "ChannelGraph") -> Any:
 def _failure(graph: "ChannelGraph", model: nn.Module, plan: Plan,
              reference: nn.Module | None) -> str | None:
     from .surgery import apply_plan
-    ref = reference if reference is not None else graph.masked_reference(plan, root=model)
+    ref = reference if reference is not None else graph.masked_reference(plan, root=model,
+                                                                          snapshot=False)
     keep = graph.keep_mask(plan)
     try:
         expect = _run(ref, graph)
@@ -91,14 +92,22 @@ def _failure(graph: "ChannelGraph", model: nn.Module, plan: Plan,
     return None
 
 
+def expected_outputs(graph: "ChannelGraph", model: nn.Module, plan: Plan) -> Any:
+    """The masked reference's outputs on the example inputs (before an in-place apply)."""
+    return _run(graph.masked_reference(plan, root=model, snapshot=False), graph)
+
+
 def verify_pruned(graph: "ChannelGraph", model: nn.Module, plan: Plan, pruned: nn.Module,
-                  reference: nn.Module | None = None) -> None:
-    """Raise VerificationError unless ``pruned`` equals the masked reference of ``plan``."""
+                  expected: Any = None) -> None:
+    """Raise VerificationError unless ``pruned`` equals the masked reference of ``plan``.
+
+    ``expected``: the reference outputs computed before an in-place apply changed
+    ``model`` (then the group responsible is not searched for)."""
     if graph.inputs is None:
         return
-    ref = reference if reference is not None else graph.masked_reference(plan, root=model)
     try:
-        expect = _run(ref, graph)
+        expect = expected if expected is not None else _run(
+            graph.masked_reference(plan, root=model, snapshot=False), graph)
         got = _run(pruned, graph)
         err = max_difference(got, expect)
         why = None if err <= TOLERANCE else \
@@ -107,7 +116,7 @@ def verify_pruned(graph: "ChannelGraph", model: nn.Module, plan: Plan, pruned: n
         why = f"the pruned model fails: {type(exc).__name__}: {exc}"
     if why is None:
         return
-    culprit = _culprit(graph, model, plan) if reference is None else None
+    culprit = _culprit(graph, model, plan) if expected is None else None
     where = f" Pruning group {culprit!r} alone already does this; ops touching it: " \
         f"{'; '.join(touching_ops(graph, culprit))}." if culprit else ""
     raise VerificationError(
