@@ -40,9 +40,11 @@ def coverage(meta: str) -> str:
             "than the time limit on this 2-core machine, which was running other jobs at the "
             "same time (the row-matching check of very wide layers, VGG's 25088x4096 "
             "classifier, is slow): no verdict on correctness. "
-            "Torch-Pruning's ConvNeXt results differ because it prunes channels that a "
-            "LayerNorm normalises over, which changes the function beyond zeroing them; "
-            "prunekit freezes those channels instead. "
+            "prunekit prunes channels a LayerNorm normalises over (ConvNeXt's, ViT's and "
+            "Swin's residual streams), its reference taking the statistics over the kept "
+            "channels; Torch-Pruning's rows were checked against the zeroing reference "
+            "(statistics over all channels), so its ConvNeXt WRONG rows come from that "
+            "difference (benchmarks/coverage_zoo.md checks it against both). "
             "Error is the max abs difference divided by (output scale + 1). Prunable share "
             "= fraction of producer channels (conv/linear outputs, attention heads) that "
             "prunekit may remove; the rest is frozen with a reason (see `graph.explain()`).\n"]
@@ -53,13 +55,18 @@ def coverage(meta: str) -> str:
 
 def speed(meta: str) -> str:
     doc = json.loads((RESULTS / "speed.json").read_text())
-    rows = [[r["model"], f"{r['ours_s']:.2f}", f"{r['torch_pruning_s']:.2f}"
+    rows = [[r["model"], f"{r['ours_s']:.2f}",
+             f"{r['ours_unverified_s']:.2f}" if "ours_unverified_s" in r else "",
+             f"{r['torch_pruning_s']:.2f}"
              if "torch_pruning_s" in r else "n/a (crashes on option A)",
-             f"{r['ratio_ours_over_tp']:.2f}" if "ratio_ours_over_tp" in r else ""]
+             f"{r['ratio_ours_over_tp']:.2f}" if "ratio_ours_over_tp" in r else "",
+             f"{r['ours_unverified_s'] / r['torch_pruning_s']:.2f}"
+             if "torch_pruning_s" in r and "ours_unverified_s" in r else ""]
             for r in doc["rows"]]
     return (f"# Pruning speed: build + plan + apply\n\n{meta}\n\nMachine: {doc['machine']}; "
             f"torch {doc['torch']}; median of {doc['repeats']} runs (1 for depth 254/524).\n\n" +
-            _table(["model", "prunekit (s)", "Torch-Pruning (s)", "prunekit / TP"], rows) + "\n")
+            _table(["model", "prunekit (s)", "prunekit, verify=False (s)",
+                    "Torch-Pruning (s)", "prunekit / TP", "unverified / TP"], rows) + "\n")
 
 
 def latency(meta: str) -> str:

@@ -52,9 +52,10 @@ def prune_oneshot(model: nn.Module, example_inputs: Sequence[Any] | torch.Tensor
                   config: OneShotConfig = OneShotConfig(), *, graph: ChannelGraph | None = None,
                   data: Iterable[Any] | None = None,
                   loss_fn: Callable[[Any, Any], torch.Tensor] | None = None,
-                  inplace: bool = False) -> Result:
+                  inplace: bool = False, verify: bool = True) -> Result:
     """Prune ``model`` to ``config.target`` of its cost; ``model`` is left untouched unless
-    ``inplace`` (which saves the copy)."""
+    ``inplace`` (which saves the copy). ``verify``: ``graph.apply`` checks the pruned model
+    against the masked reference on the example inputs (off only inside search loops)."""
     graph = graph or ChannelGraph.build(model, example_inputs, ignore=config.ignore)
     scores = unit_scores(graph, model, config.criterion, data=data, loss_fn=loss_fn,
                          seed=config.seed)
@@ -62,5 +63,5 @@ def prune_oneshot(model: nn.Module, example_inputs: Sequence[Any] | torch.Tensor
     plan = allocate(graph, scores, budget, config.allocation,
                     {"method": "oneshot", "criterion": config.criterion})
     before, after = graph.cost(), graph.cost(plan)
-    pruned = graph.apply(model, plan, inplace=inplace)
+    pruned = graph.apply(model, plan, inplace=inplace, verify=verify)
     return Result(pruned, plan, graph, before, after)
