@@ -49,11 +49,22 @@ def _transformers_rules() -> None:
     from .builder import module_rule, size_attributes
     from .rules_layers import hf_conv1d
     module_rule(Conv1D)(hf_conv1d)
-    try:   # GPT-2 splits its fused q/k/v projection with self.split_size
-        from transformers.models.gpt2.modeling_gpt2 import GPT2Attention
-        size_attributes(GPT2Attention, "split_size")
-    except ImportError:
-        pass
+    # attention classes whose forward passes these attributes as constant sizes
+    # (``x.split(self.split_size)``, ``view(..., self.num_heads, self.head_dim)``, merging
+    # heads back to ``self.embed_dim``): surgery sets them to the kept sizes
+    declared = {"gpt2.modeling_gpt2.GPT2Attention": ("split_size",),
+                "gpt_neo.modeling_gpt_neo.GPTNeoSelfAttention": ("num_heads", "embed_dim"),
+                "gptj.modeling_gptj.GPTJAttention": ("num_attention_heads", "embed_dim"),
+                "bloom.modeling_bloom.BloomAttention": ("num_heads", "hidden_size"),
+                "opt.modeling_opt.OPTAttention": ("num_heads", "embed_dim")}
+    import importlib
+    for path, attrs in declared.items():
+        mod_name, _, cls_name = path.rpartition(".")
+        try:
+            cls = getattr(importlib.import_module(f"transformers.models.{mod_name}"), cls_name)
+        except (ImportError, AttributeError):
+            continue
+        size_attributes(cls, *attrs)
 
 
 _timm_done = False
