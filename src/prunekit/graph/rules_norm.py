@@ -115,6 +115,13 @@ def _owner(node: fx.Node, *args: Any) -> str | None:
     return None
 
 
+def _running_module(node: fx.Node) -> str | None:
+    """The innermost module running ``node`` (a norm without affine weights names no owner)."""
+    from .trace import module_stack
+    stack = module_stack(node)
+    return stack[-1] if stack else None
+
+
 _CASTS = ("float", "half", "bfloat16", "double", "to", "type_as", "contiguous")
 
 
@@ -221,7 +228,7 @@ def f_layer_norm(b: Builder, node: fx.Node, _mod: Any) -> Any:
             bind_vector(b, node, v, None)
     else:
         ids, pos = lay.ids_1d(d), d - (nd - k)
-        owner = _owner(node, *vecs)
+        owner = _owner(node, *vecs) or _running_module(node)
         from .record import is_computed
         if not is_computed(shape[pos]):
             mod = b.root.get_submodule(owner) if owner else None
