@@ -321,9 +321,11 @@ def _declared_sizes(b: Builder, node: fx.Node, sizes: list[Any],
 def check_size_sources(b: Builder, node: fx.Node, out: Layout, sizes: list[Any]) -> None:
     """A size read from another tensor's channel dim ties this dim to that tensor's group.
 
-    ``reshape(B, G, P, D)`` with ``D`` read from the block's input while the tensor
+    ``reshape(B, N, C)`` with ``C`` read from the block's input while the tensor
     reshaped is an attention's inner width: pruning one without the other would break
-    the reshape, so both freeze unless the source's channels are the reshaped ones.
+    the reshape. Where both are single channel dims of one size, position ``i`` of one is
+    coupled with position ``i`` of the other (every unit then holds as many of each, so
+    the two widths stay equal); otherwise both freeze.
     """
     for d, s in enumerate(sizes):
         if not is_computed(s):
@@ -338,6 +340,10 @@ def check_size_sources(b: Builder, node: fx.Node, out: Layout, sizes: list[Any])
                 continue
             mine = out.block_at(d)
             theirs = set(b.uf.roots(sblk.ids).ravel().tolist())
+            if mine is not None and mine.dims == (d,) and len(sblk.dims) == 1 and \
+                    mine.ids.shape == sblk.ids.shape:
+                b.uf.union_arrays(mine.ids, sblk.ids)
+                continue
             if mine is None or not theirs <= set(b.uf.roots(mine.ids).ravel().tolist()):
                 b.freeze(sblk.ids, f"{b.where(node)} reshapes to a size read from another "
                          "tensor's channels")
