@@ -150,3 +150,34 @@ def test_eager_attention_heads_prune_whole():
     assert graph.group("attn.qkv").n_prunable == 4      # four heads, each one unit
     pruned = graph.apply(model, graph.make_plan({"attn.qkv": [0, 3]}))
     assert pruned.attn.qkv.out_features == 24 and pruned.attn.proj.in_features == 8
+
+
+class FlipScan(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.c = nn.Conv2d(3, 6, 1), nn.Conv2d(6, 6, 1), nn.Conv2d(6, 4, 1)
+
+    def forward(self, x):
+        y = self.a(x)
+        y = y + self.b(torch.roll(y, 1, dims=-1).flip(1))      # roll in space, flip channels
+        return self.c(torch.cumsum(y, dim=-1))                  # a running sum in space
+
+
+def test_flip_roll_and_spatial_scans_follow_channels():
+    model, x = FlipScan().eval(), torch.randn(2, 3, 4, 4)
+    graph = ChannelGraph.build(model, x)
+    assert graph.group("a").n_prunable == 6
+    check_plan(model, x, graph, random_plan(graph, 0.5))
+
+
+def test_scan_over_channels_freezes():
+    class Scan(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Conv2d(3, 6, 1), nn.Conv2d(6, 4, 1)
+
+        def forward(self, x):
+            return self.b(torch.cumsum(self.a(x), dim=1))
+
+    graph = ChannelGraph.build(Scan(), torch.randn(1, 3, 4, 4))
+    assert graph.group("a").frozen and "runs along channels" in graph.group("a").reasons[0]

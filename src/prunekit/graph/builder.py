@@ -281,19 +281,22 @@ class Builder:
             if self.protect_outputs:
                 self._freeze_args(node.args, "model output (protected)")
             return None
+        fn, mod = None, None
         if node.op == "call_module":
             mod = gm.get_submodule(str(node.target))
-            for t, fn in MODULE_RULES:
-                if isinstance(mod, t):
-                    return fn(self, node, mod)
-            return self.unknown(node)
-        if node.op == "call_function":
+            fn = next((f for t, f in MODULE_RULES if isinstance(mod, t)), None)
+        elif node.op == "call_function":
             fn = FUNCTION_RULES.get(node.target)
-            return fn(self, node, None) if fn else self.unknown(node)
-        if node.op == "call_method":
+        elif node.op == "call_method":
             fn = METHOD_RULES.get(str(node.target))
-            return fn(self, node, None) if fn else self.unknown(node)
-        return self.unknown(node)
+        if fn is None:
+            return self.unknown(node)
+        try:
+            return fn(self, node, mod)
+        except (TypeError, ValueError, IndexError, KeyError, AttributeError) as exc:
+            # a rule meeting a form of its op it does not handle: refuse, never crash
+            return self.unknown(node, f"is a form of the op its rule does not handle "
+                                      f"({type(exc).__name__}: {exc})")
 
     def _freeze_args(self, arg: Any, reason: str) -> None:
         if isinstance(arg, fx.Node):
@@ -325,7 +328,7 @@ class Builder:
                 blocks.append(Block((d,), ids))
         return Layout(shape, tuple(blocks))
 
-    def unknown(self, node: fx.Node) -> Any:
+    def unknown(self, node: fx.Node, why: str = "is not understood by prunekit") -> Any:
         """An op no rule covers: freeze every tracked input; the output is untracked.
 
         Its cost no longer depends on the plan; what the capture measured for it
@@ -339,7 +342,7 @@ class Builder:
             for l in iter_layouts(lay):
                 tensor_in = True
                 if l.blocks:
-                    self.freeze_layout(l, f"{self.where(node)} is not understood by prunekit")
+                    self.freeze_layout(l, f"{self.where(node)} {why}")
         return untracked_like(node.meta.get("pk_shape")) if tensor_in or node.meta.get(
             "pk_dtype") is not None else None
 

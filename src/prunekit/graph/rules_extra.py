@@ -49,7 +49,9 @@ def einsum(b: Builder, node: fx.Node, _mod: Any) -> Any:
             b.freeze(ids[lab], f"{b.where(node)} aligns channels with an operand of fixed size")
     labels = sorted(sizes)
     every = all(sum(lab in s for s in in_labels + [out_labels]) >= 2 for lab in labels)
-    if every:
+    if every and node.meta.get("pk_flops") == 0:
+        pass  # no label is summed: PyTorch runs it as a broadcast product, no matmul cost
+    elif every:
         coeff = int(np.prod([sizes[l] for l in labels if ids.get(l) is None]))
         b.macs(coeff, [ids[l] for l in labels if ids.get(l) is not None], b.where(node))
     else:

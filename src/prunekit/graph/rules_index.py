@@ -249,7 +249,12 @@ def _split(b: Builder, node: fx.Node, _mod: Any) -> Any:
     dim %= len(lay.shape)
     blk = lay.block_at(dim)
     if blk is not None and not _split_by_attribute(b, node, blk, lay.shape[dim]):
-        b.freeze(blk.ids, f"{b.where(node)} splits channels into constant sizes")
+        from .record import is_computed
+        part = node.args[1] if len(node.args) > 1 else node.kwargs.get("split_size_or_sections")
+        computed = any(is_computed(p) for p in (part if isinstance(part, (list, tuple))
+                                                else (part,)))
+        b.freeze(blk.ids, f"{b.where(node)} splits channels " +
+                 ("at sizes computed from the width" if computed else "into constant sizes"))
     return _split_outputs(lay, dim, shapes)
 
 
@@ -317,6 +322,9 @@ def _reduce(b: Builder, node: fx.Node, _mod: Any) -> Any:
         return b.unknown(node)
     nd = len(lay.shape)
     dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+    if isinstance(dim, fx.Node) or "other" in node.kwargs:   # torch.max(a, b): elementwise
+        from .rules_shape import elementwise
+        return elementwise(b, node, _mod)
     keep = node.args[2] if len(node.args) > 2 else node.kwargs.get("keepdim", False)
     if not isinstance(keep, bool):
         keep = False

@@ -140,7 +140,7 @@ method_rule("add", "sub", "mul", "div", "truediv", "pow", "add_", "mul_", "sub_"
             "tanh_", "neg_", "softplus")(elementwise)
 # like-factories: the shape (and so the channels) of their input, constant values
 function_rule(torch.zeros_like, torch.ones_like, torch.full_like, torch.empty_like,
-              torch.rand_like, torch.randn_like)(lambda b, n, m: first_arg(b, n, m))
+              torch.rand_like, torch.randn_like)(first_arg)
 # conversions: a tensor argument gives only its dtype/device
 method_rule("float", "half", "double", "bfloat16", "to", "type", "type_as", "contiguous",
             "clone", "detach", "requires_grad_")(first_arg)
@@ -152,6 +152,52 @@ _ACT = (torch.nn.ReLU, torch.nn.ReLU6, torch.nn.GELU, torch.nn.SiLU, torch.nn.Si
         torch.nn.Dropout3d, torch.nn.AlphaDropout, torch.nn.Identity, torch.nn.LogSigmoid,
         torch.nn.Softsign, torch.nn.Tanhshrink)
 module_rule(*_ACT)(first_arg)
+
+
+# ------------------------------------------------------ along-a-dim movers and scans
+def _dims_arg(node: fx.Node, pos: int, name: str, nd: int) -> set[int] | None:
+    v = node.args[pos] if len(node.args) > pos else node.kwargs.get(name)
+    if v is None:
+        return None
+    return {d % nd for d in ((v,) if isinstance(v, int) else v)}
+
+
+def flip(b: Builder, node: fx.Node, _mod: Any) -> Any:
+    """``flip``: a tracked dim is the same channels in reverse order."""
+    lay = b.layout(node.args[0])
+    if not isinstance(lay, Layout):
+        return b.unknown(node)
+    dims = _dims_arg(node, 1, "dims", len(lay.shape))
+    if dims is None:
+        return b.unknown(node)
+    blocks = []
+    for blk in lay.blocks:
+        ids = blk.ids
+        for d in dims & set(blk.dims):
+            ids = np.flip(ids, axis=blk.dims.index(d))
+        blocks.append(Block(blk.dims, np.ascontiguousarray(ids)))
+    return Layout(lay.shape, tuple(blocks))
+
+
+def along_untracked(b: Builder, node: fx.Node, _mod: Any, pos: int, name: str) -> Any:
+    """``roll`` / ``cumsum`` / ``cumprod``: channels pass through unless the op runs along them
+    (a roll or a running sum over channels would change with the width)."""
+    lay = b.layout(node.args[0])
+    if not isinstance(lay, Layout):
+        return b.unknown(node)
+    dims = _dims_arg(node, pos, name, len(lay.shape))
+    for blk in lay.blocks:
+        if dims is None or dims & set(blk.dims):
+            b.freeze(blk.ids, f"{b.where(node)} runs along channels")
+    return merge_elementwise(b, node, [lay])
+
+
+function_rule(torch.flip)(flip)
+method_rule("flip")(flip)
+function_rule(torch.roll)(lambda b, n, m: along_untracked(b, n, m, 2, "dims"))
+method_rule("roll")(lambda b, n, m: along_untracked(b, n, m, 2, "dims"))
+function_rule(torch.cumsum, torch.cumprod)(lambda b, n, m: along_untracked(b, n, m, 1, "dim"))
+method_rule("cumsum", "cumprod")(lambda b, n, m: along_untracked(b, n, m, 1, "dim"))
 
 
 # -------------------------------------------------------------------- factories
