@@ -155,11 +155,19 @@ def theirs(model: nn.Module, x: tuple) -> dict:
         pruner.step()
     except Exception as exc:
         return {"status": "refused", "reason": f"{type(exc).__name__}: {exc}"[:300]}
-    secs = time.perf_counter() - t
+    return judge_tp(model, work, x, time.perf_counter() - t)
+
+
+def judge_tp(model: nn.Module, work: nn.Module, x, secs: float,
+             call=lambda m, x: m(*x), recheck=None) -> dict:
+    """Torch-Pruning's pruned ``work`` against the zeroing reference of ``model``.
+
+    ``call(model, x)`` runs a model on the inputs; ``recheck(row, exc, out)`` may replace a
+    WRONG row (coverage_zoo checks it against kept-channel LayerNorm statistics)."""
     work.eval()
     try:
         with torch.no_grad():
-            out = work(*x)
+            out = call(work, x)
     except Exception as exc:
         return {"status": "crash", "reason": f"{type(exc).__name__}: {exc}"[:300]}
     n_before = sum(p.numel() for p in model.parameters())
@@ -169,10 +177,11 @@ def theirs(model: nn.Module, x: tuple) -> dict:
     try:
         ref = hook_reference(model, work)
         with torch.no_grad():
-            expect = ref(*x)
+            expect = call(ref, x)
         err = outputs_close(out, expect)
     except AssertionError as exc:
-        return {"status": "WRONG", "reason": str(exc)[:300], "params_kept": n_after / n_before}
+        row = {"status": "WRONG", "reason": str(exc)[:300], "params_kept": n_after / n_before}
+        return recheck(row, exc, out, secs) if recheck else row
     except Exception as exc:
         return {"status": "unverifiable", "reason": f"{type(exc).__name__}: {exc}"[:300]}
     return {"status": "verified", "error": err, "params_kept": n_after / n_before,

@@ -44,7 +44,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from coverage import _kept_rows, hook_reference  # noqa: E402
+from coverage import _kept_rows, hook_reference, judge_tp  # noqa: E402
 
 from prunekit import ChannelGraph  # noqa: E402
 from prunekit.conformance import check_plan, outputs_close, random_plan  # noqa: E402
@@ -414,38 +414,21 @@ def theirs(key: str, model: nn.Module, x) -> dict:
     except Exception as exc:
         return {"status": "refused", "reason": f"{type(exc).__name__}: {exc}"[:300]}
     secs = time.perf_counter() - t
-    work.eval()
-    try:
-        with torch.no_grad():
-            out = call(work, x)
-    except Exception as exc:
-        return {"status": "crash", "reason": f"{type(exc).__name__}: {exc}"[:300]}
-    n_before = sum(p.numel() for p in model.parameters())
-    n_after = sum(p.numel() for p in work.parameters())
-    if n_after == n_before:
-        return {"status": "nothing-pruned"}
-    try:
-        ref = hook_reference(model, work)
-        with torch.no_grad():
-            expect = call(ref, x)
-        err = outputs_close(out, expect)
-    except AssertionError as exc:
-        row = {"status": "WRONG", "reason": str(exc)[:300], "params_kept": n_after / n_before}
+
+    def normkept(row: dict, exc: AssertionError, out, secs: float) -> dict:
         try:  # is it only the LayerNorm statistics? judge it by prunekit's rule too
             with torch.no_grad():
                 expect = call(norm_kept_reference(model, work), x)
-            row = {"status": "verified-normkept", "error": outputs_close(out, expect),
-                   "reason": f"vs zeroing reference: {exc}"[:300],
-                   "params_kept": n_after / n_before, "prune_s": secs}
+            return {"status": "verified-normkept", "error": outputs_close(out, expect),
+                    "reason": f"vs zeroing reference: {exc}"[:300],
+                    "params_kept": row["params_kept"], "prune_s": secs}
         except AssertionError as exc2:
             row["normkept"] = str(exc2)[:200]
         except Exception as exc2:
             row["normkept"] = f"{type(exc2).__name__}: {exc2}"[:200]
         return row
-    except Exception as exc:
-        return {"status": "unverifiable", "reason": f"{type(exc).__name__}: {exc}"[:300]}
-    return {"status": "verified", "error": err, "params_kept": n_after / n_before,
-            "prune_s": secs}
+
+    return judge_tp(model, work, x, secs, call, normkept)
 
 
 def start_tp(key: str) -> subprocess.Popen:

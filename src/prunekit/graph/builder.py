@@ -22,7 +22,9 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
+import torch
 import torch.fx as fx
+import torch.nn.functional as F
 from torch import nn
 
 from .layout import Block, Layout, UnionFind, untracked
@@ -347,15 +349,11 @@ class Builder:
             "pk_dtype") is not None else None
 
 
-def _flop_ops() -> set:
-    import torch
-    import torch.nn.functional as F
-    return {torch.matmul, torch.bmm, torch.mm, torch.einsum, torch.addmm, torch.baddbmm,
-            F.linear, F.conv1d, F.conv2d, F.conv3d, F.scaled_dot_product_attention,
-            operator.matmul, "matmul", "bmm", "mm", "addmm", "baddbmm"}
-
-
-_FLOP_OPS: set | None = None
+# ops FlopCounterMode counts: always measured at capture, so a rule that gives up on one
+# (falls back to ``unknown``) still accounts for its cost
+_FLOP_OPS = {torch.matmul, torch.bmm, torch.mm, torch.einsum, torch.addmm, torch.baddbmm,
+             F.linear, F.conv1d, F.conv2d, F.conv3d, F.scaled_dot_product_attention,
+             operator.matmul, "matmul", "bmm", "mm", "addmm", "baddbmm"}
 
 
 _TYPE_CACHE: dict[tuple[type, int], tuple[bool, bool]] = {}
@@ -379,12 +377,13 @@ def is_rule_leaf(cls: type) -> bool:
     return _type_info(cls)[1]
 
 
-def has_rule(op: str, target: Any, root: Any = None) -> bool:
-    """Whether a rule covers this op and accounts for its cost. Ops without one, and ops
-    that FlopCounterMode counts (a rule may still give up on them), are measured."""
-    global _FLOP_OPS
-    if _FLOP_OPS is None:
-        _FLOP_OPS = _flop_ops()
+def needs_measuring(op: str, target: Any, root: Any = None) -> bool:
+    """Whether the capture measures this op's FLOPs: no rule covers it, or it is an op
+    FlopCounterMode counts (its rule may still give up on it)."""
+    return not _cost_from_rule(op, target, root)
+
+
+def _cost_from_rule(op: str, target: Any, root: Any = None) -> bool:
     try:
         if op != "call_module" and target in _FLOP_OPS:
             return False

@@ -52,6 +52,14 @@ class UnionFind:
         for y in flat[1:]:
             self.union(flat[0], y)
 
+    def constant_along(self, ids: np.ndarray, axis: int) -> bool:
+        """True when every line of ``ids`` along ``axis`` is one unit (whole units span it,
+        so that axis never changes size); an empty array is trivially so."""
+        if ids.size == 0:
+            return True
+        roots = self.roots(ids)
+        return bool((roots == np.take(roots, [0], axis=axis)).all())
+
     def roots(self, ids: np.ndarray) -> np.ndarray:
         find = self.find
         return np.fromiter((find(x) for x in ids.ravel().tolist()), dtype=np.int64,

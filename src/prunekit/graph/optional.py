@@ -33,52 +33,60 @@ def torchvision_leaves() -> tuple[type, ...]:
     return _leaf_types
 
 
-_hf_done = False
+_registered: set[str] = set()
 
 
-def _transformers_rules() -> None:
-    """transformers' ``Conv1D`` (GPT-2 family): a linear layer with an (in, out) weight."""
-    global _hf_done
-    if _hf_done or "transformers" not in sys.modules:
-        return
-    _hf_done = True
-    try:
-        from transformers.pytorch_utils import Conv1D
-    except ImportError:
-        return
-    from .builder import module_rule, size_attributes
-    from .rules_layers import hf_conv1d
-    module_rule(Conv1D)(hf_conv1d)
-    # attention classes whose forward passes these attributes as constant sizes
-    # (``x.split(self.split_size)``, ``view(..., self.num_heads, self.head_dim)``, merging
-    # heads back to ``self.embed_dim``): surgery sets them to the kept sizes
-    declared = {"gpt2.modeling_gpt2.GPT2Attention": ("split_size",),
-                "gpt_neo.modeling_gpt_neo.GPTNeoSelfAttention": ("num_heads", "embed_dim"),
-                "gptj.modeling_gptj.GPTJAttention": ("num_attention_heads", "embed_dim"),
-                "bloom.modeling_bloom.BloomAttention": ("num_heads", "hidden_size"),
-                "opt.modeling_opt.OPTAttention": ("num_heads", "embed_dim")}
+def _first_time(library: str) -> bool:
+    """True once, the first time ``library`` is found imported (its rules then register)."""
+    if library in _registered or library not in sys.modules:
+        return False
+    _registered.add(library)
+    return True
+
+
+# attention classes whose forward passes these attributes as constant sizes
+# (``x.split(self.split_size)``, ``view(..., self.num_heads, self.head_dim)``, merging heads
+# back to ``self.embed_dim``): surgery sets them to the kept sizes
+_DECLARED = {
+    "transformers": {
+        "transformers.models.gpt2.modeling_gpt2.GPT2Attention": ("split_size",),
+        "transformers.models.gpt_neo.modeling_gpt_neo.GPTNeoSelfAttention":
+            ("num_heads", "embed_dim"),
+        "transformers.models.gptj.modeling_gptj.GPTJAttention":
+            ("num_attention_heads", "embed_dim"),
+        "transformers.models.bloom.modeling_bloom.BloomAttention": ("num_heads", "hidden_size"),
+        "transformers.models.opt.modeling_opt.OPTAttention": ("num_heads", "embed_dim")},
+    "timm": {"timm.layers.attention.Attention": ("num_heads", "attn_dim")},
+}
+
+
+def _declare(library: str) -> None:
     import importlib
-    for path, attrs in declared.items():
+    from .builder import size_attributes
+    for path, attrs in _DECLARED[library].items():
         mod_name, _, cls_name = path.rpartition(".")
         try:
-            cls = getattr(importlib.import_module(f"transformers.models.{mod_name}"), cls_name)
+            cls = getattr(importlib.import_module(mod_name), cls_name)
         except (ImportError, AttributeError):
             continue
         size_attributes(cls, *attrs)
 
 
-_timm_done = False
+def _transformers_rules() -> None:
+    """transformers' ``Conv1D`` (GPT-2 family): a linear layer with an (in, out) weight."""
+    if not _first_time("transformers"):
+        return
+    try:
+        from transformers.pytorch_utils import Conv1D
+    except ImportError:
+        return
+    from .builder import module_rule
+    from .rules_layers import hf_conv1d
+    module_rule(Conv1D)(hf_conv1d)
+    _declare("transformers")
 
 
 def _timm_rules() -> None:
     """timm's shared attention reshapes with ``self.num_heads`` and ``self.attn_dim``."""
-    global _timm_done
-    if _timm_done or "timm" not in sys.modules:
-        return
-    _timm_done = True
-    try:
-        from timm.layers.attention import Attention
-    except ImportError:
-        return
-    from .builder import size_attributes
-    size_attributes(Attention, "num_heads", "attn_dim")
+    if _first_time("timm"):
+        _declare("timm")

@@ -17,10 +17,7 @@ from .rules_shape import merge_elementwise
 
 def spans(b: Builder, blk: Block, axis: int) -> bool:
     """True when every unit of the block covers the whole of ``axis`` (its size never changes)."""
-    if blk.ids.size == 0:
-        return True
-    roots = b.uf.roots(blk.ids)
-    return bool((roots == np.take(roots, [0], axis=axis)).all())
+    return b.uf.constant_along(blk.ids, axis)
 
 
 # ------------------------------------------------------------------- getitem

@@ -123,26 +123,26 @@ def linear_core(b: Builder, node: fx.Node, lay: Layout, fqn_w: str, fqn_b: str |
     return Layout(out_shape, tuple(others) + (Block((nd - 1,), ids_out),))
 
 
-@module_rule(nn.Linear)
-def linear(b: Builder, node: fx.Node, mod: nn.Linear) -> Any:
+def linear_layer(b: Builder, node: fx.Node, mod: nn.Module, kind: str,
+                 transposed: bool = False) -> Any:
+    """A layer computing ``x @ W.T + bias`` (or ``x @ W + bias`` when ``transposed``)."""
     lay = _input(b, node)
     if lay is None or b.shape(node) is None:
         return b.unknown(node)
     fqn = str(node.target)
-    b.fix(fqn, "linear")
+    b.fix(fqn, kind)
     return linear_core(b, node, lay, f"{fqn}.weight", f"{fqn}.bias" if mod.bias is not None
-                       else None, mod.out_features, fqn)
+                       else None, mod.weight.shape[int(transposed)], fqn, transposed)
+
+
+@module_rule(nn.Linear)
+def linear(b: Builder, node: fx.Node, mod: nn.Linear) -> Any:
+    return linear_layer(b, node, mod, "linear")
 
 
 def hf_conv1d(b: Builder, node: fx.Node, mod: nn.Module) -> Any:
     """transformers' Conv1D: ``x @ weight + bias`` with weight (nx, nf)."""
-    lay = _input(b, node)
-    if lay is None or b.shape(node) is None:
-        return b.unknown(node)
-    fqn = str(node.target)
-    b.fix(fqn, "hf_conv1d")
-    return linear_core(b, node, lay, f"{fqn}.weight", f"{fqn}.bias" if mod.bias is not None
-                       else None, mod.weight.shape[1], fqn, transposed=True)
+    return linear_layer(b, node, mod, "hf_conv1d", transposed=True)
 
 
 @function_rule(F.linear)

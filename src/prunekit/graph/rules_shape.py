@@ -75,12 +75,8 @@ def _inside_units(b: Builder, node: fx.Node, tracked: list[Block]) -> list[Block
 
 
 def _spans(b: Builder, ids: np.ndarray, axis: int) -> bool:
-    if ids.ndim < 2:
-        return False
-    if ids.size == 0:
-        return True
-    roots = b.uf.roots(ids)
-    return bool((roots == np.take(roots, [0], axis=axis)).all())
+    """A multi-dim block whose units each cover the whole of ``axis``."""
+    return ids.ndim >= 2 and b.uf.constant_along(ids, axis)
 
 
 def _components(blocks: list[Block]) -> list[list[Block]]:
@@ -279,8 +275,7 @@ def reshape_layout(b: Builder, node: fx.Node, lay: Layout, out_shape: tuple[int,
 def _check_group(b: Builder, node: fx.Node, full: np.ndarray, axes: list[int], go: list[int],
                  const: list[bool]) -> None:
     """One regrouped set of dims: its size change goes to its one computed output size."""
-    roots = b.uf.roots(full)
-    if full.size == 0 or all((roots == np.take(roots, [0], axis=a)).all() for a in axes):
+    if all(b.uf.constant_along(full, a) for a in axes):
         return  # inside whole units: these dims never change size
     free = [a for a, d in zip(axes, go) if not const[d]]
     if len(free) != 1:

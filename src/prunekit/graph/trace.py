@@ -111,9 +111,9 @@ class _ShapeRecorder(fx.Interpreter):
     """Runs the graph once and stores each node's output shapes in ``node.meta['pk_shape']``."""
 
     def run_node(self, n: fx.Node) -> Any:
-        from .builder import has_rule
+        from .builder import needs_measuring
         if n.op in ("call_module", "call_function", "call_method") and \
-                not has_rule(n.op, n.target, self.module):
+                needs_measuring(n.op, n.target, self.module):
             from .cost import flop_counter
             with flop_counter() as fc:
                 out = super().run_node(n)
