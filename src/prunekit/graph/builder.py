@@ -38,21 +38,7 @@ FUNCTION_RULES: dict[Any, Rule] = {}
 METHOD_RULES: dict[str, Rule] = {}
 
 
-SIZE_ATTRIBUTES: list[tuple[type, tuple[str, ...]]] = []
-
-
-def size_attributes(cls: type, *attrs: str) -> None:
-    """Declare integer attributes of ``cls`` that its ``forward`` passes as constant sizes
-    (``x.split(self.split_size, dim)``): a rule may then prune through that constant and
-    surgery sets the attribute to the kept size. Nothing is inferred from a value alone."""
-    SIZE_ATTRIBUTES.append((cls, tuple(attrs)))
-
-
-def declared_attribute(mod: nn.Module, value: int) -> str | None:
-    """The declared size attribute of ``mod`` that holds ``value``, if exactly one does."""
-    hits = [a for t, attrs in SIZE_ATTRIBUTES if isinstance(mod, t) for a in attrs
-            if getattr(mod, a, None) == value]
-    return hits[0] if len(set(hits)) == 1 else None
+from .attrs import SIZE_ATTRIBUTES, size_attributes  # noqa: F401  (public here too)
 
 
 def module_rule(*types: type) -> Callable[[Rule], Rule]:
@@ -208,8 +194,20 @@ class Builder:
 
     def follow(self, fqn: str, attr: str, ids: np.ndarray, index: int | None = None,
                per: int = 1) -> None:
-        if not any(f.fqn == fqn and f.attr == attr and f.index == index for f in self.follows):
-            self.follows.append(Follow(fqn, attr, index, np.asarray(ids).ravel(), per))
+        """Surgery sets ``fqn.attr`` to the kept count of ``ids`` (// ``per``). An attribute
+        followed from two places keeps one value: equal lines are coupled position by
+        position, unequal ones freeze."""
+        ids = np.asarray(ids).ravel()
+        for f in self.follows:
+            if f.fqn == fqn and f.attr == attr and f.index == index:
+                if len(f.ids) == len(ids) and f.per == per:
+                    self.uf.union_arrays(f.ids, ids)
+                else:
+                    why = f"attribute {fqn}.{attr} sizes two different widths"
+                    self.freeze(f.ids, why)
+                    self.freeze(ids, why)
+                return
+        self.follows.append(Follow(fqn, attr, index, ids, per))
 
     # ------------------------------------------------------------------- reading
     def layout(self, arg: Any) -> Any:

@@ -40,7 +40,7 @@ class MaskedReference(nn.Module):
             _zero_slices(self.root, graph, keep)
         else:
             object.__setattr__(self, "_live", base)   # not a submodule: modes stay the user's
-            self._swap = _zeroed(base, graph, keep)
+            self._swap = _zeroed(base, graph, keep, visible_units(graph))
         self.graph = traced.graph
         self._traced = traced
         self._graph_stats = graph._b.stats
@@ -85,14 +85,50 @@ def _set_tensor(root: nn.Module, fqn: str, value: torch.Tensor) -> torch.Tensor:
     return old
 
 
-def _zeroed(root: nn.Module, graph: "ChannelGraph", keep: np.ndarray) -> dict[str, torch.Tensor]:
-    """Zeroed copies of the tensors with removed channels (no copy of the model)."""
+def visible_units(graph: "ChannelGraph") -> dict[str, np.ndarray]:
+    """Per layer captured as one node: the units its input and output tensors show.
+
+    A weight slice whose units all show there needs no zeroing in the reference: the
+    node masks already zero those channels where they enter and leave the layer. Only
+    slices of channels that live inside a layer (an attention head in ``out_proj``) must
+    be zeroed in the weights. Computed once per graph."""
+    cached = graph.__dict__.get("_visible_units")
+    if cached is not None:
+        return cached
+    layouts = graph._b.layouts
+    out: dict[str, np.ndarray] = {}
+    for node in graph.graphs[0][1].graph.nodes:
+        if node.op != "call_module":
+            continue
+        ids = [blk.ids.ravel() for v in [node, *node.all_input_nodes]
+               for blk in _blocks(layouts.get(v))]
+        out[str(node.target)] = np.unique(graph.unit_of[np.concatenate(ids)]) if ids \
+            else np.zeros(0, dtype=np.int64)
+    graph.__dict__["_visible_units"] = out
+    return out
+
+
+def _blocks(value: Any) -> list:
+    if isinstance(value, Layout):
+        return list(value.blocks)
+    if isinstance(value, (tuple, list)):
+        return [b for v in value for b in _blocks(v)]
+    return []
+
+
+def _zeroed(root: nn.Module, graph: "ChannelGraph", keep: np.ndarray,
+            visible: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    """Zeroed copies of the tensors with removed channels that no node mask zeroes
+    (no copy of the model)."""
     out: dict[str, torch.Tensor] = {}
     names = dict(root.named_parameters()) | dict(root.named_buffers())
     with torch.no_grad():
         for (fqn, dim), units in graph.slices.items():
             k = keep[units]
             if k.all() or fqn not in names or "running_var" in fqn:
+                continue
+            shown = visible.get(fqn.rpartition(".")[0])
+            if shown is not None and np.isin(units[~k], shown).all():
                 continue
             t = out.get(fqn)
             if t is None:
@@ -140,10 +176,16 @@ def _node_mask(graph: "ChannelGraph", keep: np.ndarray, value: Any) -> Any:
     return None
 
 
-def _apply(value: Any, mask: Any) -> Any:
+def _apply(value: Any, mask: Any, in_place: bool = False) -> Any:
+    """``value`` with the masked channels zeroed; ``in_place`` only for a tensor whose
+    storage no other tensor (an input, a weight, an earlier value) shares."""
     if mask is None:
         return value
     if isinstance(value, torch.Tensor):
+        if in_place:
+            for m in mask:
+                value.masked_fill_(~m.to(value.device), 0.0)
+            return value
         for m in mask:
             value = torch.where(m.to(value.device), value, torch.zeros((), dtype=value.dtype,
                                                                        device=value.device))
@@ -155,12 +197,32 @@ def _apply(value: Any, mask: Any) -> Any:
     return value
 
 
+def _storages(value: Any) -> list[int]:
+    if isinstance(value, torch.Tensor):
+        return [value.untyped_storage().data_ptr()] if value.layout == torch.strided \
+            and value.device.type != "meta" else []
+    if isinstance(value, (tuple, list)):
+        return [p for v in value for p in _storages(v)]
+    if isinstance(value, dict):
+        return [p for v in value.values() for p in _storages(v)]
+    return []
+
+
 class _Masker(fx.Interpreter):
     def __init__(self, root: nn.Module, graph: fx.Graph, masks: dict[str, Any],
                  stats: dict[str, Any] | None = None) -> None:
         super().__init__(root, graph=graph)
         self.masks = masks
         self.stats = stats or {}
+
+    def run(self, *args: Any, **kwargs: Any) -> Any:
+        self._seen = self._weights()
+        return super().run(*args, **kwargs)
+
+    def _weights(self) -> set[int]:
+        """Storages of the model's weights: never written in place."""
+        return {p for t in [*self.module.parameters(), *self.module.buffers()]
+                for p in _storages(t)}
 
     def run_node(self, n: fx.Node) -> Any:
         if n.name in self.stats:
@@ -170,4 +232,17 @@ class _Masker(fx.Interpreter):
                 out = kept_statistics(self.module, n, args, kwargs, *self.stats[n.name])
         else:
             out = super().run_node(n)
-        return _apply(out, self.masks.get(n.name))
+        seen = self.__dict__.setdefault("_seen", None)
+        if seen is None:
+            seen = self._seen = self._weights()
+        mask = self.masks.get(n.name)
+        if n.op not in ("placeholder", "get_attr"):
+            seen.update(_storages([n.args, n.kwargs]))   # constants baked into the graph
+            mine = _storages(out)
+            if mask is not None and isinstance(out, torch.Tensor) and mine \
+                    and mine[0] not in seen:
+                seen.update(mine)
+                return _apply(out, mask, in_place=True)
+        out = _apply(out, mask)
+        seen.update(_storages(out))
+        return out

@@ -258,16 +258,12 @@ def _split(b: Builder, node: fx.Node, _mod: Any) -> Any:
 def _split_by_attribute(b: Builder, node: fx.Node, blk: Block, size: int) -> bool:
     """``x.split(self.split_size)`` into equal parts, the size a declared attribute of the
     module running it: prune like chunk, and surgery sets the attribute."""
-    from .builder import declared_attribute
-    from .trace import module_stack
+    from .attrs import declared
     part = node.args[1] if len(node.args) > 1 else node.kwargs.get("split_size_or_sections")
-    stack = module_stack(node)
-    if not isinstance(part, int) or len(blk.dims) != 1 or part <= 0 or size % part or not stack:
+    origin = declared(part)
+    if origin is None or len(blk.dims) != 1 or part <= 0 or size % part:
         return False
-    owner = stack[-1]
-    attr = declared_attribute(b.root.get_submodule(owner), part)
-    if attr is None:
-        return False
+    owner, attr = origin
     grid = blk.ids.reshape(size // part, part)
     for col in range(part):
         b.uf.union_all(grid[:, col])

@@ -339,24 +339,11 @@ def _view(b: Builder, node: fx.Node, _mod: Any) -> Any:
 
 def _declared_sizes(b: Builder, node: fx.Node, sizes: list[Any],
                     const: list[bool]) -> dict[int, tuple[str, str]]:
-    """Constant sizes that are declared attributes of the module running the reshape
-    (``reshape(B, N, 3, self.num_heads, self.head_dim)``): matched by value, only where
-    exactly one constant of the call has that value, so a literal is never mistaken."""
-    from .builder import SIZE_ATTRIBUTES, declared_attribute
-    from .trace import module_stack
-    stack = module_stack(node)
-    if not SIZE_ATTRIBUTES or not stack:
-        return {}
-    owner = stack[-1]
-    mod = b.root.get_submodule(owner)
-    values = [s for s, c in zip(sizes, const) if c]
-    out = {}
-    for d, (s, c) in enumerate(zip(sizes, const)):
-        if c and values.count(s) == 1:
-            attr = declared_attribute(mod, s)
-            if attr is not None:
-                out[d] = (owner, attr)
-    return out
+    """Constant sizes that are declared attributes (``reshape(B, N, 3, self.num_heads,
+    self.head_dim)``), known by their origin, never by their value."""
+    from .attrs import declared
+    return {d: declared(s) for d, (s, c) in enumerate(zip(sizes, const))
+            if c and declared(s) is not None}
 
 
 def check_size_sources(b: Builder, node: fx.Node, out: Layout, sizes: list[Any]) -> None:

@@ -187,9 +187,18 @@ def record_leaf(mod: nn.Module) -> bool:
 
 
 def capture(model: nn.Module, inputs: Inputs, how: str) -> Traced:
-    """One graph of ``model`` on ``inputs`` (the model's mode is used as it is)."""
+    """One graph of ``model`` on ``inputs`` (the model's mode is used as it is); declared
+    size attributes are read as AttrInts, so rules know them by origin."""
     if how not in CAPTURES:
         raise ValueError(f"capture must be one of {CAPTURES}, not {how!r}")
+    from .attrs import tagged_attributes
+    from .optional import torchvision_leaves
+    torchvision_leaves()        # registers the rules (and declarations) of imported zoos
+    with tagged_attributes(model):
+        return _capture(model, inputs, how)
+
+
+def _capture(model: nn.Module, inputs: Inputs, how: str) -> Traced:
     fx_error: Exception | None = None
     if how in ("auto", "fx"):
         try:

@@ -1,0 +1,85 @@
+"""Declared size attributes, carried with their origin through a capture.
+
+``size_attributes(cls, "num_heads")`` declares integer attributes that a layer's
+``forward`` passes as constant sizes (``reshape(B, N, 3, self.num_heads, D)``).
+While the model is captured, each such attribute holds an :class:`AttrInt`: an int
+equal to the value that also remembers the module and attribute it came from. A
+rule then knows which constant of a call *is* the attribute, even where a literal
+of the same value sits beside it (the ``3`` of q, k, v next to three heads), and
+surgery sets the attribute to the kept size. Arithmetic returns plain ints: a size
+derived from an attribute is a new constant, not the attribute.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Iterator
+
+from torch import nn
+
+SIZE_ATTRIBUTES: list[tuple[type, tuple[str, ...]]] = []
+
+
+def size_attributes(cls: type, *attrs: str) -> None:
+    """Declare integer attributes of ``cls`` that its ``forward`` passes as constant sizes
+    (``x.split(self.split_size, dim)``): a rule may then prune through that constant and
+    surgery sets the attribute to the kept size. Nothing is inferred from a value alone."""
+    SIZE_ATTRIBUTES.append((cls, tuple(attrs)))
+
+
+class AttrInt(int):
+    """The value of a declared size attribute, read during a capture."""
+
+    owner: str
+    attr: str
+
+    def __new__(cls, value: int, owner: str, attr: str) -> "AttrInt":
+        obj = super().__new__(cls, value)
+        obj.owner, obj.attr = owner, attr
+        return obj
+
+    def __reduce__(self):  # deepcopy/pickle as a plain int
+        return (int, (int(self),))
+
+    def __repr__(self) -> str:
+        return int.__repr__(self)
+
+
+def _plain(name: str):
+    base = getattr(int, name)
+
+    def op(self: AttrInt, *other: Any) -> Any:
+        return getattr(int(self), name)(*other) if other else base(int(self))
+    return op
+
+
+for _n in ("__add__", "__radd__", "__sub__", "__rsub__", "__mul__", "__rmul__", "__floordiv__",
+           "__rfloordiv__", "__truediv__", "__rtruediv__", "__mod__", "__rmod__", "__pow__",
+           "__neg__", "__abs__", "__pos__"):
+    setattr(AttrInt, _n, _plain(_n))
+
+
+def declared(value: Any) -> tuple[str, str] | None:
+    """(module name, attribute) of a size that is a declared attribute, else None."""
+    return (value.owner, value.attr) if isinstance(value, AttrInt) else None
+
+
+@contextlib.contextmanager
+def tagged_attributes(model: nn.Module) -> Iterator[None]:
+    """Within the block, declared size attributes of ``model``'s layers are AttrInts."""
+    changed: list[tuple[nn.Module, str, int]] = []
+    try:
+        if SIZE_ATTRIBUTES:
+            for name, mod in model.named_modules():
+                for cls, attrs in SIZE_ATTRIBUTES:
+                    if not isinstance(mod, cls):
+                        continue
+                    for a in attrs:
+                        v = mod.__dict__.get(a)
+                        if isinstance(v, int) and not isinstance(v, (bool, AttrInt)):
+                            changed.append((mod, a, v))
+                            mod.__dict__[a] = AttrInt(v, name, a)
+        yield
+    finally:
+        for mod, a, v in reversed(changed):
+            mod.__dict__[a] = v
