@@ -69,16 +69,11 @@ def tagged_attributes(model: nn.Module) -> Iterator[None]:
     """Within the block, declared size attributes of ``model``'s layers are AttrInts."""
     changed: list[tuple[nn.Module, str, int]] = []
     try:
-        if SIZE_ATTRIBUTES:
-            for name, mod in model.named_modules():
-                for cls, attrs in SIZE_ATTRIBUTES:
-                    if not isinstance(mod, cls):
-                        continue
-                    for a in attrs:
-                        v = mod.__dict__.get(a)
-                        if isinstance(v, int) and not isinstance(v, (bool, AttrInt)):
-                            changed.append((mod, a, v))
-                            mod.__dict__[a] = AttrInt(v, name, a)
+        for name, mod in model.named_modules():
+            for a, v in list(mod.__dict__.items()):
+                if type(v) is int and not a.startswith("_"):
+                    changed.append((mod, a, v))
+                    mod.__dict__[a] = AttrInt(v, name, a)
         yield
     finally:
         for mod, a, v in reversed(changed):

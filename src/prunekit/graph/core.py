@@ -73,6 +73,7 @@ class ChannelGraph:
             self.unit_frozen[u] = True
             lst = self.unit_reasons.setdefault(u, [])
             lst.extend(r for r in rs if r not in lst and len(lst) < 4)
+        self._freeze_whole_dims(builder.slices)
         self.groups: list[Group] = self._make_groups(builder.sources)
         self._by_id = {g.id: g for g in self.groups}
         self.slices = {k: self.unit_of[v] for k, v in builder.slices.items()}
@@ -115,6 +116,19 @@ class ChannelGraph:
         graph.options = {"ignore": list(ignore), "protect_outputs": protect_outputs,
                          "capture": graphs[0][1].capture, "freeze_normalised": freeze_normalised}
         return graph
+
+    def _freeze_whole_dims(self, slices: dict) -> None:
+        """A unit holding every channel of a weight's dim cannot go: the layer would be
+        left with no channels there."""
+        for (fqn, dim), ids in slices.items():
+            units = self.unit_of[ids]
+            if len(units) and (units == units[0]).all():
+                u = int(units[0])
+                self.unit_frozen[u] = True
+                lst = self.unit_reasons.setdefault(u, [])
+                why = f"holds every channel of {fqn} (dim {dim})"
+                if why not in lst and len(lst) < 4:
+                    lst.append(why)
 
     def _make_groups(self, sources: list[Source]) -> list[Group]:
         parent = list(range(len(sources)))

@@ -322,7 +322,8 @@ def _view(b: Builder, node: fx.Node, _mod: Any) -> Any:
     if len(sizes) != len(out_shape):
         sizes = [None] * len(out_shape)
     const = [isinstance(s, int) and not is_computed(s) and s != -1 for s in sizes]
-    attrs = _declared_sizes(b, node, sizes, const)
+    attrs = _one_attribute_per_group(_declared_sizes(b, node, sizes, const), lay.shape,
+                                     out_shape, const)
     for d in attrs:
         const[d] = False          # a declared attribute: surgery sets it to the kept size
     out = reshape_layout(b, node, lay, out_shape, const)
@@ -344,6 +345,25 @@ def _declared_sizes(b: Builder, node: fx.Node, sizes: list[Any],
     from .attrs import declared
     return {d: declared(s) for d, (s, c) in enumerate(zip(sizes, const))
             if c and declared(s) is not None}
+
+
+def _one_attribute_per_group(attrs: dict[int, tuple[str, str]], in_shape: tuple[int, ...],
+                             out_shape: tuple[int, ...], const: list[bool]
+                             ) -> dict[int, tuple[str, str]]:
+    """Where one channel dim splits into several sizes, one of them may follow the
+    pruning: a size the code computes (``-1``, ``C // heads``) if there is one, else the
+    outermost attribute (``self.num_heads`` before ``self.head_dim``: whole heads go); the
+    other attributes stay as they are."""
+    groups = _regroup(in_shape, out_shape) if attrs else None
+    if not groups:
+        return attrs
+    out = dict(attrs)
+    for _, go in groups:
+        mine = [d for d in go if d in attrs]
+        computed = any(not const[d] for d in go if d not in attrs)
+        for d in (mine if computed else mine[1:]):
+            out.pop(d)
+    return out
 
 
 def check_size_sources(b: Builder, node: fx.Node, out: Layout, sizes: list[Any]) -> None:

@@ -35,7 +35,10 @@ def apply_plan(graph: "ChannelGraph", model: nn.Module, keep: np.ndarray,
     for fqn, kind in graph._b.fixes.items():
         _FIXERS[kind](new, fqn, model)
     for f in graph._b.follows:
-        _follow(new, f, int(keep[graph.unit_of[f.ids]].sum()) // f.per)
+        units = graph.unit_of[f.ids]
+        if len(units) > 1 and (units == units[0]).all():
+            continue   # a line inside one whole unit (a head's features): its size stays
+        _follow(new, f, int(keep[units].sum()) // f.per)
     return _patch_constants(graph, new, keep)
 
 
