@@ -260,6 +260,40 @@ class DictInOut(nn.Module):
         return Output(self.b(h) * scale, h.sum(-1))
 
 
+class RelPosAttention(nn.Module):
+    """An undeclared attention class: ``reshape(B, N, 3, self.num_heads, self.head_dim)``
+    with three heads (the literal 3 beside them), a rotary ``chunk`` over each head's
+    features and a per-head relative-position bias gathered by a tensor index."""
+
+    def __init__(self, d: int = 12, num_heads: int = 3, n: int = 5) -> None:
+        super().__init__()
+        self.num_heads, self.head_dim = num_heads, d // num_heads
+        self.qkv, self.proj = nn.Linear(d, 3 * d), nn.Linear(d, d)
+        self.table = nn.Parameter(torch.randn(2 * n - 1, num_heads))
+        pos = torch.arange(n)
+        self.register_buffer("index", (pos[:, None] - pos[None, :] + n - 1).reshape(-1),
+                             persistent=False)
+
+    def forward(self, x):
+        b, n, c = x.shape
+        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        q1, q2 = q.chunk(2, dim=-1)
+        q = torch.cat([q2, q1], dim=-1)
+        bias = self.table[self.index].reshape(n, n, -1).permute(2, 0, 1).unsqueeze(0)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        return x + self.proj(out.transpose(1, 2).reshape(b, n, c))
+
+
+class RelPosNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed, self.attn, self.head = nn.Linear(6, 12), RelPosAttention(), nn.Linear(12, 3)
+
+    def forward(self, x):
+        return self.head(self.attn(self.embed(x)).mean(1))
+
+
 def make(name: str, seed: int = 0):
     torch.manual_seed(seed)
     model = REACH[name][0]()
@@ -281,6 +315,7 @@ REACH = {
     "tiny_lm_gqa_rope": (TinyLM, lambda: {"input_ids": torch.randint(0, 20, (2, 6))}),
     "tiny_vit_sdpa": (TinyViT, lambda: (torch.randn(2, 3, 8, 8),)),
     "eager_attention": (EagerNet, lambda: (torch.randn(2, 5, 6),)),
+    "relpos_attention": (RelPosNet, lambda: (torch.randn(2, 5, 6),)),
     "group_norms": (GroupNorms, lambda: (torch.randn(2, 3, 8, 8),)),
     "c2f": (C2fNet, lambda: (torch.randn(1, 3, 8, 8),)),
     "fourier_pos": (FourierPos, lambda: (torch.randn(2, 3, 6, 6),)),

@@ -181,3 +181,42 @@ def test_scan_over_channels_freezes():
 
     graph = ChannelGraph.build(Scan(), torch.randn(1, 3, 4, 4))
     assert graph.group("a").frozen and "runs along channels" in graph.group("a").reasons[0]
+
+
+def test_undeclared_head_attribute_follows_by_origin():
+    """num_heads equals the literal 3 of q, k, v: the head count is known by origin."""
+    model, x = make("relpos_attention")
+    graph = ChannelGraph.build(model, x)
+    heads = next(g for g in graph.groups if "attn.qkv.weight:0" in g.members)
+    assert heads.width == 3 and heads.n_prunable == 3, graph.explain()   # whole heads
+    assert "attn.table:1" in heads.members     # the gathered bias goes with its head
+    plan = graph.make_plan({heads.id: [0, 2]})
+    pruned = graph.apply(model, plan)
+    assert pruned.attn.num_heads == 2 and pruned.attn.head_dim == 4
+    assert pruned.attn.table.shape == (9, 2)
+    assert int(model.attn.num_heads) == 3 and type(model.attn.num_heads) is int
+
+
+class TwoWidths(nn.Module):
+    """One attribute sizing two tensors that prune apart: it cannot follow both."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.width = 4
+        self.a, self.b, self.head = nn.Linear(3, 8), nn.Linear(3, 8), nn.Linear(16, 2)
+
+    def forward(self, x):
+        ya = self.a(x).reshape(x.shape[0], 2, self.width)
+        yb = self.b(x).reshape(x.shape[0], self.width, 2)
+        return self.head(torch.cat([ya.flatten(1), yb.flatten(1)], 1))
+
+
+def test_attribute_sizing_two_widths_couples_them():
+    model = TwoWidths().eval()
+    x = torch.randn(2, 3)
+    graph = ChannelGraph.build(model, x)
+    for ratio in (0.25, 0.5):
+        check_plan(model, x, graph, random_plan(graph, ratio))
+    plan = random_plan(graph, 0.5)
+    graph.apply(model, plan)   # verified
+

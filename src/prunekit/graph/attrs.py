@@ -32,10 +32,11 @@ class AttrInt(int):
 
     owner: str
     attr: str
+    index: int | None    # position in a tuple attribute (``self.bias_shape[2]``)
 
-    def __new__(cls, value: int, owner: str, attr: str) -> "AttrInt":
+    def __new__(cls, value: int, owner: str, attr: str, index: int | None = None) -> "AttrInt":
         obj = super().__new__(cls, value)
-        obj.owner, obj.attr = owner, attr
+        obj.owner, obj.attr, obj.index = owner, attr, index
         return obj
 
     def __reduce__(self):  # deepcopy/pickle as a plain int
@@ -59,9 +60,18 @@ for _n in ("__add__", "__radd__", "__sub__", "__rsub__", "__mul__", "__rmul__", 
     setattr(AttrInt, _n, _plain(_n))
 
 
-def declared(value: Any) -> tuple[str, str] | None:
-    """(module name, attribute) of a size that is a declared attribute, else None."""
-    return (value.owner, value.attr) if isinstance(value, AttrInt) else None
+def declared(value: Any) -> tuple[str, str, int | None] | None:
+    """(module name, attribute, tuple index) of a size read from a layer's attribute."""
+    return (value.owner, value.attr, value.index) if isinstance(value, AttrInt) else None
+
+
+def _tagged(value: Any, owner: str, attr: str) -> Any:
+    """``value`` as AttrInt(s): a plain int, or a tuple of plain ints; else None."""
+    if type(value) is int:
+        return AttrInt(value, owner, attr)
+    if type(value) is tuple and 0 < len(value) <= 8 and all(type(v) is int for v in value):
+        return tuple(AttrInt(v, owner, attr, i) for i, v in enumerate(value))
+    return None
 
 
 @contextlib.contextmanager
@@ -71,9 +81,10 @@ def tagged_attributes(model: nn.Module) -> Iterator[None]:
     try:
         for name, mod in model.named_modules():
             for a, v in list(mod.__dict__.items()):
-                if type(v) is int and not a.startswith("_"):
+                t = None if a.startswith("_") else _tagged(v, name, a)
+                if t is not None:
                     changed.append((mod, a, v))
-                    mod.__dict__[a] = AttrInt(v, name, a)
+                    mod.__dict__[a] = t
         yield
     finally:
         for mod, a, v in reversed(changed):

@@ -21,6 +21,34 @@ def spans(b: Builder, blk: Block, axis: int) -> bool:
 
 
 # ------------------------------------------------------------------- getitem
+def _one_tensor_index(b: Builder, node: fx.Node, src: Layout, idx: tuple,
+                      out_shape: tuple[int, ...]) -> Layout | None:
+    """``t[:, index]``: one integer tensor index, every other position a full slice. The
+    indexed dim is gathered (its channels freeze); the other dims keep theirs, shifted by
+    the index's extra dims. None when the indexing is of another form."""
+    pos = [k for k, i in enumerate(idx) if isinstance(i, fx.Node)]
+    full = slice(None)
+    if len(pos) != 1 or any(i != full for k, i in enumerate(idx) if k != pos[0]) \
+            or not all(isinstance(i, (fx.Node, slice)) for i in idx):
+        return None
+    k, index = pos[0], idx[pos[0]]
+    ishape = index.meta.get("pk_shape")
+    if index.meta.get("pk_dtype") not in (torch.int64, torch.int32) or \
+            not isinstance(ishape, tuple) or not all(isinstance(v, int) for v in ishape):
+        return None
+    if tuple(out_shape) != tuple(src.shape[:k]) + ishape + tuple(src.shape[k + 1:]):
+        return None
+    b.freeze_layout(b.layout(index), f"{b.where(node)} indexes with this tensor")
+    shift = len(ishape) - 1
+    blocks = []
+    for blk in src.blocks:
+        if k in blk.dims:
+            b.freeze(blk.ids, f"{b.where(node)} gathers channels with a tensor index")
+            continue
+        blocks.append(Block(tuple(d + shift if d > k else d for d in blk.dims), blk.ids))
+    return Layout(tuple(out_shape), tuple(blocks))
+
+
 def _getitem(b: Builder, node: fx.Node, _mod: Any) -> Any:
     src = b.layout(node.args[0])
     idx = node.args[1]
@@ -33,6 +61,9 @@ def _getitem(b: Builder, node: fx.Node, _mod: Any) -> Any:
         return b.unknown(node)
     idx = idx if isinstance(idx, tuple) else (idx,)
     if any(isinstance(i, fx.Node) or (isinstance(i, (list, tuple))) for i in idx):
+        one = _one_tensor_index(b, node, src, idx, out_shape)
+        if one is not None:
+            return one
         b.freeze_layout(src, f"{b.where(node)} indexes channels with a tensor")
         return untracked(out_shape)
     n_real = sum(1 for i in idx if i is not None and i is not Ellipsis)
@@ -208,8 +239,8 @@ def _chunk(b: Builder, node: fx.Node, _mod: Any) -> Any:
     dim %= len(lay.shape)
     blk = lay.block_at(dim)
     size = lay.shape[dim]
-    if blk is None:
-        return tuple(Layout(s, lay.blocks) for s in shapes)
+    if blk is None or b.uf.constant_along(blk.ids, blk.dims.index(dim)):
+        return _split_outputs(lay, dim, shapes)   # inside whole units: never resized
     if len(blk.dims) > 1 or size % k or len(shapes) != k:
         b.freeze(blk.ids, f"{b.where(node)} splits channels unevenly")
         return _split_outputs(lay, dim, shapes)
@@ -245,6 +276,8 @@ def _split(b: Builder, node: fx.Node, _mod: Any) -> Any:
     dim = node.args[2] if len(node.args) > 2 else node.kwargs.get("dim", 0)
     dim %= len(lay.shape)
     blk = lay.block_at(dim)
+    if blk is not None and b.uf.constant_along(blk.ids, blk.dims.index(dim)):
+        blk = None                                # inside whole units: never resized
     if blk is not None and not _split_by_attribute(b, node, blk, lay.shape[dim]):
         from .record import is_computed
         part = node.args[1] if len(node.args) > 1 else node.kwargs.get("split_size_or_sections")
@@ -263,11 +296,11 @@ def _split_by_attribute(b: Builder, node: fx.Node, blk: Block, size: int) -> boo
     origin = declared(part)
     if origin is None or len(blk.dims) != 1 or part <= 0 or size % part:
         return False
-    owner, attr = origin
+    owner, attr, index = origin
     grid = blk.ids.reshape(size // part, part)
     for col in range(part):
         b.uf.union_all(grid[:, col])
-    b.follow(owner, attr, grid[0])
+    b.follow(owner, attr, grid[0], index)
     return True
 
 

@@ -85,7 +85,7 @@ def sdpa(b: Builder, node: fx.Node, _mod: Any) -> Any:
                 b.freeze(blk.ids, f"{b.where(node)} has heads along different dims")
         heads = [None, None, None]
     _couple_heads(b, node, heads, rep, lq, lk)
-    _mask(b, node, heads[0], nd)
+    _mask(b, node, heads[0], nd, hdims[0] if heads[0] is not None else ())
     _cost(b, node, blocks, lays, heads[0], hdims[0] if heads[0] is not None else ())
     vblk = blocks[2]
     if vblk is not None and heads[0] is not None and nd - 3 not in vblk.dims and \
@@ -149,14 +149,24 @@ def _couple_heads(b: Builder, node: fx.Node, heads: list, rep: int, lq: Layout,
     b.uf.union_arrays(hq, np.ascontiguousarray(expanded))
 
 
-def _mask(b: Builder, node: fx.Node, hq: np.ndarray | None, nd: int) -> None:
+def _mask(b: Builder, node: fx.Node, hq: np.ndarray | None, nd: int,
+          hdims: tuple[int, ...] = ()) -> None:
+    """A mask's channels freeze, except a per-head mask's head dim (a relative-position
+    bias gathered per head), which goes with the query heads."""
     lm = b.layout(_arg(node, "attn_mask"))
     if not isinstance(lm, Layout):
         return
-    if lm.blocks:
-        b.freeze_layout(lm, f"{b.where(node)} uses channels as an attention mask")
     off = nd - len(lm.shape)
-    if hq is not None and any(lm.shape[d - off] > 1 for d in range(max(off, 0), nd - 2)):
+    covered: set[int] = set()
+    for blk in lm.blocks:
+        mine = tuple(d + off for d in blk.dims)
+        if hq is not None and mine == hdims and blk.ids.shape == hq.shape:
+            b.uf.union_arrays(blk.ids, hq)
+            covered.update(mine)
+        else:
+            b.freeze(blk.ids, f"{b.where(node)} uses channels as an attention mask")
+    if hq is not None and any(lm.shape[d - off] > 1 for d in range(max(off, 0), nd - 2)
+                              if d not in covered):
         b.freeze(hq, f"{b.where(node)} has a per-head mask of fixed size")
 
 

@@ -328,18 +328,18 @@ def _view(b: Builder, node: fx.Node, _mod: Any) -> Any:
         const[d] = False          # a declared attribute: surgery sets it to the kept size
     out = reshape_layout(b, node, lay, out_shape, const)
     check_size_sources(b, node, out, sizes)
-    for d, (owner, attr) in attrs.items():
+    for d, (owner, attr, index) in attrs.items():
         blk = out.block_at(d)
         if blk is None:
             continue
         ax = blk.dims.index(d)
         line = np.moveaxis(blk.ids, ax, 0).reshape(blk.ids.shape[ax], -1)[:, 0]
-        b.follow(owner, attr, line)
+        b.follow(owner, attr, line, index)
     return out
 
 
 def _declared_sizes(b: Builder, node: fx.Node, sizes: list[Any],
-                    const: list[bool]) -> dict[int, tuple[str, str]]:
+                    const: list[bool]) -> dict[int, tuple[str, str, int | None]]:
     """Constant sizes that are declared attributes (``reshape(B, N, 3, self.num_heads,
     self.head_dim)``), known by their origin, never by their value."""
     from .attrs import declared
@@ -347,9 +347,9 @@ def _declared_sizes(b: Builder, node: fx.Node, sizes: list[Any],
             if c and declared(s) is not None}
 
 
-def _one_attribute_per_group(attrs: dict[int, tuple[str, str]], in_shape: tuple[int, ...],
+def _one_attribute_per_group(attrs: dict[int, tuple], in_shape: tuple[int, ...],
                              out_shape: tuple[int, ...], const: list[bool]
-                             ) -> dict[int, tuple[str, str]]:
+                             ) -> dict[int, tuple]:
     """Where one channel dim splits into several sizes, one of them may follow the
     pruning: a size the code computes (``-1``, ``C // heads``) if there is one, else the
     outermost attribute (``self.num_heads`` before ``self.head_dim``: whole heads go); the
