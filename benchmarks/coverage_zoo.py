@@ -276,6 +276,33 @@ def shares(graph: ChannelGraph) -> dict:
             "frozen_top": [f"{c}x {r}" for r, c in why.most_common(3)]}
 
 
+def roles(graph: ChannelGraph) -> dict:
+    """What a transformer user asks of the groups, found from the graph's structure:
+    *hidden* = the stream group (holding the token embedding, else the group with most
+    members); *heads* = linear groups whose units each span four or more output channels
+    of their producer (a head's features; a span of 2-3 is a fused gate/up or q/k/v
+    pair); *MLP* = the other linear groups with two or more members (an up/gate
+    projection and its down projection). Each as [groups with something prunable,
+    groups]; hidden as true/false."""
+    by_name = {src.name: src for src in graph._b.sources}
+    groups = [g for g in graph.groups if OUTPUT_ONLY not in " ".join(g.reasons)]
+    if not groups:
+        return {"heads": [0, 0], "mlp": [0, 0], "hidden": False}
+    emb = [g for g in groups if g.kind == "embedding"]
+    hidden = emb[0] if emb else max(groups, key=lambda g: len(g.members))
+    heads, mlp = [0, 0], [0, 0]
+    for g in groups:
+        src = by_name.get(g.id)
+        if g is hidden or src is None or g.kind not in ("linear", "heads"):
+            continue
+        span = len(src.ids.ravel()) / max(g.width, 1)
+        slot = heads if span >= 4 else mlp if len(g.members) >= 2 else None
+        if slot is not None:
+            slot[1] += 1
+            slot[0] += int(g.n_prunable > 0)
+    return {"heads": heads, "mlp": mlp, "hidden": bool(hidden.n_prunable > 0)}
+
+
 class Timeout(BaseException):  # not swallowed by the library's `except Exception`
     pass
 
@@ -301,6 +328,7 @@ def ours(model: nn.Module, x, seconds: int) -> dict:
         row = {"capture": graph.options["capture"], "build_s": time.perf_counter() - t}
         try:
             row.update(shares(graph))
+            row["roles"] = roles(graph)
         except Timeout:
             raise
         except Exception as exc:
