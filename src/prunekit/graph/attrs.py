@@ -65,6 +65,15 @@ def declared(value: Any) -> tuple[str, str, int | None] | None:
     return (value.owner, value.attr, value.index) if isinstance(value, AttrInt) else None
 
 
+def declared_by_value(mod: nn.Module, value: int) -> str | None:
+    """The attribute ``size_attributes`` declared for ``mod``'s class that holds ``value``,
+    if exactly one does: for sizes whose origin a ``torch.Size`` sum erased
+    (``x.size()[:-1] + (self.num_heads, self.head_dim)``)."""
+    hits = {a for t, attrs in SIZE_ATTRIBUTES if isinstance(mod, t) for a in attrs
+            if mod.__dict__.get(a) == value}
+    return hits.pop() if len(hits) == 1 else None
+
+
 def _tagged(value: Any, owner: str, attr: str) -> Any:
     """``value`` as AttrInt(s): a plain int, or a tuple of plain ints; else None."""
     if type(value) is int:

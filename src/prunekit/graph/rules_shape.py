@@ -340,11 +340,27 @@ def _view(b: Builder, node: fx.Node, _mod: Any) -> Any:
 
 def _declared_sizes(b: Builder, node: fx.Node, sizes: list[Any],
                     const: list[bool]) -> dict[int, tuple[str, str, int | None]]:
-    """Constant sizes that are declared attributes (``reshape(B, N, 3, self.num_heads,
-    self.head_dim)``), known by their origin, never by their value."""
-    from .attrs import declared
-    return {d: declared(s) for d, (s, c) in enumerate(zip(sizes, const))
-            if c and declared(s) is not None}
+    """Constant sizes read from a layer's attributes (``reshape(B, N, 3, self.num_heads,
+    self.head_dim)``), known by their origin. Where no size of the call has an origin
+    (a ``torch.Size`` sum erased it), an attribute declared with ``size_attributes`` on
+    the module running the call is matched by value, only where exactly one constant of
+    the call has that value, so a literal is never mistaken for it."""
+    from .attrs import declared, declared_by_value
+    from .trace import module_stack
+    out = {d: declared(s) for d, (s, c) in enumerate(zip(sizes, const))
+           if c and declared(s) is not None}
+    stack = module_stack(node)
+    if out or not stack:
+        return out
+    owner = stack[-1]
+    mod = b.root.get_submodule(owner)
+    values = [s for s, c in zip(sizes, const) if c]
+    for d, (s, c) in enumerate(zip(sizes, const)):
+        if c and values.count(s) == 1:
+            attr = declared_by_value(mod, s)
+            if attr is not None:
+                out[d] = (owner, attr, None)
+    return out
 
 
 def _one_attribute_per_group(attrs: dict[int, tuple], in_shape: tuple[int, ...],
