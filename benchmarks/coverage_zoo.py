@@ -500,6 +500,18 @@ def summary(rows: list[dict], tool: str) -> str:
     return ", ".join(f"{n} {s}" for s, n in sorted(c.items(), key=lambda t: (-t[1], t[0])))
 
 
+def _all_roles(r: dict | None) -> bool:
+    return bool(r) and r["heads"][1] > 0 and r["heads"][0] == r["heads"][1] and \
+        r["mlp"][1] > 0 and r["mlp"][0] == r["mlp"][1] and r["hidden"]
+
+
+def _roles(r: dict | None) -> str:
+    if not r:
+        return ""
+    return f"{r['heads'][0]}/{r['heads'][1]} · {r['mlp'][0]}/{r['mlp'][1]} · " \
+        f"{'yes' if r['hidden'] else 'no'}"
+
+
 def render(out: Path, report: Path, command: str, complete: bool, rev: str | None = None,
            when: str | None = None) -> None:
     rows = [json.loads(line) for line in out.read_text().splitlines()] if out.exists() else []
@@ -575,15 +587,27 @@ def render(out: Path, report: Path, command: str, complete: bool, rev: str | Non
             lines.append(f"Families verified: prunekit {len(ver)}/{len(sub)}, Torch-Pruning "
                          f"{tpv}/{len(sub)}; median prunable share among prunekit-verified: "
                          f"{100 * med:.0f}% of channels, {100 * medm:.0f}% of MACs.")
+        if table == "hf" and ver:
+            full = [r["model"] for r in ver if _all_roles(r["ours"].get("roles"))]
+            tpv = sum(r.get("torch_pruning", {}).get("status") == "verified" for r in sub)
+            lines.append(f"Verified with attention heads, MLP width and hidden size all "
+                         f"prunable: prunekit {len(full)}/{len(sub)}; Torch-Pruning verified "
+                         f"(any width) {tpv}/{len(sub)}. *Roles* column: heads and MLP as "
+                         f"prunable groups / groups, hidden size yes/no (found from the "
+                         f"graph's structure, `roles()` in coverage_zoo.py).")
+        role_col = table == "hf"
         lines += ["", "| model | input | prunekit | capture | prunable share | MACs share | "
-                  "build s | error / reason | Torch-Pruning | error / reason |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+                  + ("roles: heads · MLP · hidden | " if role_col else "")
+                  + "build s | error / reason | Torch-Pruning | error / reason |",
+                  "|---|---|---|---|---|---|" + ("---|" if role_col else "")
+                  + "---|---|---|---|"]
         for r in sub:
             o, t = r["ours"], r.get("torch_pruning", {})
             bs = f"{o['build_s']:.1f}" if "build_s" in o else ""
+            rc = f"{_roles(o.get('roles'))} | " if role_col else ""
             lines.append(f"| {r['model']} | {r.get('input', '')} | {o['status']} | "
                          f"{o.get('capture', '')} | {_pct(o.get('prunable_share'))} | "
-                         f"{_pct(o.get('prunable_macs_share'))} | {bs} | {_fmt_err(o)} | "
+                         f"{_pct(o.get('prunable_macs_share'))} | {rc}{bs} | {_fmt_err(o)} | "
                          f"{t.get('status', 'not run')} | {_fmt_err(t) if t else ''} |")
         lines.append("")
     report.write_text("\n".join(lines))

@@ -64,7 +64,8 @@ def speed(meta: str) -> str:
              if "torch_pruning_s" in r and "ours_unverified_s" in r else ""]
             for r in doc["rows"]]
     return (f"# Pruning speed: build + plan + apply\n\n{meta}\n\nMachine: {doc['machine']}; "
-            f"torch {doc['torch']}; median of {doc['repeats']} runs (1 for depth 254/524).\n\n" +
+            f"torch {doc['torch']}; median of {doc['repeats']} runs, a garbage collection "
+            f"before each.\n\n" +
             _table(["model", "prunekit (s)", "prunekit, verify=False (s)",
                     "Torch-Pruning (s)", "prunekit / TP", "unverified / TP"], rows) + "\n")
 
