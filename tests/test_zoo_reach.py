@@ -121,3 +121,48 @@ def test_yolo(cfg):
     with torch.no_grad():
         preds = pruned.predict(x)
     assert len(non_max_suppression(preds)) == 1
+
+
+@pytest.mark.slow
+def test_config_follows_uniform_widths(tmp_path):
+    """A plan with one width per field: the pruned config rebuilds the pruned model
+    (save_pretrained / from_pretrained work); the user's config is untouched."""
+    model, x = _hf("llama")
+    graph = ChannelGraph.build(model, x)
+    plan = graph.make_plan({g.id: range(g.width // 2) for g in graph.prunable_groups})
+    pruned = graph.apply(model, plan)
+    cfg = pruned.config
+    assert (cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads,
+            cfg.intermediate_size) == (16, 2, 1, 32)
+    assert not hasattr(cfg, "prunekit_stale_fields")
+    assert model.config.hidden_size == 32 and model.config.num_attention_heads == 4
+    pruned.save_pretrained(tmp_path / "llama")
+    again = type(pruned).from_pretrained(tmp_path / "llama").eval()
+    inputs = as_inputs(x)
+    with torch.no_grad():
+        assert torch.allclose(inputs.call(pruned).logits, inputs.call(again).logits, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_config_says_when_it_cannot_carry_the_head_size():
+    """BERT derives its head size from hidden_size // num_attention_heads: with heads gone
+    and the (output) stream kept, that no longer holds, and the config says so."""
+    model, x = _hf("bert")
+    graph = ChannelGraph.build(model, x)
+    pruned = graph.apply(model, graph.make_plan(
+        {g.id: range(g.width // 2) for g in graph.prunable_groups}))
+    assert pruned.config.num_attention_heads == 2 and pruned.config.intermediate_size == 32
+    assert pruned.config.prunekit_stale_fields == ["num_attention_heads"]
+
+
+@pytest.mark.slow
+def test_config_lists_uneven_widths():
+    model, x = _hf("llama")
+    graph = ChannelGraph.build(model, x)
+    keep = {g.id: range(g.width // 2) for g in graph.prunable_groups}
+    mlp = [g.id for g in graph.prunable_groups if g.id.endswith("gate_proj")]
+    keep[mlp[0]] = range(graph.group(mlp[0]).width - 4)     # layer 0 keeps more MLP width
+    pruned = graph.apply(model, graph.make_plan(keep))
+    assert pruned.config.prunekit_stale_fields == ["intermediate_size"]
+    assert pruned.config.intermediate_size == 64                  # the original value stays
+    assert pruned.config.hidden_size == 16

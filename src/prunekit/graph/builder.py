@@ -139,6 +139,7 @@ class Builder:
     freeze_normalised: bool = False
     stats: dict[str, Stat] = field(default_factory=dict)
     follows: list[Follow] = field(default_factory=list)
+    attention: list[tuple[np.ndarray, np.ndarray | None]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self._by_name: dict[str, fx.Node] | None = None

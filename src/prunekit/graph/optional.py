@@ -81,9 +81,12 @@ def _transformers_rules() -> None:
     except ImportError:
         return
     from .builder import module_rule
+    from .hf_config import update_config
     from .rules_layers import hf_conv1d
+    from .surgery import AFTER_SURGERY
     module_rule(Conv1D)(hf_conv1d)
     _declare("transformers")
+    AFTER_SURGERY.append(update_config)
 
 
 def _timm_rules() -> None:

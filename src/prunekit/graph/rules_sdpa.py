@@ -85,6 +85,9 @@ def sdpa(b: Builder, node: fx.Node, _mod: Any) -> Any:
                 b.freeze(blk.ids, f"{b.where(node)} has heads along different dims")
         heads = [None, None, None]
     _couple_heads(b, node, heads, rep, lq, lk)
+    if heads[0] is not None and b.mode == "eval":   # query / key heads, for head counts
+        b.attention.append((heads[0].ravel(), heads[1].ravel() if heads[1] is not None
+                            else None))
     _mask(b, node, heads[0], nd, hdims[0] if heads[0] is not None else ())
     _cost(b, node, blocks, lays, heads[0], hdims[0] if heads[0] is not None else ())
     vblk = blocks[2]

@@ -39,7 +39,15 @@ def apply_plan(graph: "ChannelGraph", model: nn.Module, keep: np.ndarray,
         if len(units) > 1 and (units == units[0]).all():
             continue   # a line inside one whole unit (a head's features): its size stays
         _follow(new, f, int(keep[units].sum()) // f.per)
-    return _patch_constants(graph, new, keep)
+    new = _patch_constants(graph, new, keep)
+    for hook in AFTER_SURGERY:
+        hook(graph, new, keep)
+    return new
+
+
+# ``hook(graph, pruned_model, keep)`` run after every surgery: library integrations that
+# keep a model's own bookkeeping in step (transformers' ``config``)
+AFTER_SURGERY: list = []
 
 
 def _follow(model: nn.Module, f, value: int) -> None:
