@@ -10,11 +10,13 @@ tensor shows (an attention head's output columns in ``out_proj``).
 from __future__ import annotations
 
 import copy
+import operator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 import torch.fx as fx
+import torch.nn.functional as F
 from torch import nn
 
 from .layout import Layout
@@ -40,7 +42,7 @@ class MaskedReference(nn.Module):
             _zero_slices(self.root, graph, keep)
         else:
             object.__setattr__(self, "_live", base)   # not a submodule: modes stay the user's
-            self._swap = _zeroed(base, graph, keep, visible_units(graph))
+            self._swap = _zeroed(base, graph, keep, hidden_slices(graph))
         self.graph = traced.graph
         self._traced = traced
         self._graph_stats = graph._b.stats
@@ -116,19 +118,32 @@ def _blocks(value: Any) -> list:
     return []
 
 
+def hidden_slices(graph: "ChannelGraph") -> list[tuple[str, int]]:
+    """The weight slices some of whose units no node mask zeroes (computed once)."""
+    cached = graph.__dict__.get("_hidden_slices")
+    if cached is None:
+        visible = visible_units(graph)
+        cached = []
+        for key, units in graph.slices.items():
+            shown = visible.get(key[0].rpartition(".")[0])
+            if shown is None or not np.isin(units, shown).all():
+                cached.append(key)
+        graph.__dict__["_hidden_slices"] = cached
+    return cached
+
+
 def _zeroed(root: nn.Module, graph: "ChannelGraph", keep: np.ndarray,
-            visible: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+            hidden: list[tuple[str, int]]) -> dict[str, torch.Tensor]:
     """Zeroed copies of the tensors with removed channels that no node mask zeroes
     (no copy of the model)."""
     out: dict[str, torch.Tensor] = {}
+    if not hidden:
+        return out
     names = dict(root.named_parameters()) | dict(root.named_buffers())
     with torch.no_grad():
-        for (fqn, dim), units in graph.slices.items():
-            k = keep[units]
+        for fqn, dim in hidden:
+            k = keep[graph.slices[(fqn, dim)]]
             if k.all() or fqn not in names or "running_var" in fqn:
-                continue
-            shown = visible.get(fqn.rpartition(".")[0])
-            if shown is not None and np.isin(units[~k], shown).all():
                 continue
             t = out.get(fqn)
             if t is None:
@@ -197,15 +212,31 @@ def _apply(value: Any, mask: Any, in_place: bool = False) -> Any:
     return value
 
 
-def _storages(value: Any) -> list[int]:
-    if isinstance(value, torch.Tensor):
-        return [value.untyped_storage().data_ptr()] if value.layout == torch.strided \
-            and value.device.type != "meta" else []
-    if isinstance(value, (tuple, list)):
-        return [p for v in value for p in _storages(v)]
-    if isinstance(value, dict):
-        return [p for v in value.values() for p in _storages(v)]
-    return []
+# layers and ops that always return a new tensor (never a view or one of their inputs):
+# their outputs are masked in place
+_FRESH_MODULES: tuple[type, ...] = (nn.modules.conv._ConvNd, nn.Linear,
+                                    nn.modules.batchnorm._BatchNorm, nn.LayerNorm,
+                                    nn.GroupNorm)
+_FRESH_FUNCTIONS = {operator.add, operator.sub, operator.mul, operator.truediv, torch.add,
+                    torch.sub, torch.mul, torch.cat, torch.matmul, F.linear, F.conv1d,
+                    F.conv2d, F.conv3d, F.batch_norm, F.layer_norm, F.group_norm}
+
+
+def _fresh(module: nn.Module, n: fx.Node, out: Any) -> bool:
+    """True when ``out`` is a new tensor no other value shares: the output of a torch.nn
+    layer above whose ``forward`` is torch's own, or of an op above."""
+    if not isinstance(out, torch.Tensor) or out.layout != torch.strided:
+        return False
+    if n.op == "call_module":
+        mod = module.get_submodule(str(n.target))
+        return isinstance(mod, _FRESH_MODULES) and type(mod).forward in _FRESH_FORWARDS
+    return n.op == "call_function" and n.target in _FRESH_FUNCTIONS
+
+
+_FRESH_FORWARDS = {c.forward for c in (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d,
+                                       nn.ConvTranspose2d, nn.ConvTranspose3d, nn.Linear,
+                                       nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d,
+                                       nn.LayerNorm, nn.GroupNorm)}
 
 
 class _Masker(fx.Interpreter):
@@ -215,15 +246,6 @@ class _Masker(fx.Interpreter):
         self.masks = masks
         self.stats = stats or {}
 
-    def run(self, *args: Any, **kwargs: Any) -> Any:
-        self._seen = self._weights()
-        return super().run(*args, **kwargs)
-
-    def _weights(self) -> set[int]:
-        """Storages of the model's weights: never written in place."""
-        return {p for t in [*self.module.parameters(), *self.module.buffers()]
-                for p in _storages(t)}
-
     def run_node(self, n: fx.Node) -> Any:
         if n.name in self.stats:
             from .masked_stats import kept_statistics
@@ -232,17 +254,7 @@ class _Masker(fx.Interpreter):
                 out = kept_statistics(self.module, n, args, kwargs, *self.stats[n.name])
         else:
             out = super().run_node(n)
-        seen = self.__dict__.setdefault("_seen", None)
-        if seen is None:
-            seen = self._seen = self._weights()
         mask = self.masks.get(n.name)
-        if n.op not in ("placeholder", "get_attr"):
-            seen.update(_storages([n.args, n.kwargs]))   # constants baked into the graph
-            mine = _storages(out)
-            if mask is not None and isinstance(out, torch.Tensor) and mine \
-                    and mine[0] not in seen:
-                seen.update(mine)
-                return _apply(out, mask, in_place=True)
-        out = _apply(out, mask)
-        seen.update(_storages(out))
-        return out
+        if mask is None:
+            return out
+        return _apply(out, mask, in_place=_fresh(self.module, n, out))
