@@ -170,7 +170,7 @@ def test_submodular_prune_and_reweight(tmp_path, data, ckpt, capsys, monkeypatch
     (["--set", "selector=magic"], "selector must be one of"),
     (["--set", "variant=sideways"], "variant must be one of"),
     (["--set", "intercept=perhaps"], "intercept must be true or false"),
-    (["--calib", "0"], "--calib must be >= 1"),
+    (["--calib", "0"], "calib must be an integer >= 1, got 0"),
     (["--calib", "100000"], "calibration images"),
     (["--groups", "nothing*", "--calib", "16"], "no prunable group matches"),
 ])
@@ -267,3 +267,37 @@ def test_space_end_to_end(tmp_path, data, ckpt, capsys, monkeypatch):
     assert main(["space", "--model", "resnet20", "--checkpoint", str(ckpt), "--data", str(data),
                  "--set", "regime=0.5", "--out", str(bad)]) == 2
     assert "regime must be" in _err_line(capsys) and not bad.exists()
+
+
+@pytest.mark.parametrize("setting,needle", [
+    ("epochs=ten", "epochs must be an integer >= 1, got 'ten'"),
+    ("epochs=0", "epochs must be an integer >= 1, got 0"),
+    ("epochs=2.5", "epochs must be an integer >= 1, got 2.5"),
+    ("batch_size=0", "batch_size must be an integer >= 1, got 0"),
+    ("batch_size=-4", "batch_size must be an integer >= 1, got -4"),
+    ("max_steps_per_epoch=-1", "max_steps_per_epoch must be an integer >= 0"),
+    ("subset=-3", "subset must be an integer >= 0"),
+    ("target=true", "target must be a number in (0, 1], got True"),
+    ("target=0", "target must be a number in (0, 1], got 0"),
+    ("target=1.5", "target must be a number in (0, 1], got 1.5"),
+    ("lr=[0.1]", "lr must be a number > 0, got [0.1]"),
+    ("lr=nan", "lr must be a finite number"),
+    ("seed=true", "seed must be an integer >= 0, got True"),
+    ("channels_last=1", "channels_last must be true or false, got 1"),
+    ("workers=0", "workers must be an integer >= 1"),
+    ("regime=[0.6,0.4]", "regime must be two numbers lo < hi in (0, 1]"),
+    ("groups=7", "groups must be a list of names, got 7"),
+])
+def test_options_have_declared_types_and_ranges(tmp_path, capsys, setting, needle):
+    """Checked before any work: one line naming the option, exit 2, nothing written."""
+    out = tmp_path / "out"
+    assert main(["prune", "--model", "resnet20", "--set", setting, "--out", str(out)]) == 2
+    line = _err_line(capsys)
+    assert needle in line and line.startswith("prunekit prune: error:"), line
+    assert not out.exists() and not list(tmp_path.iterdir())
+
+
+def test_whole_floats_are_integers():
+    from prunekit.options import check_options
+    assert check_options({"epochs": 3.0, "target": 1})["epochs"] == 3
+    assert check_options({"prune_epochs": None, "regime": [0.4, 0.6]})["regime"] == [0.4, 0.6]

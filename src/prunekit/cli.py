@@ -129,7 +129,8 @@ def resolve(args: argparse.Namespace) -> dict[str, Any]:
     unknown = sorted(set(cfg) - set(DEFAULTS) - {"resume", "distill", "list", "all"})
     if unknown:
         raise CliError(f"unknown option(s): {', '.join(unknown)}")
-    return cfg
+    from .options import check_options
+    return check_options(cfg)
 
 
 def _read_config(path: str) -> dict[str, Any]:

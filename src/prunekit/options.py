@@ -1,0 +1,147 @@
+"""Declared types and ranges of the command line's options, checked before any work.
+
+Each option resolved from ``--config``, ``--set`` and the flags is checked against its
+spec here, so a bad value fails at once with one line that names the option, says
+what it must be and shows what it got (``epochs must be an integer >= 1, got 'ten'``).
+Booleans are never numbers (``target=true`` is refused), and numbers are not booleans.
+Choices and finer ranges that a method owns (a criterion's name, LAPP's threshold
+learning rate) are checked by the method's own config with the same kind of message.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import CliError
+
+
+@dataclass(frozen=True)
+class Spec:
+    """``kind``: int, float, bool, str, strs (a list of strings) or range (two floats).
+    ``lo``/``hi``: bounds, open where ``lo_open``/``hi_open``; ``nullable``: None allowed."""
+
+    kind: str
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+    hi_open: bool = False
+    nullable: bool = False
+
+
+def _i(lo: int | None = None, nullable: bool = False) -> Spec:
+    return Spec("int", lo, nullable=nullable)
+
+
+def _f(lo: float | None = None, hi: float | None = None, lo_open: bool = False,
+       hi_open: bool = False, nullable: bool = False) -> Spec:
+    return Spec("float", lo, hi, lo_open, hi_open, nullable)
+
+
+_PATH = Spec("str", nullable=True)
+_BOOL = Spec("bool")
+_FLAG = Spec("bool", nullable=True)
+
+SPECS: dict[str, Spec] = {
+    "model": _PATH, "checkpoint": _PATH, "pruned": _PATH, "data": _PATH, "out": _PATH,
+    "epochs": _i(1), "lr": _f(0, lo_open=True), "batch_size": _i(1),
+    "weight_decay": _f(0), "schedule": Spec("str"), "seed": _i(0), "subset": _i(0),
+    "method": Spec("str"), "target": _f(0, 1, lo_open=True), "metric": Spec("str"),
+    "criterion": Spec("str"), "allocation": _PATH, "round_to": _i(1),
+    "finetune_epochs": _i(0), "finetune_lr": _f(0, lo_open=True),
+    "distill_alpha": _f(0, 1), "channels_last": _BOOL, "max_steps_per_epoch": _i(0),
+    "precision": Spec("str"), "label_smoothing": _f(0, 1, hi_open=True),
+    "warmup_epochs": _f(0), "distill_temperature": _f(0, lo_open=True), "cutout": _i(0),
+    "variant": Spec("str"), "selector": Spec("str"), "reweight": _BOOL, "scope": Spec("str"),
+    "groups": Spec("strs"), "calib": _i(1), "stochastic": _f(0, 1), "intercept": _BOOL,
+    "bypass": _BOOL, "progressive": _BOOL, "hold": _BOOL, "prune_epochs": _f(nullable=True),
+    "penalty": _f(nullable=True), "temperature": _f(nullable=True),
+    "threshold_lr": _f(nullable=True), "bypass_scale": _f(nullable=True),
+    "score": _PATH, "score_momentum": _f(nullable=True), "leak": _f(nullable=True),
+    "parts": _i(1), "pop_size": _i(2), "generations": _i(1), "chain_points": _i(2),
+    "feature_steps": _i(0), "executor": Spec("str"), "workers": _i(1),
+    "param": Spec("str"), "regime": Spec("range", 0, 1, lo_open=True), "samples": _i(1),
+    "steps": _i(1), "held": _i(1), "pool": _i(1),
+    "teacher": _PATH, "teacher_checkpoint": _PATH,
+    "checkpoints": Spec("strs", nullable=True), "bn_batches": _i(0),
+    "resume": _FLAG, "distill": _FLAG, "list": _FLAG, "all": _FLAG,
+}
+
+_TRUE, _FALSE = ("true", "yes", "on"), ("false", "no", "off")
+
+
+def check_options(cfg: dict[str, Any]) -> dict[str, Any]:
+    """``cfg`` with every declared option checked (and ints given as floats such as
+    ``2.0`` made ints); raises CliError naming the first bad one."""
+    out = dict(cfg)
+    for key, value in cfg.items():
+        spec = SPECS.get(key)
+        if spec is not None:
+            out[key] = _check(key, value, spec)
+    return out
+
+
+def _check(key: str, v: Any, spec: Spec) -> Any:
+    if v is None and spec.nullable:
+        return v
+    if spec.kind == "int":
+        if isinstance(v, float) and v.is_integer():
+            v = int(v)
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise CliError(f"{key} must be an integer{_bounds(spec)}, got {v!r}")
+        return _in_range(key, v, spec, "an integer")
+    if spec.kind == "float":
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            if isinstance(v, str) and not isinstance(v, bool):
+                try:
+                    v = float(v)
+                except ValueError:
+                    raise CliError(f"{key} must be a number{_bounds(spec)}, got {v!r}") from None
+                if not math.isfinite(v):
+                    raise CliError(f"{key} must be a finite number, got {v!r}")
+            else:
+                raise CliError(f"{key} must be a number{_bounds(spec)}, got {v!r}")
+        return _in_range(key, v, spec, "a number")
+    if spec.kind == "bool":
+        if isinstance(v, bool) or (isinstance(v, str) and v.strip().lower() in _TRUE + _FALSE):
+            return v
+        raise CliError(f"{key} must be true or false, got {v!r}")
+    if spec.kind == "str":
+        if not isinstance(v, str) or not v:
+            raise CliError(f"{key} must be a non-empty text, got {v!r}")
+        return v
+    if spec.kind == "strs":
+        if isinstance(v, str):
+            v = [v]
+        if not isinstance(v, (list, tuple)) or not all(isinstance(s, str) and s for s in v):
+            raise CliError(f"{key} must be a list of names, got {v!r}")
+        return list(v)
+    if spec.kind == "range":
+        ok = isinstance(v, (list, tuple)) and len(v) == 2 and all(
+            isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)
+        if not ok or not (_inside(v[0], spec) and _inside(v[1], spec) and v[0] < v[1]):
+            raise CliError(f"{key} must be two numbers lo < hi{_bounds(spec)}, got {v!r}")
+        return [float(x) for x in v]
+    raise AssertionError(spec.kind)
+
+
+def _inside(v: float, spec: Spec) -> bool:
+    if spec.lo is not None and (v < spec.lo or (spec.lo_open and v == spec.lo)):
+        return False
+    return not (spec.hi is not None and (v > spec.hi or (spec.hi_open and v == spec.hi)))
+
+
+def _in_range(key: str, v: Any, spec: Spec, what: str) -> Any:
+    if not _inside(v, spec):
+        raise CliError(f"{key} must be {what}{_bounds(spec)}, got {v!r}")
+    return v
+
+
+def _bounds(spec: Spec) -> str:
+    if spec.lo is not None and spec.hi is not None:
+        return f" in {'(' if spec.lo_open else '['}{spec.lo:g}, {spec.hi:g}" \
+               f"{')' if spec.hi_open else ']'}"
+    if spec.lo is not None:
+        return f" {'>' if spec.lo_open else '>='} {spec.lo:g}"
+    return ""
