@@ -301,3 +301,13 @@ def test_whole_floats_are_integers():
     from prunekit.options import check_options
     assert check_options({"epochs": 3.0, "target": 1})["epochs"] == 3
     assert check_options({"prune_epochs": None, "regime": [0.4, 0.6]})["regime"] == [0.4, 0.6]
+
+
+def test_unreachable_target_names_the_closest(tmp_path, capsys):
+    """0.001 of the MACs cannot be met (the minimum widths keep ~0.0025): an error with
+    the closest reachable value, not a silent 2.5x miss."""
+    out = tmp_path / "out"
+    assert main(["prune", "--model", "resnet20", "--target", "0.001", "--out", str(out)]) == 2
+    line = _err_line(capsys)
+    assert "unreachable" in line and "closest reachable" in line, line
+    assert not out.exists()

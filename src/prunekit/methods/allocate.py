@@ -34,7 +34,7 @@ class Budget:
     metric: str = "macs"
     round_to: int = 1
     min_width: int = 1
-    tolerance: float = 0.01
+    tolerance: float = 0.01    # relative: the plan keeps at most target * (1 + tolerance)
     scope: str = "network"     # "groups": the target counts only the layers pruned groups touch
 
     def __post_init__(self) -> None:
@@ -108,11 +108,11 @@ def allocate(graph: ChannelGraph, scores: np.ndarray, budget: Budget, allocation
         raise TargetError(f"allocation must be one of {ALLOCATIONS}, got {allocation!r}")
     al = Allocator(graph, scores, budget, group_ids)
     floor = al.ratio(al.mask(list(al.cap)))
-    if floor > budget.target + budget.tolerance:
+    if floor > budget.target * (1 + budget.tolerance):   # the promise: within 1% of target
         raise UnreachableTargetError(
-            f"target {budget.target:.3f} of {budget.metric} is unreachable: with every prunable "
-            f"group at its minimum width the model keeps {floor:.3f} (frozen groups: see "
-            "graph.explain())")
+            f"target {budget.target:.4g} of {budget.metric} is unreachable: with every "
+            f"prunable group at its minimum width the model keeps {floor:.4g}, the closest "
+            "reachable value (frozen groups: see graph.explain())")
     removal = _uniform(al) if allocation == "uniform" else _global(al, scores)
     keep = _fill(al, al.mask(removal), scores)
     ratio = al.ratio(keep)
