@@ -311,3 +311,23 @@ def test_unreachable_target_names_the_closest(tmp_path, capsys):
     line = _err_line(capsys)
     assert "unreachable" in line and "closest reachable" in line, line
     assert not out.exists()
+
+
+def test_oneshot_prunes_only_the_groups_asked_for(tmp_path):
+    out = tmp_path / "out"
+    assert main(["prune", "--model", "resnet20", "--target", "0.9", "--groups", "layer1*",
+                 "--out", str(out)]) == 0
+    plan = json.loads((out / "plan.json").read_text())
+    assert plan["keep"] and all(g.startswith("layer1") for g in plan["keep"])
+
+
+@pytest.mark.parametrize("method,setting", [("oneshot", "pop_size=4"),
+                                            ("lapp", "variant=seq"),
+                                            ("submodular", "executor=ray")])
+def test_an_option_the_method_does_not_use_is_refused(tmp_path, capsys, method, setting):
+    out = tmp_path / "out"
+    assert main(["prune", "--model", "resnet20", "--method", method, "--target", "0.5",
+                 "--set", setting, "--out", str(out)]) == 2
+    key = setting.split("=")[0]
+    assert f"{key} is not used by method {method}" in _err_line(capsys)
+    assert not out.exists()

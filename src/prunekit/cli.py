@@ -115,22 +115,30 @@ DEFAULTS: dict[str, Any] = {
 
 def resolve(args: argparse.Namespace) -> dict[str, Any]:
     cfg = dict(DEFAULTS)
+    given: set[str] = set()      # options the user set (file, --set or flag)
     if args.config:
-        cfg.update(_read_config(args.config))
+        read = _read_config(args.config)
+        cfg.update(read)
+        given.update(read)
     for item in args.set:
         if "=" not in item:
             raise CliError(f"--set expects KEY=VALUE, got {item!r}")
         k, v = item.split("=", 1)
         cfg[k.replace("-", "_")] = _parse_value(v)
+        given.add(k.replace("-", "_"))
     for k, v in vars(args).items():
         if k in ("config", "set", "command") or v is None or v is False:
             continue
         cfg[k] = v
+        given.add(k)
     unknown = sorted(set(cfg) - set(DEFAULTS) - {"resume", "distill", "list", "all"})
     if unknown:
         raise CliError(f"unknown option(s): {', '.join(unknown)}")
-    from .options import check_options
-    return check_options(cfg)
+    from .options import check_method_options, check_options
+    cfg = check_options(cfg)
+    if args.command == "prune":
+        check_method_options(cfg["method"], given)
+    return cfg
 
 
 def _read_config(path: str) -> dict[str, Any]:

@@ -217,7 +217,8 @@ def cmd_prune(cfg: dict) -> int:
         from .methods import OneShotConfig, prune_oneshot
         mcfg = OneShotConfig(target=cfg["target"], metric=cfg["metric"],
                              criterion=cfg["criterion"], allocation=cfg["allocation"] or "global",
-                             round_to=int(cfg["round_to"]), seed=int(cfg["seed"]))
+                             round_to=int(cfg["round_to"]), seed=int(cfg["seed"]),
+                             groups=tuple(cfg["groups"] or ()))
         arrays = _data(cfg, required=bool(cfg["finetune_epochs"]) or bool(cfg.get("data")))
         result = prune_oneshot(model, _example(s), mcfg)
     elif cfg["method"] == "lapp":

@@ -145,3 +145,28 @@ def _bounds(spec: Spec) -> str:
     if spec.lo is not None:
         return f" {'>' if spec.lo_open else '>='} {spec.lo:g}"
     return ""
+
+
+# the options of ``prune`` that only some methods read; any other method refuses them
+METHOD_OPTIONS: dict[str, frozenset[str]] = {
+    "oneshot": frozenset({"criterion", "allocation", "round_to", "groups"}),
+    "submodular": frozenset({"variant", "selector", "reweight", "scope", "groups", "calib",
+                             "stochastic", "intercept", "allocation", "round_to"}),
+    "lapp": frozenset({"bypass", "progressive", "hold", "prune_epochs", "penalty",
+                       "temperature", "threshold_lr", "bypass_scale", "score",
+                       "score_momentum", "leak", "groups"}),
+    "emo": frozenset({"parts", "pop_size", "generations", "chain_points", "feature_steps",
+                      "executor", "workers", "groups", "criterion", "calib"}),
+}
+
+
+def check_method_options(method: str, given: set[str]) -> None:
+    """Refuse an option the user set that ``method`` does not use (instead of ignoring it)."""
+    mine = METHOD_OPTIONS.get(method)
+    if mine is None:
+        return      # an unknown method is reported by the command
+    owned = frozenset().union(*METHOD_OPTIONS.values())
+    for key in sorted(given & owned - mine):
+        users = [m for m, keys in METHOD_OPTIONS.items() if key in keys]
+        raise CliError(f"{key} is not used by method {method} (it is an option of "
+                       f"{', '.join(users)}); remove it or choose one of those methods")

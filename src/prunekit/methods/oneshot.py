@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from fnmatch import fnmatch
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Iterable, Sequence
 
@@ -18,7 +19,9 @@ from .base import Result
 
 @dataclass(frozen=True)
 class OneShotConfig:
-    """``target``: fraction of the original MACs (or params) to keep, in (0, 1]."""
+    """``target``: fraction of the original MACs (or params) to keep, in (0, 1].
+    ``groups``: fnmatch patterns of the group ids to prune (empty: every prunable group);
+    the target still counts the whole network."""
 
     target: float = 0.5
     metric: str = "macs"
@@ -28,6 +31,7 @@ class OneShotConfig:
     min_width: int = 1
     seed: int = 0
     ignore: tuple[str, ...] = ()
+    groups: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         Budget(self.target, self.metric, self.round_to, self.min_width)  # validates
@@ -37,6 +41,7 @@ class OneShotConfig:
             raise TargetError(f"allocation must be one of {ALLOCATIONS}, "
                               f"got {self.allocation!r}")
         object.__setattr__(self, "ignore", tuple(self.ignore))
+        object.__setattr__(self, "groups", tuple(self.groups))
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -45,6 +50,7 @@ class OneShotConfig:
     def from_json(cls, text: str) -> "OneShotConfig":
         data = json.loads(text)
         data["ignore"] = tuple(data.get("ignore", ()))
+        data["groups"] = tuple(data.get("groups", ()))
         return cls(**data)
 
 
@@ -60,8 +66,14 @@ def prune_oneshot(model: nn.Module, example_inputs: Sequence[Any] | torch.Tensor
     scores = unit_scores(graph, model, config.criterion, data=data, loss_fn=loss_fn,
                          seed=config.seed)
     budget = Budget(config.target, config.metric, config.round_to, config.min_width)
+    chosen = None
+    if config.groups:
+        chosen = {g.id for g in graph.prunable_groups
+                  if any(fnmatch(g.id, p) for p in config.groups)}
+        if not chosen:
+            raise TargetError(f"no prunable group matches {list(config.groups)}")
     plan = allocate(graph, scores, budget, config.allocation,
-                    {"method": "oneshot", "criterion": config.criterion})
+                    {"method": "oneshot", "criterion": config.criterion}, group_ids=chosen)
     before, after = graph.cost(), graph.cost(plan)
     pruned = graph.apply(model, plan, inplace=inplace, verify=verify)
     return Result(pruned, plan, graph, before, after)
