@@ -82,6 +82,19 @@ def test_train_resume_and_config_file(tmp_path, data, capsys, monkeypatch):
     assert main(args) == 2 and "not empty" in _err_line(capsys)
     assert main(args + ["--resume", "--set", "epochs=2"]) == 0
     assert len((out / "log.jsonl").read_text().splitlines()) == 2
+    # resume compares the settings: a changed config file is refused, nothing touched
+    changed = tmp_path / "c2.yaml"
+    changed.write_text(cfg.read_text().replace("cutout: 8", "cutout: 4"))
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    capsys.readouterr()
+    assert main(["train", "--model", "resnet20", "--data", str(data), "--config", str(changed),
+                 "--out", str(out), "--resume", "--set", "epochs=2"]) == 2
+    line = _err_line(capsys)
+    assert "--resume" in line and "cutout 8 -> 4" in line, line
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    # given on the command line it is an override: the run continues and says so
+    assert main(args + ["--resume", "--set", "epochs=3", "--set", "seed=7"]) == 0
+    assert "note: resuming with seed = 7 (the saved run had 0)" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("argv,needle", [

@@ -120,17 +120,19 @@ def resolve(args: argparse.Namespace) -> dict[str, Any]:
         read = _read_config(args.config)
         cfg.update(read)
         given.update(read)
+    overrides: set[str] = set()  # set on the command line (--set or a flag)
     for item in args.set:
         if "=" not in item:
             raise CliError(f"--set expects KEY=VALUE, got {item!r}")
         k, v = item.split("=", 1)
         cfg[k.replace("-", "_")] = _parse_value(v)
-        given.add(k.replace("-", "_"))
+        overrides.add(k.replace("-", "_"))
     for k, v in vars(args).items():
         if k in ("config", "set", "command") or v is None or v is False:
             continue
         cfg[k] = v
-        given.add(k)
+        overrides.add(k)
+    given |= overrides
     unknown = sorted(set(cfg) - set(DEFAULTS) - {"resume", "distill", "list", "all"})
     if unknown:
         raise CliError(f"unknown option(s): {', '.join(unknown)}")
@@ -138,7 +140,14 @@ def resolve(args: argparse.Namespace) -> dict[str, Any]:
     cfg = check_options(cfg)
     if args.command == "prune":
         check_method_options(cfg["method"], given)
+    RESOLVED_OVERRIDES.clear()
+    RESOLVED_OVERRIDES.update(overrides)
     return cfg
+
+
+# the options of the last ``resolve`` given on the command line (a resumed run may
+# change these, with a note; any other difference from the saved config is refused)
+RESOLVED_OVERRIDES: set[str] = set()
 
 
 def _read_config(path: str) -> dict[str, Any]:

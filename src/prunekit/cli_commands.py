@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import sys
 import os
 import shutil
 import tempfile
@@ -137,10 +138,48 @@ def _teacher(cfg: dict, s) -> torch.nn.Module | None:
     return teacher
 
 
+# options a resumed run may differ in without changing what it computes
+_RESUME_FREE = {"resume", "out", "data", "checkpoint", "epochs"}
+
+
+def check_resume(saved_path: Path, cfg: dict) -> None:
+    """A resumed run continues what was saved: a setting that differs from the saved
+    config is refused, unless given on this command line (then a note says so)."""
+    from .cli import RESOLVED_OVERRIDES
+    if not saved_path.is_file():
+        return
+    try:
+        saved = json.loads(saved_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise CliError(f"cannot read {saved_path} to resume: {exc}; start a new run in "
+                       "another --out") from exc
+    changed = sorted(k for k in cfg if k not in _RESUME_FREE and k in saved
+                     and json.loads(json.dumps(cfg[k], default=str)) != saved[k])
+    refused = [k for k in changed if k not in RESOLVED_OVERRIDES]
+    if refused:
+        diff = ", ".join(f"{k} {saved[k]!r} -> {cfg[k]!r}" for k in refused)
+        raise CliError(f"--resume: the settings differ from the saved run ({saved_path}): "
+                       f"{diff}; give them on the command line to override, or start a new "
+                       "run in another --out")
+    for k in changed:
+        print(f"note: resuming with {k} = {cfg[k]!r} (the saved run had {saved[k]!r})",
+              file=sys.stderr)
+
+
+def _start_work(work: Path, cfg: dict, resume: bool) -> None:
+    """A work folder that ``--resume`` continues, with the settings it was started with."""
+    if resume:
+        check_resume(work / "config.json", cfg)
+    work.mkdir(parents=True, exist_ok=True)
+    _write_json(work / "config.json", cfg)
+
+
 def cmd_train(cfg: dict) -> int:
     model, s = _model(cfg)
     teacher = _teacher(cfg, s)
     out = _out(cfg, allow_existing=bool(cfg.get("resume")))
+    if cfg.get("resume"):
+        check_resume(out / "config.json", cfg)
     tcfg = _train_config(cfg, int(cfg["epochs"]), float(cfg["lr"]))
     arrays = _data(cfg)
     from .train import fit
@@ -283,7 +322,7 @@ def _prune_lapp(cfg: dict, model: torch.nn.Module, s, out: Path) -> int:
     resume = bool(cfg.get("resume")) and logs.is_dir()
     if logs.exists() and not resume:
         shutil.rmtree(logs)
-    logs.mkdir(parents=True, exist_ok=True)
+    _start_work(logs, cfg, resume)
     result = train_lapp(model.train(), _example(s), train, test, lcfg, tcfg, logs,
                         resume=resume)
     _plot_curves(result.history, logs / "training.png")
@@ -314,6 +353,7 @@ def _prune_emo(cfg: dict, model: torch.nn.Module, s, out: Path) -> int:
     work = out.parent / f".{out.name}.emo-work"
     if work.exists() and not cfg.get("resume"):
         shutil.rmtree(work)
+    _start_work(work, cfg, bool(cfg.get("resume")))
     search = EmoSearch(model, _example(s), list(calib.split(128)), ecfg,
                        executor=cfg["executor"], workers=int(cfg["workers"]),
                        checkpoint=work / "checkpoint")
@@ -435,7 +475,7 @@ def cmd_space(cfg: dict) -> int:
     work = out.parent / f".{out.name}.space-work"
     if work.exists() and not cfg.get("resume"):
         shutil.rmtree(work)
-    work.mkdir(parents=True, exist_ok=True)
+    _start_work(work, cfg, bool(cfg.get("resume")))
     args = (model, _example(s), fit_part, held, int(cfg["steps"]), float(cfg["finetune_lr"]),
             64, int(cfg["seed"]))
     initial = _space_population(work / "initial.jsonl", space, args, n, cfg)
