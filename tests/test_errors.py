@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -126,6 +127,23 @@ def test_weights_do_not_match_plan(tmp_path, r20):
     doc["keep"] = {k: list(v) for k, v in other.keep.items()}
     (tmp_path / "m" / "plan.json").write_text(json.dumps(doc))
     with pytest.raises(WeightsMismatchError, match="do not match"):
+        load_pruned(tmp_path / "m", CifarResNet(20))
+
+
+@pytest.mark.parametrize("edit,needle", [
+    (lambda d: d["keep"].update({next(iter(d["keep"])): ["1", "2"]}), "list of ints"),
+    (lambda d: d["graph"].update(input_shapes=[["1", "3", "32", "32"]]), "shape of input 0"),
+    (lambda d: d["graph"].update(input_shapes="1x3x32x32"), "input_shapes"),
+    (lambda d: d.update(graph=[1]), "\"graph\" must be an object"),
+])
+def test_hand_edited_plan_is_named_not_a_torch_error(tmp_path, r20, edit, needle):
+    model, x, graph = r20
+    plan = random_plan(graph, 0.5)
+    save_pruned(tmp_path / "m", graph.apply(model, plan), plan, (x,))
+    doc = json.loads((tmp_path / "m" / "plan.json").read_text())
+    edit(doc)
+    (tmp_path / "m" / "plan.json").write_text(json.dumps(doc))
+    with pytest.raises(PlanFormatError, match=re.escape(needle)):
         load_pruned(tmp_path / "m", CifarResNet(20))
 
 
