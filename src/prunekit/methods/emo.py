@@ -225,6 +225,22 @@ class EmoResult:
             {"per_subnet_per_generation": self.hypervolume, "evaluations": self.evaluations}))
 
 
+def _check_calibration(example: torch.Tensor, batches: list) -> None:
+    """Calibration batches are tensors shaped like the example input but for the batch
+    size; anything else is refused here with the batch named, not inside a layer."""
+    if not batches:
+        raise TargetError("EmoSearch needs at least one calibration batch")
+    want = tuple(example.shape[1:]) if isinstance(example, torch.Tensor) else None
+    for i, b in enumerate(batches):
+        if not isinstance(b, torch.Tensor) or not b.is_floating_point() or b.dim() < 1:
+            raise TargetError(f"calibration batch {i} must be a float tensor, got "
+                              f"{type(b).__name__}")
+        if want is not None and tuple(b.shape[1:]) != want:
+            raise TargetError(f"calibration batch {i} has shape {tuple(b.shape)}; the example "
+                              f"input is {tuple(example.shape)}, so batches must be "
+                              f"(N, {', '.join(map(str, want))})")
+
+
 class EmoSearch:
     """Run with :meth:`run`; ``checkpoint`` (a folder) makes it resumable."""
 
@@ -234,6 +250,7 @@ class EmoSearch:
                  checkpoint: str | os.PathLike[str] | None = None) -> None:
         from .executor import InProcess, RayExecutor
         batches = list(data.split(128)) if isinstance(data, torch.Tensor) else list(data)
+        _check_calibration(example, batches)
         self.config = config
         args = (model, example, batches, config)
         self.local = Evaluator(*args)
