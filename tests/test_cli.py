@@ -55,6 +55,21 @@ def test_prune_finetune_eval_export_info(tmp_path, data, ckpt, capsys, monkeypat
     assert main(["export", "--model", "resnet20", "--pruned", str(out / "model"),
                  "--out", str(tmp_path / "m.onnx")]) == 0
     assert (tmp_path / "m.onnx").is_file()
+    # never onto an input, never over an existing file unless asked
+    weights = next(p for p in (out / "model").iterdir() if p.is_file() and p.name != "plan.json")
+    before = {p: p.read_bytes() for p in [weights, tmp_path / "m.onnx", ckpt]}
+    capsys.readouterr()
+    for target, needle in ((weights, "is an input of this export"), (ckpt, "is an input"),
+                           (tmp_path / "m.onnx", "exists; pass --overwrite")):
+        argv = ["export", "--model", "resnet20", "--pruned", str(out / "model"),
+                "--checkpoint", str(ckpt), "--out", str(target)]
+        if target == tmp_path / "m.onnx":
+            argv.remove("--checkpoint"); argv.remove(str(ckpt))
+        assert main(argv) == 2
+        assert needle in _err_line(capsys)
+    assert {p: p.read_bytes() for p in before} == before
+    assert main(["export", "--model", "resnet20", "--pruned", str(out / "model"),
+                 "--out", str(tmp_path / "m.onnx"), "--overwrite"]) == 0
     assert main(["info", "--model", "resnet20", "--pruned", str(out / "model")]) == 0
     text = capsys.readouterr().out
     assert "layer1.0.conv1" in text and "groups" in text

@@ -77,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--distill", action="store_true", help="distill from --model/--checkpoint")
     p = sub.add_parser("export", help="export a pruned model to ONNX (checked with onnxruntime)")
     _common(p)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p = sub.add_parser("info", help="groups, widths, params and MACs per layer")
     _common(p, out=False)
     p.add_argument("--list", action="store_true", help="list registered models")
@@ -133,7 +134,8 @@ def resolve(args: argparse.Namespace) -> dict[str, Any]:
         cfg[k] = v
         overrides.add(k)
     given |= overrides
-    unknown = sorted(set(cfg) - set(DEFAULTS) - {"resume", "distill", "list", "all"})
+    unknown = sorted(set(cfg) - set(DEFAULTS) - {"resume", "distill", "list", "all",
+                                                  "overwrite"})
     if unknown:
         raise CliError(f"unknown option(s): {', '.join(unknown)}")
     from .options import check_method_options, check_options

@@ -533,10 +533,33 @@ def cmd_finetune(cfg: dict) -> int:
     return 0
 
 
-def cmd_export(cfg: dict) -> int:
-    model, s = _model_or_pruned(cfg)
+def _export_target(cfg: dict) -> Path:
+    """The ONNX file to write: never one of the inputs, never an existing file unless
+    ``--overwrite``, in a writable folder; checked before any work."""
     if not cfg.get("out"):
         raise CliError("--out FILE.onnx is required")
+    out = Path(cfg["out"])
+    inputs = [Path(cfg[k]) for k in ("checkpoint", "config") if cfg.get(k)]
+    if cfg.get("pruned") and Path(cfg["pruned"]).is_dir():
+        inputs += [p for p in Path(cfg["pruned"]).rglob("*") if p.is_file()]
+    for src in inputs:
+        if src.exists() and out.exists() and os.path.samefile(src, out):
+            raise CliError(f"--out {out} is an input of this export ({src}); choose another "
+                           "file, e.g. model.onnx")
+    if out.is_dir():
+        raise CliError(f"--out {out} is a folder; give a file name such as {out}/model.onnx")
+    if out.exists() and not cfg.get("overwrite"):
+        raise CliError(f"--out {out} exists; pass --overwrite to replace it or choose another "
+                       "file")
+    parent = next((p for p in [out.parent, *out.parent.parents] if p.exists()), None)
+    if parent is None or not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise CliError(f"cannot write {out}: {out.parent} is not a writable folder")
+    return out
+
+
+def cmd_export(cfg: dict) -> int:
+    _export_target(cfg)
+    model, s = _model_or_pruned(cfg)
     from .io import export_onnx
     err = export_onnx(model, (_example(s),), cfg["out"])
     print(f"wrote {cfg['out']} (onnxruntime vs PyTorch max abs difference {err:.2e})")

@@ -65,7 +65,7 @@ SPECS: dict[str, Spec] = {
     "steps": _i(1), "held": _i(1), "pool": _i(1),
     "teacher": _PATH, "teacher_checkpoint": _PATH,
     "checkpoints": Spec("strs", nullable=True), "bn_batches": _i(0),
-    "resume": _FLAG, "distill": _FLAG, "list": _FLAG, "all": _FLAG,
+    "resume": _FLAG, "distill": _FLAG, "list": _FLAG, "all": _FLAG, "overwrite": _FLAG,
 }
 
 _TRUE, _FALSE = ("true", "yes", "on"), ("false", "no", "off")
