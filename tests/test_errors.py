@@ -189,3 +189,23 @@ def test_model_not_the_graphs(r20):
     _, xx = make("chain")
     with pytest.raises(PlanMismatchError):
         graph.apply(make("chain")[0], graph.full_plan())
+
+
+def test_outputs_honour_the_umask(tmp_path, r20):
+    """Atomic writes go through tempfile (0600/0700); the results get the modes a plain
+    write would: readable by group and others under umask 022, private under 077."""
+    import os
+    model, x, graph = r20
+    plan = random_plan(graph, 0.5)
+    pruned = graph.apply(model, plan)
+    old = os.umask(0o022)
+    try:
+        save_pruned(tmp_path / "m", pruned, plan, (x,))
+        plan.save(tmp_path / "p.json")
+        os.umask(0o077)
+        plan.save(tmp_path / "private.json")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "m").stat().st_mode & 0o777 == 0o755
+    assert (tmp_path / "p.json").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "private.json").stat().st_mode & 0o777 == 0o600

@@ -421,6 +421,8 @@ def _finish(cfg, out: Path, original, pruned, plan, arrays, s,
     from .reporting import before_after, plot_widths
     tmp = Path(tempfile.mkdtemp(dir=out.parent if out.parent.exists() else None,
                                 prefix=f".{out.name}."))
+    from .plan import honour_umask
+    honour_umask(tmp)
     try:
         if arrays is not None and cfg["finetune_epochs"]:
             from .train import fit

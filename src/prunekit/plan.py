@@ -84,6 +84,14 @@ class Plan:
         return cls.from_json(text)
 
 
+def honour_umask(path: str | os.PathLike[str]) -> None:
+    """Give a file or folder made by ``tempfile`` (mode 0600/0700) the mode a plain
+    ``open``/``mkdir`` would: 0666/0777 less the process umask."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, (0o777 if os.path.isdir(path) else 0o666) & ~mask)
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Write via a temporary file in the same folder and rename: never a half-written file."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -91,6 +99,7 @@ def atomic_write_text(path: Path, text: str) -> None:
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
+        honour_umask(tmp)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

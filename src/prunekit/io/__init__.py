@@ -26,7 +26,7 @@ from torch import nn
 
 from ..errors import PlanFormatError, WeightsMismatchError
 from ..graph import ChannelGraph
-from ..plan import Plan
+from ..plan import Plan, honour_umask
 
 __all__ = ["save_pruned", "load_pruned", "export_onnx"]
 
@@ -53,6 +53,7 @@ def save_pruned(path: str | os.PathLike[str], model: nn.Module, plan: Plan,
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+    honour_umask(tmp)
     try:
         doc = plan.to_dict()
         doc["graph"] = {"ignore": list(ignore), **_input_spec(example_inputs), **options}
@@ -199,6 +200,7 @@ def export_onnx(model: nn.Module, example_inputs: Sequence[torch.Tensor] | torch
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".onnx")
     os.close(fd)
+    honour_umask(tmp)
     try:
         names = [f"input{i}" for i in range(len(inputs))]
         with warnings.catch_warnings():
