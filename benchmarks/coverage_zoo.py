@@ -580,11 +580,12 @@ def render(out: Path, report: Path, command: str, complete: bool, rev: str | Non
         lines.append(f"{len(sub)} models. prunekit: {summary(sub, 'ours')}.  ")
         lines.append(f"Torch-Pruning {tp_version}: {summary(sub, 'torch_pruning')}.")
         ver = [r for r in sub if r["ours"].get("status") == "verified"]
-        if table == "timm" and ver:
+        if ver:
             med = np.median([r["ours"]["prunable_share"] for r in ver])
             medm = np.median([r["ours"]["prunable_macs_share"] for r in ver])
             tpv = sum(r.get("torch_pruning", {}).get("status") == "verified" for r in sub)
-            lines.append(f"Families verified: prunekit {len(ver)}/{len(sub)}, Torch-Pruning "
+            what = "Families" if table == "timm" else "Models"
+            lines.append(f"{what} verified: prunekit {len(ver)}/{len(sub)}, Torch-Pruning "
                          f"{tpv}/{len(sub)}; median prunable share among prunekit-verified: "
                          f"{100 * med:.0f}% of channels, {100 * medm:.0f}% of MACs.")
         if table == "hf" and ver:

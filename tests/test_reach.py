@@ -215,8 +215,10 @@ def test_attribute_sizing_two_widths_couples_them():
     model = TwoWidths().eval()
     x = torch.randn(2, 3)
     graph = ChannelGraph.build(model, x)
+    both = [g for g in graph.groups if {"a.weight:0", "b.weight:0"} <= set(g.members)]
+    assert len(both) == 1 and both[0].width == 4 and both[0].n_prunable == 4, graph.explain()
     for ratio in (0.25, 0.5):
         check_plan(model, x, graph, random_plan(graph, ratio))
-    plan = random_plan(graph, 0.5)
-    graph.apply(model, plan)   # verified
+    pruned = graph.apply(model, graph.make_plan({both[0].id: [1, 3]}))   # verified
+    assert pruned.width == 2
 

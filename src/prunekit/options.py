@@ -92,16 +92,15 @@ def _check(key: str, v: Any, spec: Spec) -> Any:
             raise CliError(f"{key} must be an integer{_bounds(spec)}, got {v!r}")
         return _in_range(key, v, spec, "an integer")
     if spec.kind == "float":
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-            if isinstance(v, str) and not isinstance(v, bool):
-                try:
-                    v = float(v)
-                except ValueError:
-                    raise CliError(f"{key} must be a number{_bounds(spec)}, got {v!r}") from None
-                if not math.isfinite(v):
-                    raise CliError(f"{key} must be a finite number, got {v!r}")
-            else:
-                raise CliError(f"{key} must be a number{_bounds(spec)}, got {v!r}")
+        if isinstance(v, str):
+            try:
+                v = float(v)
+            except ValueError:
+                raise CliError(f"{key} must be a number{_bounds(spec)}, got {v!r}") from None
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise CliError(f"{key} must be a number{_bounds(spec)}, got {v!r}")
+        if not math.isfinite(v):
+            raise CliError(f"{key} must be a finite number, got {v!r}")
         return _in_range(key, v, spec, "a number")
     if spec.kind == "bool":
         if isinstance(v, bool) or (isinstance(v, str) and v.strip().lower() in _TRUE + _FALSE):

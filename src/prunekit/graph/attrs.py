@@ -1,13 +1,13 @@
-"""Declared size attributes, carried with their origin through a capture.
+"""Sizes read from a layer's own attributes, carried with their origin through a capture.
 
-``size_attributes(cls, "num_heads")`` declares integer attributes that a layer's
-``forward`` passes as constant sizes (``reshape(B, N, 3, self.num_heads, D)``).
-While the model is captured, each such attribute holds an :class:`AttrInt`: an int
-equal to the value that also remembers the module and attribute it came from. A
-rule then knows which constant of a call *is* the attribute, even where a literal
-of the same value sits beside it (the ``3`` of q, k, v next to three heads), and
+While a model is captured, every plain ``int`` attribute of every module (and every tuple
+of ints, ``self.bias_shape``) holds an :class:`AttrInt`: an int equal to the value that
+also remembers the module and attribute it came from. A rule then knows which constant
+of a call *is* the attribute (``reshape(B, N, 3, self.num_heads, D)``), even where a
+literal of the same value sits beside it (the ``3`` of q, k, v next to three heads), and
 surgery sets the attribute to the kept size. Arithmetic returns plain ints: a size
-derived from an attribute is a new constant, not the attribute.
+derived from an attribute is a new constant, not the attribute. ``size_attributes``
+declares attributes to match by value where a ``torch.Size`` sum erased the origin.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ def size_attributes(cls: type, *attrs: str) -> None:
 
 
 class AttrInt(int):
-    """The value of a declared size attribute, read during a capture."""
+    """The value of a layer's int attribute, read during a capture."""
 
     owner: str
     attr: str
@@ -85,7 +85,8 @@ def _tagged(value: Any, owner: str, attr: str) -> Any:
 
 @contextlib.contextmanager
 def tagged_attributes(model: nn.Module) -> Iterator[None]:
-    """Within the block, declared size attributes of ``model``'s layers are AttrInts."""
+    """Within the block, the plain int (and int-tuple) attributes of ``model``'s layers
+    are AttrInts; the original values are put back on exit."""
     changed: list[tuple[nn.Module, str, int]] = []
     try:
         for name, mod in model.named_modules():

@@ -69,10 +69,7 @@ class ChannelGraph:
         self.unit_frozen = np.zeros(self.n_units, dtype=bool)
         self.unit_reasons: dict[int, list[str]] = {}
         for e, rs in builder.reasons.items():
-            u = int(self.unit_of[e])
-            self.unit_frozen[u] = True
-            lst = self.unit_reasons.setdefault(u, [])
-            lst.extend(r for r in rs if r not in lst and len(lst) < 4)
+            self._freeze_unit(int(self.unit_of[e]), rs)
         self._freeze_whole_dims(builder.slices)
         self.groups: list[Group] = self._make_groups(builder.sources)
         self._by_id = {g.id: g for g in self.groups}
@@ -123,12 +120,13 @@ class ChannelGraph:
         for (fqn, dim), ids in slices.items():
             units = self.unit_of[ids]
             if len(units) and (units == units[0]).all():
-                u = int(units[0])
-                self.unit_frozen[u] = True
-                lst = self.unit_reasons.setdefault(u, [])
-                why = f"holds every channel of {fqn} (dim {dim})"
-                if why not in lst and len(lst) < 4:
-                    lst.append(why)
+                self._freeze_unit(int(units[0]), [f"holds every channel of {fqn} (dim {dim})"])
+
+    def _freeze_unit(self, u: int, reasons: Sequence[str]) -> None:
+        """Mark unit ``u`` frozen, keeping up to four distinct reasons."""
+        self.unit_frozen[u] = True
+        lst = self.unit_reasons.setdefault(u, [])
+        lst.extend(r for r in reasons if r not in lst and len(lst) < 4)
 
     def _make_groups(self, sources: list[Source]) -> list[Group]:
         parent = list(range(len(sources)))

@@ -93,29 +93,18 @@ def visible_units(graph: "ChannelGraph") -> dict[str, np.ndarray]:
     A weight slice whose units all show there needs no zeroing in the reference: the
     node masks already zero those channels where they enter and leave the layer. Only
     slices of channels that live inside a layer (an attention head in ``out_proj``) must
-    be zeroed in the weights. Computed once per graph."""
-    cached = graph.__dict__.get("_visible_units")
-    if cached is not None:
-        return cached
+    be zeroed in the weights."""
+    from .builder import iter_layouts
     layouts = graph._b.layouts
     out: dict[str, np.ndarray] = {}
     for node in graph.graphs[0][1].graph.nodes:
         if node.op != "call_module":
             continue
         ids = [blk.ids.ravel() for v in [node, *node.all_input_nodes]
-               for blk in _blocks(layouts.get(v))]
+               for lay in iter_layouts(layouts.get(v)) for blk in lay.blocks]
         out[str(node.target)] = np.unique(graph.unit_of[np.concatenate(ids)]) if ids \
             else np.zeros(0, dtype=np.int64)
-    graph.__dict__["_visible_units"] = out
     return out
-
-
-def _blocks(value: Any) -> list:
-    if isinstance(value, Layout):
-        return list(value.blocks)
-    if isinstance(value, (tuple, list)):
-        return [b for v in value for b in _blocks(v)]
-    return []
 
 
 def hidden_slices(graph: "ChannelGraph") -> list[tuple[str, int]]:
@@ -212,24 +201,20 @@ def _apply(value: Any, mask: Any, in_place: bool = False) -> Any:
     return value
 
 
-# layers and ops that always return a new tensor (never a view or one of their inputs):
-# their outputs are masked in place
-_FRESH_MODULES: tuple[type, ...] = (nn.modules.conv._ConvNd, nn.Linear,
-                                    nn.modules.batchnorm._BatchNorm, nn.LayerNorm,
-                                    nn.GroupNorm)
+# layers (by their torch-defined ``forward``) and ops that always return a new tensor,
+# never a view or one of their inputs: their outputs are masked in place
 _FRESH_FUNCTIONS = {operator.add, operator.sub, operator.mul, operator.truediv, torch.add,
                     torch.sub, torch.mul, torch.cat, torch.matmul, F.linear, F.conv1d,
                     F.conv2d, F.conv3d, F.batch_norm, F.layer_norm, F.group_norm}
 
 
 def _fresh(module: nn.Module, n: fx.Node, out: Any) -> bool:
-    """True when ``out`` is a new tensor no other value shares: the output of a torch.nn
-    layer above whose ``forward`` is torch's own, or of an op above."""
+    """True when ``out`` is a new tensor no other value shares: the output of a layer
+    whose ``forward`` is one of torch's in ``_FRESH_FORWARDS``, or of an op above."""
     if not isinstance(out, torch.Tensor) or out.layout != torch.strided:
         return False
     if n.op == "call_module":
-        mod = module.get_submodule(str(n.target))
-        return isinstance(mod, _FRESH_MODULES) and type(mod).forward in _FRESH_FORWARDS
+        return type(module.get_submodule(str(n.target))).forward in _FRESH_FORWARDS
     return n.op == "call_function" and n.target in _FRESH_FUNCTIONS
 
 

@@ -403,6 +403,9 @@ def check_size_sources(b: Builder, node: fx.Node, out: Layout, sizes: list[Any])
             if sblk is None:
                 continue
             mine = out.block_at(d)
+            if mine is not None and mine.ids.size == sblk.ids.size and np.array_equal(
+                    np.sort(mine.ids, axis=None), np.sort(sblk.ids, axis=None)):
+                continue   # the very channels the size was read from (a shuffle): it follows
             theirs = set(b.uf.roots(sblk.ids).ravel().tolist())
             if mine is not None and mine.dims == (d,) and len(sblk.dims) == 1 and \
                     mine.ids.shape == sblk.ids.shape:
