@@ -15,7 +15,7 @@ from torch import nn
 
 from prunekit.data import Batches, calibration_set, load_cifar10
 from prunekit.models import create, load_checkpoint, spec
-from prunekit.plan import atomic_write_text
+from prunekit.outputs import write_text as atomic_write_text
 
 
 def setup(model_name: str, checkpoint: str, data: str | None, threads: int = 2):

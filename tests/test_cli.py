@@ -160,7 +160,7 @@ def test_unwritable_output(tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("x")
     assert main(["prune", "--model", "resnet20", "--out", str(blocker / "sub")]) == 2
-    assert "not writable" in _err_line(capsys)
+    assert "is a file, not a folder" in _err_line(capsys)
 
 
 def test_exit_code_from_a_real_process(tmp_path):

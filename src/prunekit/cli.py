@@ -8,6 +8,7 @@ before any work starts; errors print one line on stderr and exit with code 2.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -27,12 +28,21 @@ def _common(p: argparse.ArgumentParser, out: bool = True) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override one option (repeatable)")
     if out:
-        p.add_argument("--out", help="output folder")
+        p.add_argument("--out", help="output folder (export: the .onnx file)")
+        p.add_argument("--overwrite", action="store_true",
+                       help="replace an existing --out (only once the new one is complete)")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (exit 2), like every other error."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="prunekit", description=__doc__.splitlines()[0])
-    sub = ap.add_subparsers(dest="command", required=True)
+    ap = _Parser(prog="prunekit", description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="command", required=True, parser_class=_Parser)
     p = sub.add_parser("train", help="train or fine-tune a model")
     _common(p)
     p.add_argument("--epochs", type=int)
@@ -77,7 +87,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--distill", action="store_true", help="distill from --model/--checkpoint")
     p = sub.add_parser("export", help="export a pruned model to ONNX (checked with onnxruntime)")
     _common(p)
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p = sub.add_parser("info", help="groups, widths, params and MACs per layer")
     _common(p, out=False)
     p.add_argument("--list", action="store_true", help="list registered models")
@@ -177,19 +186,65 @@ def _parse_value(v: str) -> Any:
         return v
 
 
+# commands that write ``--out`` (a folder, or export's file): one run at a time per output
+_WRITERS = ("train", "average", "prune", "reweight", "space", "finetune", "export")
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; every failure is one line on stderr (exit 2; 130 on Ctrl-C, 143
+    on SIGTERM) and leaves no partial output (see :mod:`prunekit.outputs`)."""
     args = build_parser().parse_args(argv)
+    from .outputs import KEPT, OutputLock, Terminated, os_error_message, signals_raise
+    KEPT.clear()
+    say = _Say(args.command)
     try:
-        from . import cli_commands
-        cfg = resolve(args)
-        return getattr(cli_commands, f"cmd_{args.command}")(cfg) or 0
+        with signals_raise(), say.warnings():
+            from . import cli_commands
+            cfg = resolve(args)
+            lock = OutputLock(cfg["out"]) if args.command in _WRITERS and cfg.get("out") \
+                else contextlib.nullcontext()
+            with lock:
+                return getattr(cli_commands, f"cmd_{args.command}")(cfg) or 0
     except (CliError, PrunekitError, ValueError, FileNotFoundError, PermissionError) as exc:
-        msg = " ".join(str(exc).split())
-        print(f"prunekit {args.command}: error: {msg[:600]}", file=sys.stderr)
+        say.line("error", str(exc))
         return EXIT_USAGE
+    except OSError as exc:      # a fault of the machine none of the writers expected
+        say.line("error", os_error_message(exc, exc.filename or "an output file"))
+        return EXIT_USAGE
+    except Terminated as exc:
+        say.line("stopped", f"terminated by {exc}")
+        return 143
     except KeyboardInterrupt:
-        print(f"prunekit {args.command}: interrupted", file=sys.stderr)
+        say.line("stopped", "interrupted")
         return 130
+
+
+class _Say:
+    """The command's messages on stderr, one line each: errors (with where the work that
+    a failed run kept is, for --resume) and warnings."""
+
+    def __init__(self, command: str) -> None:
+        self.command = command
+
+    def line(self, kind: str, text: str) -> None:
+        from .outputs import KEPT
+        msg = " ".join([text.rstrip(". "), *KEPT] if KEPT else [text])
+        msg = " ".join(msg.split())
+        print(f"prunekit {self.command}: {kind}: {msg[:800]}", file=sys.stderr)
+
+    @contextlib.contextmanager
+    def warnings(self):
+        import warnings
+        old = warnings.showwarning
+
+        def show(message, category, filename, lineno, file=None, line=None):
+            print(f"prunekit {self.command}: warning: {' '.join(str(message).split())}",
+                  file=sys.stderr)
+        warnings.showwarning = show
+        try:
+            yield
+        finally:
+            warnings.showwarning = old
 
 
 if __name__ == "__main__":

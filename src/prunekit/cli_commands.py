@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import sys
 import os
 import shutil
-import tempfile
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -77,19 +77,47 @@ def _data(cfg: dict, required: bool = True):
     return tx, ty, vx, vy
 
 
-def _out(cfg: dict, allow_existing: bool = False) -> Path:
+def _out(cfg: dict, resume: bool = False) -> Path:
+    """The output folder, checked before any work: not a file, not holding an input of
+    the run, empty unless ``--overwrite`` (or ``--resume``, for a run to continue), and
+    in a writable place."""
     if not cfg.get("out"):
         raise CliError("--out is required")
     out = Path(cfg["out"])
-    if out.exists() and any(out.iterdir()) and not allow_existing:
-        raise CliError(f"output folder {out} exists and is not empty (use another --out"
-                       + (" or --resume)" if not allow_existing else ")"))
+    if cfg.get("resume") and cfg.get("overwrite"):
+        raise CliError("--resume continues the run in --out and --overwrite replaces it; "
+                       "give one of them")
+    if out.exists() and not out.is_dir():
+        raise CliError(f"--out {out} is a file; give a folder")
+    _not_an_input(cfg, out)
+    if out.is_dir() and any(out.iterdir()) and not (resume or cfg.get("overwrite")):
+        raise CliError(f"output folder {out} exists and is not empty; pass --overwrite to "
+                       "replace it (once the new one is complete)"
+                       + (", --resume to continue it" if "resume" in cfg else "")
+                       + " or choose another --out")
     parent = out.parent if not out.exists() else out
     parent_existing = next((p for p in [parent, *parent.parents] if p.exists()), None)
     if parent_existing is None or not parent_existing.is_dir() or \
             not os.access(parent_existing, os.W_OK):
         raise CliError(f"output folder {out} is not writable")
     return out
+
+
+_INPUTS = ("checkpoint", "teacher_checkpoint", "pruned", "config", "data")
+
+
+def _not_an_input(cfg: dict, out: Path) -> None:
+    """Refuse an ``--out`` that is, or holds, a file or folder the run reads."""
+    paths = [(k, cfg.get(k)) for k in _INPUTS] + [("checkpoints", p)
+                                                  for p in cfg.get("checkpoints") or ()]
+    target = out.resolve()
+    for key, given in paths:
+        if not given or not Path(given).exists():
+            continue
+        src = Path(given).resolve()
+        if src == target or target in src.parents:
+            raise CliError(f"--out {out} holds an input of this run (--{key.replace('_', '-')}"
+                           f" {given}); choose another --out")
 
 
 def _train_config(cfg: dict, epochs: int, lr: float):
@@ -115,9 +143,8 @@ def _batches(arrays, s, cfg):
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1, default=str))
-    os.replace(tmp, path)
+    from .outputs import write_json
+    write_json(path, obj)
 
 
 # -------------------------------------------------------------------- commands
@@ -166,33 +193,54 @@ def check_resume(saved_path: Path, cfg: dict) -> None:
               file=sys.stderr)
 
 
-def _start_work(work: Path, cfg: dict, resume: bool) -> None:
-    """A work folder that ``--resume`` continues, with the settings it was started with."""
+def _work(out: Path, kind: str, cfg: dict):
+    """The hidden work folder beside ``--out`` that ``--resume`` continues (with the
+    settings it was started with), as a :func:`prunekit.outputs.resumable` block. A new
+    run (no ``--resume``) replaces an earlier run's leftover work, with a note."""
+    from .outputs import resumable
+    work = out.parent / f".{out.name}.{kind}-work"
+    resume = bool(cfg.get("resume")) and work.is_dir()
     if resume:
         check_resume(work / "config.json", cfg)
-    work.mkdir(parents=True, exist_ok=True)
-    _write_json(work / "config.json", cfg)
+    elif work.exists():
+        print(f"note: starting over; removing the earlier run's work in {work} (--resume "
+              "continues it instead)", file=sys.stderr)
+        shutil.rmtree(work)
+    return resume, _with_config(resumable(work, fresh=not resume), cfg)
+
+
+@contextlib.contextmanager
+def _with_config(block, cfg: dict):
+    with block as work:
+        _write_json(work / "config.json", cfg)
+        yield work
 
 
 def cmd_train(cfg: dict) -> int:
     model, s = _model(cfg)
     teacher = _teacher(cfg, s)
-    out = _out(cfg, allow_existing=bool(cfg.get("resume")))
-    if cfg.get("resume"):
+    resume = bool(cfg.get("resume"))
+    out = _out(cfg, resume=resume)
+    if resume:
         check_resume(out / "config.json", cfg)
     tcfg = _train_config(cfg, int(cfg["epochs"]), float(cfg["lr"]))
     arrays = _data(cfg)
+    from .outputs import resumable, save_torch, staged_folder
     from .train import fit
     train, test = _batches(arrays, s, cfg)
-    out.mkdir(parents=True, exist_ok=True)
-    _write_json(out / "config.json", cfg)
-    history = fit(model, train, test, tcfg, out, resume=bool(cfg.get("resume")), teacher=teacher,
-                  on_epoch=lambda r: print(json.dumps({k: round(v, 4) if isinstance(v, float)
-                                                       else v for k, v in r.items()}),
-                                           flush=True))
-    torch.save(model.state_dict(), out / "model.pt")
-    _write_json(out / "metrics.json", history[-1] if history else {})
-    _plot_curves(history, out / "training.png")
+    # a fresh run trains in --out (resumable after a kill); --overwrite trains beside it
+    # and replaces it only when complete
+    replacing = bool(cfg.get("overwrite")) and out.is_dir() and any(out.iterdir())
+    with (staged_folder(out, overwrite=True) if replacing else
+          resumable(out, state="checkpoint.pt", fresh=not resume)) as folder:
+        _write_json(folder / "config.json", cfg)
+        history = fit(model, train, test, tcfg, folder, resume=resume, teacher=teacher,
+                      on_epoch=lambda r: print(json.dumps({
+                          k: round(v, 4) if isinstance(v, float) else v
+                          for k, v in r.items()}), flush=True))
+        save_torch(model.state_dict(), folder / "model.pt")
+        _write_json(folder / "metrics.json", history[-1] if history else {})
+        _plot_curves(history, folder / "training.png")
     print(f"done: {out} (model.pt, checkpoint.pt, log.jsonl, metrics.json)")
     return 0
 
@@ -200,8 +248,8 @@ def cmd_train(cfg: dict) -> int:
 def cmd_average(cfg: dict) -> int:
     """Average the weights of ``--checkpoints`` (a uniform model soup), optionally re-estimate
     the BatchNorm statistics, and evaluate every input and the average when data is given."""
+    from .outputs import save_torch, staged_folder
     from .train import average_state_dicts, evaluate, recalibrate_bn
-    from .train.engine import save_atomic
     paths = cfg.get("checkpoints") or []
     if cfg.get("checkpoint") or cfg.get("pruned"):
         raise CliError("average takes --checkpoints A B ..., not --checkpoint or --pruned")
@@ -227,10 +275,10 @@ def cmd_average(cfg: dict) -> int:
         print(f"{'checkpoint':<60} {'top-1 (%)':>9}")
         for r in rows:
             print(f"{r['checkpoint']:<60} {r['top1']:>9.2f}")
-    out.mkdir(parents=True, exist_ok=True)
-    _write_json(out / "config.json", cfg)
-    save_atomic(avg.state_dict(), out / "model.pt")
-    _write_json(out / "metrics.json", {"bn_batches": bn, "rows": rows})
+    with staged_folder(out, overwrite=bool(cfg.get("overwrite"))) as folder:
+        _write_json(folder / "config.json", cfg)
+        save_torch(avg.state_dict(), folder / "model.pt")
+        _write_json(folder / "metrics.json", {"bn_batches": bn, "rows": rows})
     print(f"done: {out} (model.pt, metrics.json)")
     return 0
 
@@ -318,20 +366,18 @@ def _prune_lapp(cfg: dict, model: torch.nn.Module, s, out: Path) -> int:
     train, test = _batches(arrays, s, cfg)
     # a fixed work folder beside --out: a killed run continues with --resume; it moves into
     # the output folder when the run completes
-    logs = out.parent / f".{out.name}.lapp-work"
-    resume = bool(cfg.get("resume")) and logs.is_dir()
-    if logs.exists() and not resume:
-        shutil.rmtree(logs)
-    _start_work(logs, cfg, resume)
-    result = train_lapp(model.train(), _example(s), train, test, lcfg, tcfg, logs,
-                        resume=resume)
-    _plot_curves(result.history, logs / "training.png")
-    from .reporting import plot_lapp
-    trace = logs / "prune" / "lapp_trace.jsonl"
-    rows = [json.loads(r) for r in trace.read_text().splitlines()] if trace.is_file() else []
-    plot_lapp(rows or result.history, logs / "thresholds.png", "step" if rows else "epoch")
-    return _finish({**cfg, "finetune_epochs": 0}, out, original, result.model, result.plan,
-                   arrays, s, extra={"lapp": logs})
+    resume, block = _work(out, "lapp", cfg)
+    with block as logs:
+        result = train_lapp(model.train(), _example(s), train, test, lcfg, tcfg, logs,
+                            resume=resume)
+        _plot_curves(result.history, logs / "training.png")
+        from .inputs import read_jsonl
+        from .reporting import plot_lapp
+        trace = logs / "prune" / "lapp_trace.jsonl"
+        rows = read_jsonl(trace, "LAPP trace") if trace.is_file() else []
+        plot_lapp(rows or result.history, logs / "thresholds.png", "step" if rows else "epoch")
+        return _finish({**cfg, "finetune_epochs": 0}, out, original, result.model,
+                       result.plan, arrays, s, extra={"lapp": logs})
 
 
 def _prune_emo(cfg: dict, model: torch.nn.Module, s, out: Path) -> int:
@@ -350,29 +396,26 @@ def _prune_emo(cfg: dict, model: torch.nn.Module, s, out: Path) -> int:
     Budget(cfg["target"], cfg["metric"])  # validates the target before any work
     arrays = _data(cfg)
     calib = _calibration(arrays, s, cfg)
-    work = out.parent / f".{out.name}.emo-work"
-    if work.exists() and not cfg.get("resume"):
-        shutil.rmtree(work)
-    _start_work(work, cfg, bool(cfg.get("resume")))
     search = EmoSearch(model, _example(s), list(calib.split(128)), ecfg,
                        executor=cfg["executor"], workers=int(cfg["workers"]),
-                       checkpoint=work / "checkpoint")
-    try:
-        result = search.run(progress=True)
-    finally:
-        search.close()
-    result.save(work)
-    plot_front(result, work / "front.png")
-    under = [i for i, r in enumerate(result.front) if r["cost_ratio"] <= cfg["target"]]
-    if not under:
-        raise CliError(f"no plan on the front reaches target {cfg['target']} (smallest: "
-                       f"{min(r['cost_ratio'] for r in result.front):.3f}); raise the target")
-    pick = max(under, key=lambda i: result.front[i]["cost_ratio"])
-    plan = result.plans[pick]
-    graph = search.local.graph
-    pruned = graph.apply(model, plan)
-    code = _finish(cfg, out, model, pruned, plan, arrays, s, extra={"emo": work})
-    return code
+                       checkpoint=out.parent / f".{out.name}.emo-work" / "checkpoint")
+    _, block = _work(out, "emo", cfg)
+    with block as work:
+        try:
+            result = search.run(progress=True)
+        finally:
+            search.close()
+        result.save(work)
+        plot_front(result, work / "front.png")
+        under = [i for i, r in enumerate(result.front) if r["cost_ratio"] <= cfg["target"]]
+        if not under:
+            raise CliError(f"no plan on the front reaches target {cfg['target']} (smallest: "
+                           f"{min(r['cost_ratio'] for r in result.front):.3f}); raise the "
+                           "target")
+        pick = max(under, key=lambda i: result.front[i]["cost_ratio"])
+        plan = result.plans[pick]
+        pruned = search.local.graph.apply(model, plan)
+        return _finish(cfg, out, model, pruned, plan, arrays, s, extra={"emo": work})
 
 
 def _calibration(arrays, s, cfg: dict) -> torch.Tensor:
@@ -418,12 +461,9 @@ def _finish(cfg, out: Path, original, pruned, plan, arrays, s,
     """Optionally fine-tune, measure before/after, write the run folder atomically
     (``extra``: folders to move into it under the given names)."""
     from .io import save_pruned
+    from .outputs import staged_folder, write_text
     from .reporting import before_after, plot_widths
-    tmp = Path(tempfile.mkdtemp(dir=out.parent if out.parent.exists() else None,
-                                prefix=f".{out.name}."))
-    from .plan import honour_umask
-    honour_umask(tmp)
-    try:
+    with staged_folder(out, overwrite=bool(cfg.get("overwrite"))) as tmp:
         if arrays is not None and cfg["finetune_epochs"]:
             from .train import fit
             train, test = _batches(arrays, s, cfg)
@@ -438,14 +478,11 @@ def _finish(cfg, out: Path, original, pruned, plan, arrays, s,
         _write_json(tmp / "metrics.json", metrics)
         _write_json(tmp / "config.json", cfg)
         plot_widths(original, pruned, tmp / "widths.png")
-        (tmp / "summary.txt").write_text(table + "\n")
-        for name, folder in (extra or {}).items():
-            shutil.move(str(folder), str(tmp / name))
-        out.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        write_text(tmp / "summary.txt", table + "\n")
+    # the method's work folders (beside --out, same file system) move in by rename once
+    # the output is complete; until then a failure leaves them where --resume finds them
+    for name, folder in (extra or {}).items():
+        os.replace(folder, out / name)
     print(table)
     print(f"outputs: {out}/ (model/, plan.json, metrics.json, summary.txt, widths.png)")
     return 0
@@ -474,41 +511,40 @@ def cmd_space(cfg: dict) -> int:
     pool = pool[: min(len(tx), int(cfg["pool"]) + int(cfg["held"]))]
     xs = torch.cat([b for b, _ in Batches(tx[pool], ty[pool], 500, s.norm)])
     fit_part, held = held_out(xs, torch.as_tensor(ty[pool]), int(cfg["held"]), int(cfg["seed"]))
-    work = out.parent / f".{out.name}.space-work"
-    if work.exists() and not cfg.get("resume"):
-        shutil.rmtree(work)
-    _start_work(work, cfg, bool(cfg.get("resume")))
     args = (model, _example(s), fit_part, held, int(cfg["steps"]), float(cfg["finetune_lr"]),
             64, int(cfg["seed"]))
-    initial = _space_population(work / "initial.jsonl", space, args, n, cfg)
-    analysis = best_rho(initial, seed=int(cfg["seed"]))
-    refined_space = refine(space, analysis)
-    refined = _space_population(work / "refined.jsonl", refined_space, args, n, cfg)
-    winner = search(refined)
-    _write_json(work / "analysis.json", {"initial_space": json.loads(space.to_json()),
-                                         "refined_space": json.loads(refined_space.to_json()),
-                                         "ratio": analysis, "winner": winner})
-    plot_spaces(initial, refined, analysis, work / "spaces.png")
-    graph, plan = _winner_plan(model, s, space, winner)
-    pruned = graph.apply(model, plan)   # the winner with inherited weights (no proxy tuning)
-    return _finish(cfg, out, model, pruned, plan, arrays, s, extra={"space": work})
+    _, block = _work(out, "space", cfg)
+    with block as work:
+        initial = _space_population(work / "initial.jsonl", space, args, n, cfg)
+        analysis = best_rho(initial, seed=int(cfg["seed"]))
+        refined_space = refine(space, analysis)
+        refined = _space_population(work / "refined.jsonl", refined_space, args, n, cfg)
+        winner = search(refined)
+        _write_json(work / "analysis.json", {
+            "initial_space": json.loads(space.to_json()),
+            "refined_space": json.loads(refined_space.to_json()),
+            "ratio": analysis, "winner": winner})
+        plot_spaces(initial, refined, analysis, work / "spaces.png")
+        graph, plan = _winner_plan(model, s, space, winner)
+        pruned = graph.apply(model, plan)  # the winner with inherited weights (no tuning)
+        return _finish(cfg, out, model, pruned, plan, arrays, s, extra={"space": work})
 
 
 def _space_population(path: Path, space, args, n: int, cfg: dict) -> list[dict]:
     """Sample ``n`` subnetworks and evaluate them, appending to ``path`` (resumable)."""
     from .methods.spaces import Sampler, evaluate_samples
-    done = [json.loads(r) for r in path.read_text().splitlines()] if path.is_file() else []
+    from .inputs import read_jsonl
+    from .outputs import write_text
+    done = read_jsonl(path, "evaluated subnetworks") if path.is_file() else []
     samples = Sampler(args[0], args[1], space).sample(n, seed=int(cfg["seed"]))
     todo = samples[len(done):]
-    from tqdm.auto import tqdm
-    with tqdm(total=n, initial=len(done), desc=path.stem, unit="subnet") as bar:
+    from .progress import bar as progress_bar
+    with progress_bar(total=n, initial=len(done), desc=path.stem, unit="subnet") as bar:
         for i in range(0, len(todo), 8):
             part = evaluate_samples(todo[i:i + 8], (*args[:2], space, *args[2:]),
                                     cfg["executor"], int(cfg["workers"]))
-            with path.open("a") as f:
-                for r in part:
-                    f.write(json.dumps(r) + "\n")
-            done += part
+            done += part   # the whole file rewritten atomically: never a half-written row
+            write_text(path, "".join(json.dumps(r) + "\n" for r in done))
             bar.update(len(part))
     return done
 
@@ -527,10 +563,11 @@ def cmd_finetune(cfg: dict) -> int:
     alpha = cfg["distill_alpha"] or (0.5 if cfg.get("distill") else 0.0)
     tcfg = _train_config({**cfg, "distill_alpha": alpha}, int(cfg["epochs"]),
                          float(cfg["finetune_lr"]))
-    out.mkdir(parents=True)
-    fit(pruned, train, test, tcfg, out / "train", teacher=base if alpha else None)
     from .io import save_pruned
-    save_pruned(out / "model", pruned.eval(), plan, (_example(s),))
+    from .outputs import staged_folder
+    with staged_folder(out, overwrite=bool(cfg.get("overwrite"))) as folder:
+        fit(pruned, train, test, tcfg, folder / "train", teacher=base if alpha else None)
+        save_pruned(folder / "model", pruned.eval(), plan, (_example(s),))
     print(f"done: {out}/model")
     return 0
 
@@ -579,7 +616,7 @@ def cmd_info(cfg: dict) -> int:
     graph = ChannelGraph.build(model, _example(s))
     print(layer_table(model, _example(s)))
     print()
-    print(graph.explain(show_frozen=bool(cfg.get("all", True))))
+    print(graph.explain(show_frozen=bool(cfg.get("all"))))
     return 0
 
 

@@ -45,3 +45,7 @@ class CliError(PrunekitError):
 
 class VerificationError(PrunekitError):
     """A pruned model that does not compute what the reference computes (or fails to run)."""
+
+
+class CheckpointError(PrunekitError, ValueError):
+    """A checkpoint that is unreadable, unsafe to load, or saved by another model."""

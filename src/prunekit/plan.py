@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -73,7 +72,8 @@ class Plan:
         return cls.from_dict(data)
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        atomic_write_text(Path(path), self.to_json())
+        from .outputs import write_text
+        write_text(path, self.to_json())
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> "Plan":
@@ -82,26 +82,3 @@ class Plan:
         except OSError as exc:
             raise PlanFormatError(f"cannot read plan {path}: {exc}") from exc
         return cls.from_json(text)
-
-
-def honour_umask(path: str | os.PathLike[str]) -> None:
-    """Give a file or folder made by ``tempfile`` (mode 0600/0700) the mode a plain
-    ``open``/``mkdir`` would: 0666/0777 less the process umask."""
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(path, (0o777 if os.path.isdir(path) else 0o666) & ~mask)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write via a temporary file in the same folder and rename: never a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        honour_umask(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise

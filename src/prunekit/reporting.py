@@ -79,6 +79,15 @@ def _plt():
         return None
 
 
+def _save(fig: Any, path: Path) -> None:
+    """Write a figure atomically (through prunekit.outputs) and free it."""
+    from .outputs import save_figure
+    try:
+        save_figure(fig, path)
+    finally:
+        _plt().close(fig)
+
+
 def plot_widths(original: nn.Module, pruned: nn.Module, path: Path) -> bool:
     plt = _plt()
     if plt is None:
@@ -99,8 +108,7 @@ def plot_widths(original: nn.Module, pruned: nn.Module, path: Path) -> bool:
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
     return True
 
 
@@ -120,8 +128,7 @@ def plot_curves(history: list[dict], path: Path) -> bool:
         ax.set_xlabel("epoch")
         ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
     return True
 
 
@@ -149,8 +156,7 @@ def plot_lapp(history: list[dict], path: Path, x_key: str = "epoch") -> bool:
         ax.set_xlabel(x_key)
     a.legend(fontsize=6, ncol=2)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
     return True
 
 
@@ -172,8 +178,7 @@ def plot_front(result, path: Path) -> bool:
     b.set_ylabel("output impairment")
     b.set_title("whole-network front")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
     return True
 
 
@@ -198,6 +203,5 @@ def plot_spaces(initial: list[dict], refined: list[dict], analysis: dict, path: 
     for ax in (a, b):
         ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
     return True

@@ -11,9 +11,13 @@ import io
 import os
 import pickle
 import tarfile
+import warnings
+import zlib
 from pathlib import Path
 
 import numpy as np
+
+from ..errors import PrunekitError
 
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
            "truck")
@@ -21,8 +25,9 @@ ENV_DATA = "PRUNEKIT_DATA"
 ENV_CACHE = "PRUNEKIT_CACHE"
 
 
-class DataError(RuntimeError):
-    """Data that is missing or not in a known layout."""
+class DataError(PrunekitError, RuntimeError):
+    """Data that is missing, unreadable or not in a known layout (the message names the
+    file and says what to do)."""
 
 
 def find_cifar(root: str | os.PathLike[str] | None) -> Path:
@@ -65,34 +70,62 @@ def _jpeg_cached(folder: Path) -> tuple[np.ndarray, ...]:
     cdir = cache_dir() / f"cifar10-jpeg-{key}"
     files = [cdir / f"{n}.npy" for n in ("train_x", "train_y", "test_x", "test_y")]
     if all(f.is_file() for f in files):
-        return tuple(np.load(f, mmap_mode="r") for f in files)
+        try:
+            return tuple(np.load(f, mmap_mode="r") for f in files)
+        except (OSError, ValueError, EOFError) as exc:
+            warnings.warn(f"the decoded-image cache {cdir} is unreadable ({exc}); decoding "
+                          "the archives again")
     arrays = [*decode_archive(archives[0]), *decode_archive(archives[1])]
-    cdir.mkdir(parents=True, exist_ok=True)
-    for f, arr in zip(files, arrays):
-        tmp = f.with_suffix(f".tmp{os.getpid()}.npy")
-        np.save(tmp, arr)
-        os.replace(tmp, f)
+    _write_cache(cdir, files, arrays)
     return tuple(arrays)
+
+
+def _write_cache(cdir: Path, files: list[Path], arrays: list[np.ndarray]) -> None:
+    """Cache the decoded arrays; a cache that cannot be written (full disk, read-only
+    home) is skipped with a warning, and leaves no partial file."""
+    from ..outputs import OutputError, make_dirs, save_numpy
+    try:
+        make_dirs(cdir)
+        for f, arr in zip(files, arrays):
+            save_numpy(arr, f)
+    except OutputError as exc:
+        for f in files:
+            f.unlink(missing_ok=True)
+        warnings.warn(f"not caching the decoded images ({exc}); set $PRUNEKIT_CACHE to a "
+                      "writable folder to make later loads fast")
 
 
 def decode_archive(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """Decode ``<split>/<class>/<name>.jpg`` members, sorted by (class, name)."""
     from PIL import Image
     items = []
-    with tarfile.open(path, "r:gz") as tar:
-        for m in tar:
-            if not m.isfile() or not m.name.lower().endswith((".jpg", ".jpeg", ".png")):
-                continue
-            parts = Path(m.name).parts
-            if len(parts) < 2 or parts[-2] not in CLASSES:
-                raise DataError(f"{path}: member {m.name} is not <class>/<image>")
-            data = tar.extractfile(m).read()
-            img = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"), dtype=np.uint8)
-            items.append((CLASSES.index(parts[-2]), parts[-1], img))
+    try:
+        with tarfile.open(path, "r:gz") as tar:
+            for m in tar:
+                if not m.isfile() or not m.name.lower().endswith((".jpg", ".jpeg", ".png")):
+                    continue
+                parts = Path(m.name).parts
+                if len(parts) < 2 or parts[-2] not in CLASSES:
+                    raise DataError(f"{path}: member {m.name} is not <class>/<image>")
+                items.append((CLASSES.index(parts[-2]), parts[-1],
+                              _image(path, m.name, tar.extractfile(m).read())))
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
+        raise DataError(f"{path} is not a readable .tar.gz archive ({exc}); download or "
+                        "create it again") from exc
     if not items:
         raise DataError(f"{path} holds no images")
     items.sort(key=lambda t: (t[0], t[1]))
     return np.stack([t[2] for t in items]), np.array([t[0] for t in items], dtype=np.int64)
+
+
+def _image(archive: Path, member: str, data: bytes) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            return np.asarray(img.convert("RGB"), dtype=np.uint8)
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise DataError(f"{archive}: member {member} is not a readable image ({exc}); "
+                        "replace or remove it") from exc
 
 
 class _ArrayOnlyUnpickler(pickle.Unpickler):
@@ -109,10 +142,23 @@ class _ArrayOnlyUnpickler(pickle.Unpickler):
 
 
 def _read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    with open(path, "rb") as f:
-        d = _ArrayOnlyUnpickler(f, encoding="bytes").load()
-    data = np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
-    return np.ascontiguousarray(data), np.asarray(d[b"labels"], dtype=np.int64)
+    """One canonical batch; anything unreadable is a DataError naming the file."""
+    again = "download cifar-10-python.tar.gz and unpack it again"
+    try:
+        with open(path, "rb") as f:
+            d = _ArrayOnlyUnpickler(f, encoding="bytes").load()
+        data = np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+        labels = np.asarray(d[b"labels"], dtype=np.int64).reshape(-1)
+    except DataError as exc:
+        raise DataError(f"{path}: {exc}; {again}") from exc
+    except FileNotFoundError as exc:
+        raise DataError(f"missing CIFAR-10 batch {path}; {again}") from exc
+    except Exception as exc:   # truncated or foreign pickles fail in many ways
+        raise DataError(f"{path} is not a readable CIFAR-10 batch ({type(exc).__name__}: "
+                        f"{exc}); {again}") from exc
+    if len(labels) != len(data):
+        raise DataError(f"{path} holds {len(data)} images but {len(labels)} labels; {again}")
+    return np.ascontiguousarray(data.transpose(0, 2, 3, 1)), labels
 
 
 def _canonical(folder: Path) -> tuple[np.ndarray, ...]:

@@ -13,10 +13,9 @@ replays the plan through the engine and loads the weights strictly.
 
 from __future__ import annotations
 
+import io
 import json
 import os
-import shutil
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any, Sequence
@@ -26,7 +25,8 @@ from torch import nn
 
 from ..errors import PlanFormatError, WeightsMismatchError
 from ..graph import ChannelGraph
-from ..plan import Plan, honour_umask
+from ..outputs import save_safetensors, save_torch, staged_folder, write_bytes, write_text
+from ..plan import Plan
 
 __all__ = ["save_pruned", "load_pruned", "export_onnx"]
 
@@ -41,45 +41,26 @@ def _has_safetensors() -> bool:
 
 def save_pruned(path: str | os.PathLike[str], model: nn.Module, plan: Plan,
                 example_inputs: Any, ignore: Sequence[str] = (),
-                graph_options: dict | None = None) -> Path:
+                graph_options: dict | None = None, overwrite: bool = True) -> Path:
     """Write ``path/`` atomically: it either appears complete or not at all.
 
     ``example_inputs``: a tensor, a tuple, or a dict of keyword arguments (their shapes,
     dtypes and non-tensor values are stored so loading can rebuild the graph).
     ``graph_options``: ``ChannelGraph.build`` options to replay (``freeze_normalised``,
-    ``protect_outputs``, ``capture``)."""
+    ``protect_outputs``, ``capture``). ``overwrite=False`` refuses to replace an existing
+    non-empty folder (:class:`prunekit.outputs.OutputError`)."""
     options = {k: v for k, v in (graph_options or {}).items()
                if k in ("freeze_normalised", "protect_outputs", "capture")}
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
-    honour_umask(tmp)
-    try:
-        doc = plan.to_dict()
-        doc["graph"] = {"ignore": list(ignore), **_input_spec(example_inputs), **options}
-        (tmp / "plan.json").write_text(json.dumps(doc, indent=1))
-        state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+    doc = plan.to_dict()
+    doc["graph"] = {"ignore": list(ignore), **_input_spec(example_inputs), **options}
+    state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+    with staged_folder(path, overwrite=overwrite) as tmp:
+        write_text(tmp / "plan.json", json.dumps(doc, indent=1))
         if _has_safetensors():
-            from safetensors.torch import save_file
-            save_file(state, str(tmp / "weights.safetensors"))
+            save_safetensors(state, tmp / "weights.safetensors")
         else:
-            torch.save(state, tmp / "weights.pt")
-        _replace_dir(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return path
-
-
-def _replace_dir(src: Path, dst: Path) -> None:
-    old = None
-    if dst.exists():
-        old = dst.with_name(f".{dst.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(dst, old)
-    os.replace(src, dst)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+            save_torch(state, tmp / "weights.pt")
+    return Path(path)
 
 
 def load_pruned(path: str | os.PathLike[str], base_model: nn.Module,
@@ -123,7 +104,8 @@ def _read_weights(path: Path) -> dict[str, torch.Tensor]:
             from safetensors.torch import load_file
             return load_file(str(st))
         if pt.is_file():
-            state = torch.load(pt, map_location="cpu", weights_only=True)
+            from ..inputs import torch_load
+            state = torch_load(pt, "weights file")
             if not isinstance(state, dict):
                 raise WeightsMismatchError(f"{pt} does not hold a state_dict")
             return state
@@ -194,31 +176,24 @@ def export_onnx(model: nn.Module, example_inputs: Sequence[torch.Tensor] | torch
                 path: str | os.PathLike[str], check: bool = True, opset: int = 18) -> float:
     """Export to ONNX (atomically); with ``check``, run onnxruntime and return the max
     abs difference from PyTorch's output."""
-    path = Path(path)
     inputs = _as_tuple(example_inputs)
     model = model.eval()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".onnx")
-    os.close(fd)
-    honour_umask(tmp)
-    try:
-        names = [f"input{i}" for i in range(len(inputs))]
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(model, inputs, tmp, input_names=names, opset_version=opset,
-                              dynamo=False)
-        err = _check_onnx(model, inputs, tmp, names) if check else 0.0
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    names = [f"input{i}" for i in range(len(inputs))]
+    buf = io.BytesIO()     # exported in memory: the file is written once, atomically
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, inputs, buf, input_names=names, opset_version=opset,
+                          dynamo=False)
+    data = buf.getvalue()
+    err = _check_onnx(model, inputs, data, names) if check else 0.0
+    write_bytes(path, data)
     return err
 
 
-def _check_onnx(model: nn.Module, inputs: tuple, file: str, names: list[str]) -> float:
+def _check_onnx(model: nn.Module, inputs: tuple, data: bytes, names: list[str]) -> float:
     import numpy as np
     import onnxruntime as ort
-    sess = ort.InferenceSession(file, providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
     got = sess.run(None, {n: x.numpy() for n, x in zip(names, inputs)})
     with torch.no_grad():
         ref = model(*inputs)

@@ -42,7 +42,8 @@ from torch import nn
 from ..errors import TargetError
 from ..graph import ChannelGraph
 from ..importance import CRITERIA
-from ..plan import Plan, atomic_write_text
+from ..outputs import make_dirs, write_text as atomic_write_text
+from ..plan import Plan
 from .allocate import METRICS, metric_value
 from .split import Runner, Segment, features, split
 from .widths import WidthPlanner
@@ -215,7 +216,7 @@ class EmoResult:
     def save(self, folder: str | os.PathLike[str]) -> None:
         """front.json (with each plan), front.csv, hypervolume.json."""
         folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
+        make_dirs(folder)
         doc = [{**row, "plan": json.loads(p.to_json())} for row, p in zip(self.front, self.plans)]
         atomic_write_text(folder / "front.json", json.dumps(doc, indent=1))
         lines = ["cost_ratio,macs,params,impairment"] + [
@@ -262,7 +263,11 @@ class EmoSearch:
     # ---------------------------------------------------------------- state
     def _load(self) -> dict[str, Any]:
         if self.ckpt and (self.ckpt / "state.json").is_file():
-            state = json.loads((self.ckpt / "state.json").read_text())
+            from ..inputs import read_json
+            state = read_json(self.ckpt / "state.json", "search state")
+            if not isinstance(state, dict) or not isinstance(state.get("subnets"), dict):
+                raise TargetError(f"{self.ckpt / 'state.json'} is not an EMO-DIR search "
+                                  "state; delete the folder to start over")
             if state.get("config") != json.loads(json.dumps(asdict(self.config))):
                 raise TargetError(f"checkpoint {self.ckpt} was made with another config")
             return state
@@ -270,7 +275,6 @@ class EmoSearch:
 
     def _save(self, state: dict[str, Any]) -> None:
         if self.ckpt:
-            self.ckpt.mkdir(parents=True, exist_ok=True)
             atomic_write_text(self.ckpt / "state.json", json.dumps(state))
 
     # ---------------------------------------------------------------- evaluation
@@ -325,8 +329,8 @@ class EmoSearch:
         total = len(segs) * (self.config.generations + 1)
         bar = None
         if progress:
-            from tqdm.auto import tqdm
-            bar = tqdm(total=total, desc="emo", unit="gen")
+            from ..progress import bar as progress_bar
+            bar = progress_bar(total=total, desc="emo", unit="gen")
         hv_all, fronts = [], []
         for seg in segs:
             key = str(seg.index)

@@ -512,7 +512,8 @@ def train_lapp(model: nn.Module, example_inputs: Sequence[Any] | torch.Tensor, t
     frozen = out / "pruned-at-freeze"
     if resume and (frozen / "plan.json").is_file():
         pruned, plan = load_pruned(frozen, model, example_inputs)
-        hist = json.loads((out / "prune" / "history.json").read_text())
+        from ..inputs import read_json
+        hist = read_json(out / "prune" / "history.json", "pruning-phase log")
     else:
         lapp = Lapp(model, graph, config, metric_value(base, config.metric),
                     phase_end=phase / train_config.epochs)

@@ -381,8 +381,8 @@ def prune_submodular(model: nn.Module, example_inputs: Sequence[Any] | torch.Ten
                                                   for i in infos}, batches)
     iterator = infos
     if progress:
-        from tqdm.auto import tqdm
-        iterator = tqdm(infos, desc=f"submodular/{config.variant}", unit="group")
+        from ..progress import bar
+        iterator = bar(infos, desc=f"submodular/{config.variant}", unit="group")
     history = [_prune_group(st, info, counts[info.gid]) for info in iterator]
     history += [{"group": i.gid, "width": graph.group(i.gid).width,
                  "kept": graph.group(i.gid).width, "objective": None, "closed": i.closed,
@@ -618,8 +618,8 @@ def reweight(original: nn.Module, pruned: nn.Module, plan: Plan, graph: ChannelG
     report = []
     it = targets
     if progress:
-        from tqdm.auto import tqdm
-        it = tqdm(targets, desc="reweight", unit="layer")
+        from ..progress import bar
+        it = bar(targets, desc="reweight", unit="layer")
     for name in it:
         orig_mod, mod = original.get_submodule(name), out.get_submodule(name)
         rows = keep[graph.slices[(f"{name}.weight", 0)]] if (f"{name}.weight", 0) in \

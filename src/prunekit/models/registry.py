@@ -72,13 +72,13 @@ def _torchvision(name: str, **kwargs) -> nn.Module:
 def load_checkpoint(model: nn.Module, path: str | os.PathLike[str]) -> dict:
     """Load weights strictly from a state_dict, a {'state_dict': ...} file (DataParallel
     ``module.`` prefixes are stripped) or a prunekit training checkpoint ({'model': ...})."""
+    from ..errors import CheckpointError
+    from ..inputs import torch_load
     path = Path(path)
-    if not path.is_file():
-        raise ModelError(f"checkpoint {path} does not exist")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ModelError(f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}") from exc
+        obj = torch_load(path)
+    except CheckpointError as exc:
+        raise ModelError(str(exc)) from None
     state = obj
     if isinstance(obj, dict):
         for key in ("model", "state_dict"):

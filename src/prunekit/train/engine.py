@@ -103,15 +103,39 @@ def _dist() -> tuple[int, int]:
 
 
 def save_atomic(obj: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    """``torch.save`` through :mod:`prunekit.outputs` (atomic; a full disk is one error
+    and the previous checkpoint stays intact)."""
+    from ..outputs import save_torch
+    save_torch(obj, path)
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    from ..outputs import write_text
+    write_text(path, text)
+
+
+def _restore(ckpt: Path, model: nn.Module, opt: torch.optim.Optimizer) -> tuple[list, int]:
+    """Load a training checkpoint to resume from; the epoch log and the next epoch. A
+    corrupt file, or one another model or run saved, is a CheckpointError naming it."""
+    from ..errors import CheckpointError
+    from ..inputs import torch_load
+    state = torch_load(ckpt)
+    again = "delete it to start over, or give another --out"
+    if not isinstance(state, dict) or not {"model", "optimizer", "rng", "history",
+                                           "epoch"} <= set(state):
+        raise CheckpointError(f"{ckpt} is not a prunekit training checkpoint; {again}")
+    try:
+        model.load_state_dict(state["model"])
+    except (RuntimeError, TypeError, AttributeError) as exc:
+        raise CheckpointError(f"{ckpt} was saved by another model than the one being trained "
+                              f"({str(exc).splitlines()[0][:160]}); {again}") from None
+    try:
+        opt.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng"])
+    except (RuntimeError, ValueError, TypeError, KeyError) as exc:
+        raise CheckpointError(f"{ckpt} holds an optimizer or random state this run cannot "
+                              f"use ({exc}); {again}") from None
+    return list(state["history"]), int(state["epoch"]) + 1
 
 
 class Callback:
@@ -152,11 +176,7 @@ def fit(model: nn.Module, train: Batches, test: Batches | None, cfg: TrainConfig
     start, stop = epochs or (0, cfg.epochs)
     ckpt = out / "checkpoint.pt"
     if resume and ckpt.is_file():
-        state = torch.load(ckpt, map_location="cpu", weights_only=True)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["rng"])
-        history, start = state["history"], state["epoch"] + 1
+        history, start = _restore(ckpt, model, opt)
     if teacher is not None:
         teacher.eval()
     train.shard = (rank, world)
@@ -170,7 +190,6 @@ def fit(model: nn.Module, train: Batches, test: Batches | None, cfg: TrainConfig
             row.update({f"test_{k}": v for k, v in evaluate(model, test, cfg.channels_last).items()})
         history.append(row)
         if rank == 0:
-            out.mkdir(parents=True, exist_ok=True)
             write_text_atomic(out / "log.jsonl", "".join(json.dumps(r) + "\n" for r in history))
             save_atomic({"model": model.state_dict(), "optimizer": opt.state_dict(),
                          "rng": torch.get_rng_state(), "history": history, "epoch": epoch,
@@ -242,10 +261,7 @@ def _epoch(net: nn.Module, opt: torch.optim.Optimizer, data: Batches, cfg: Train
 
 
 def _bar(total: int, desc: str, enabled: bool):
-    if not enabled:
+    from ..progress import bar, enabled as on_terminal
+    if not enabled or not on_terminal():
         return None
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return None
-    return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
+    return bar(total=total, desc=desc, leave=False, dynamic_ncols=True)
