@@ -147,8 +147,9 @@ def resolve(args: argparse.Namespace) -> dict[str, Any]:
                                                   "overwrite"})
     if unknown:
         raise CliError(f"unknown option(s): {', '.join(unknown)}")
-    from .options import check_method_options, check_options
+    from .options import check_command_options, check_method_options, check_options
     cfg = check_options(cfg)
+    check_command_options(args.command, overrides)
     if args.command == "prune":
         check_method_options(cfg["method"], given)
     RESOLVED_OVERRIDES.clear()

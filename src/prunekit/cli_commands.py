@@ -348,6 +348,9 @@ def _number(cfg: dict, key: str) -> float:
 
 def _prune_lapp(cfg: dict, model: torch.nn.Module, s, out: Path) -> int:
     """LAPP trains: from scratch without --checkpoint, else from the given weights."""
+    if cfg["finetune_epochs"]:
+        raise CliError("finetune_epochs is not used by method lapp (it trains the pruned "
+                       "model to the end of --epochs); remove it")
     from .methods.lapp import LappConfig, train_lapp
     tuned = {k: _number(cfg, k) for k in ("prune_epochs", "penalty", "temperature",
                                           "threshold_lr", "bypass_scale", "score_momentum",

@@ -151,7 +151,7 @@ METHOD_OPTIONS: dict[str, frozenset[str]] = {
     "oneshot": frozenset({"criterion", "allocation", "round_to", "groups"}),
     "submodular": frozenset({"variant", "selector", "reweight", "scope", "groups", "calib",
                              "stochastic", "intercept", "allocation", "round_to"}),
-    "lapp": frozenset({"bypass", "progressive", "hold", "prune_epochs", "penalty",
+    "lapp": frozenset({"epochs", "lr", "bypass", "progressive", "hold", "prune_epochs", "penalty",
                        "temperature", "threshold_lr", "bypass_scale", "score",
                        "score_momentum", "leak", "groups"}),
     "emo": frozenset({"parts", "pop_size", "generations", "chain_points", "feature_steps",
@@ -169,3 +169,40 @@ def check_method_options(method: str, given: set[str]) -> None:
         users = [m for m, keys in METHOD_OPTIONS.items() if key in keys]
         raise CliError(f"{key} is not used by method {method} (it is an option of "
                        f"{', '.join(users)}); remove it or choose one of those methods")
+
+
+# the options each command reads; one set on the command line that the command does not
+# read is refused (a --config file may hold options for several commands)
+_TRAIN = frozenset({"epochs", "lr", "batch_size", "weight_decay", "schedule", "seed", "subset",
+                    "label_smoothing", "warmup_epochs", "distill_alpha", "distill_temperature",
+                    "channels_last", "max_steps_per_epoch", "precision", "cutout"})
+_FINETUNE = _TRAIN - {"epochs", "lr"} | {"finetune_epochs", "finetune_lr"}
+_IO = frozenset({"model", "checkpoint", "data", "out", "overwrite"})
+COMMAND_OPTIONS: dict[str, frozenset[str]] = {
+    "train": _IO | _TRAIN | {"teacher", "teacher_checkpoint", "resume"},
+    "average": frozenset({"model", "checkpoint", "pruned", "checkpoints", "data", "out", "overwrite", "bn_batches",
+                          "batch_size", "seed", "subset", "cutout"}),
+    "eval": frozenset({"model", "checkpoint", "pruned", "data"}),
+    "prune": _IO | _FINETUNE | {"method", "target", "metric", "resume", "epochs", "lr"}
+    | frozenset().union(*METHOD_OPTIONS.values()),
+    "reweight": _IO | _FINETUNE | {"pruned", "calib"},
+    "space": _IO | _FINETUNE | {"param", "regime", "samples", "steps", "held", "pool",
+                                "executor", "workers", "resume"},
+    "finetune": _IO | _TRAIN - {"lr"} | {"pruned", "distill", "finetune_lr"},
+    "export": frozenset({"model", "checkpoint", "pruned", "out", "overwrite"}),
+    "info": frozenset({"model", "checkpoint", "pruned", "list", "all"}),
+}
+
+
+def check_command_options(command: str, given: set[str]) -> None:
+    """Refuse an option set on the command line that ``command`` does not read."""
+    mine = COMMAND_OPTIONS.get(command)
+    if mine is None:
+        return
+    unused = sorted(given - mine)
+    if unused:
+        users = [c for c, keys in COMMAND_OPTIONS.items() if unused[0] in keys]
+        raise CliError(f"{unused[0]} is not used by prunekit {command}"
+                       + (f" (it is an option of {', '.join(users)})" if 0 < len(users) <= 3
+                          else "")
+                       + "; remove it")
