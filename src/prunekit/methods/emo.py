@@ -44,6 +44,7 @@ from ..graph import ChannelGraph
 from ..importance import CRITERIA
 from ..outputs import make_dirs, write_text as atomic_write_text
 from ..plan import Plan
+from .base import check_batches
 from .allocate import METRICS, metric_value
 from .split import Runner, Segment, features, split
 from .widths import WidthPlanner
@@ -226,22 +227,6 @@ class EmoResult:
             {"per_subnet_per_generation": self.hypervolume, "evaluations": self.evaluations}))
 
 
-def _check_calibration(example: torch.Tensor, batches: list) -> None:
-    """Calibration batches are tensors shaped like the example input but for the batch
-    size; anything else is refused here with the batch named, not inside a layer."""
-    if not batches:
-        raise TargetError("EmoSearch needs at least one calibration batch")
-    want = tuple(example.shape[1:]) if isinstance(example, torch.Tensor) else None
-    for i, b in enumerate(batches):
-        if not isinstance(b, torch.Tensor) or not b.is_floating_point() or b.dim() < 1:
-            raise TargetError(f"calibration batch {i} must be a float tensor, got "
-                              f"{type(b).__name__}")
-        if want is not None and tuple(b.shape[1:]) != want:
-            raise TargetError(f"calibration batch {i} has shape {tuple(b.shape)}; the example "
-                              f"input is {tuple(example.shape)}, so batches must be "
-                              f"(N, {', '.join(map(str, want))})")
-
-
 class EmoSearch:
     """Run with :meth:`run`; ``checkpoint`` (a folder) makes it resumable."""
 
@@ -251,7 +236,7 @@ class EmoSearch:
                  checkpoint: str | os.PathLike[str] | None = None) -> None:
         from .executor import InProcess, RayExecutor
         batches = list(data.split(128)) if isinstance(data, torch.Tensor) else list(data)
-        _check_calibration(example, batches)
+        check_batches(example, batches, "EmoSearch")
         self.config = config
         args = (model, example, batches, config)
         self.local = Evaluator(*args)

@@ -38,7 +38,7 @@ from ..errors import TargetError
 from ..graph import ChannelGraph
 from ..plan import Plan
 from .allocate import Budget, allocate
-from .base import Result
+from .base import Result, check_batches
 from .consumers import Consumer, GroupInfo, analyse
 from .lsq import (Gram, Problem, greedy, is_consumer, patches, set_weight, solve,
                   weight_matrix, with_ones)
@@ -165,7 +165,7 @@ def _batches(data: torch.Tensor | Iterable[Any], size: int) -> list[torch.Tensor
     for item in data:
         out.append(item[0] if isinstance(item, (tuple, list)) else item)
     if not out:
-        raise ValueError("the calibration data is empty")
+        raise TargetError("prune_submodular: the calibration data is empty")
     return out
 
 
@@ -354,6 +354,7 @@ def prune_submodular(model: nn.Module, example_inputs: Sequence[Any] | torch.Ten
     or batches; labels in (x, y) batches are ignored)."""
     graph = graph or ChannelGraph.build(model, example_inputs, ignore=config.ignore)
     batches = _batches(data, config.batch_size)
+    check_batches(example_inputs, batches, "prune_submodular")
     chosen = [g.id for g in graph.prunable_groups
               if not config.groups or any(fnmatch(g.id, p) for p in config.groups)]
     if not chosen:
