@@ -156,9 +156,9 @@ def test_whole_network_search_and_validation(setup):
 def test_calibration_of_the_wrong_shape_is_refused_at_the_boundary(setup):
     model, batches = setup[0], setup[1]
     wrong = [b[:, :, :16, :16] for b in batches]
-    with pytest.raises(TargetError, match=r"calibration batch 0 has shape .* batches must be"):
+    with pytest.raises(TargetError, match=r"EmoSearch: batch 0 has shape .* batches must be"):
         EmoSearch(model, batches[0][:1], wrong, CFG)
     with pytest.raises(TargetError, match="at least one calibration batch"):
         EmoSearch(model, batches[0][:1], [], CFG)
-    with pytest.raises(TargetError, match="must be a float tensor"):
+    with pytest.raises(TargetError, match="must be a non-empty float tensor"):
         EmoSearch(model, batches[0][:1], [b.long() for b in batches], CFG)
