@@ -166,8 +166,8 @@ def _read_config(path: str) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
         raise CliError(f"config file {path} does not exist")
-    text = p.read_text()
     try:
+        text = p.read_text()
         if p.suffix in (".yaml", ".yml"):
             import yaml
             data = yaml.safe_load(text)

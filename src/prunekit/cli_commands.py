@@ -206,13 +206,16 @@ def _work(out: Path, kind: str, cfg: dict):
         print(f"note: starting over; removing the earlier run's work in {work} (--resume "
               "continues it instead)", file=sys.stderr)
         shutil.rmtree(work)
-    return resume, _with_config(resumable(work, fresh=not resume), cfg)
+    return resume, _with_config(resumable(work, fresh=not resume), cfg, resume)
 
 
 @contextlib.contextmanager
-def _with_config(block, cfg: dict):
+def _with_config(block, cfg: dict, resume: bool):
+    """A new run records its settings at the start; a resumed one leaves the saved
+    config as it is (the finished run's folder gets the settings it ended with)."""
     with block as work:
-        _write_json(work / "config.json", cfg)
+        if not resume:
+            _write_json(work / "config.json", cfg)
         yield work
 
 
@@ -233,13 +236,15 @@ def cmd_train(cfg: dict) -> int:
     replacing = bool(cfg.get("overwrite")) and out.is_dir() and any(out.iterdir())
     with (staged_folder(out, overwrite=True) if replacing else
           resumable(out, state="checkpoint.pt", fresh=not resume)) as folder:
-        _write_json(folder / "config.json", cfg)
+        if not resume:      # a resumed run keeps the saved config until it completes
+            _write_json(folder / "config.json", cfg)
         history = fit(model, train, test, tcfg, folder, resume=resume, teacher=teacher,
                       on_epoch=lambda r: print(json.dumps({
                           k: round(v, 4) if isinstance(v, float) else v
                           for k, v in r.items()}), flush=True))
         save_torch(model.state_dict(), folder / "model.pt")
         _write_json(folder / "metrics.json", history[-1] if history else {})
+        _write_json(folder / "config.json", cfg)
         _plot_curves(history, folder / "training.png")
     print(f"done: {out} (model.pt, checkpoint.pt, log.jsonl, metrics.json)")
     return 0

@@ -87,11 +87,12 @@ def make_dirs(path: str | os.PathLike[str], target: str | os.PathLike[str] | Non
     :func:`remove_empty` to undo. ``target``: the output named in errors (default
     ``path``)."""
     path = Path(path)
-    missing = [p for p in [path, *path.parents] if not p.exists()][::-1]
-    first = next(p for p in [path, *path.parents] if p.exists() or p == Path(p.anchor))
-    if first.exists() and not first.is_dir():
-        raise OutputError(f"cannot write {target or path}: {first} is a file, not a folder")
-    with writing(target or path):
+    with writing(target or path):   # a folder on the way we may not even look into
+        missing = [p for p in [path, *path.parents] if not p.exists()][::-1]
+        first = next(p for p in [path, *path.parents] if p.exists() or p == Path(p.anchor))
+        if first.exists() and not first.is_dir():
+            raise OutputError(f"cannot write {target or path}: {first} is a file, not a "
+                              "folder")
         path.mkdir(parents=True, exist_ok=True)
     return missing
 

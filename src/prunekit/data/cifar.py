@@ -83,14 +83,19 @@ def _jpeg_cached(folder: Path) -> tuple[np.ndarray, ...]:
 def _write_cache(cdir: Path, files: list[Path], arrays: list[np.ndarray]) -> None:
     """Cache the decoded arrays; a cache that cannot be written (full disk, read-only
     home) is skipped with a warning, and leaves no partial file."""
-    from ..outputs import OutputError, make_dirs, save_numpy
+    from ..outputs import OutputError, make_dirs, remove_empty, save_numpy
+    created: list[Path] = []
     try:
-        make_dirs(cdir)
+        created = make_dirs(cdir)
         for f, arr in zip(files, arrays):
             save_numpy(arr, f)
     except OutputError as exc:
         for f in files:
-            f.unlink(missing_ok=True)
+            try:
+                f.unlink(missing_ok=True)
+            except OSError:
+                pass
+        remove_empty(created)
         warnings.warn(f"not caching the decoded images ({exc}); set $PRUNEKIT_CACHE to a "
                       "writable folder to make later loads fast")
 

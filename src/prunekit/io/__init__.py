@@ -74,12 +74,15 @@ def load_pruned(path: str | os.PathLike[str], base_model: nn.Module,
         doc = json.loads(plan_file.read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise PlanFormatError(f"cannot read {plan_file}: {exc}") from exc
-    plan = Plan.from_dict(doc)
-    opts = doc.get("graph", {})
-    if not isinstance(opts, dict):
-        raise PlanFormatError(f"{plan_file}: \"graph\" must be an object, got {opts!r}")
-    if example_inputs is None:
-        example_inputs = _inputs_of(opts)
+    try:
+        plan = Plan.from_dict(doc)
+        opts = doc.get("graph", {}) if isinstance(doc, dict) else {}
+        if not isinstance(opts, dict):
+            raise PlanFormatError(f"\"graph\" must be an object, got {opts!r}")
+        if example_inputs is None:
+            example_inputs = _inputs_of(opts)
+    except PlanFormatError as exc:
+        raise PlanFormatError(f"{plan_file}: {exc}") from None
     graph = ChannelGraph.build(base_model, example_inputs, ignore=tuple(opts.get("ignore", ())),
                                **{k: opts[k] for k in ("freeze_normalised", "protect_outputs",
                                                        "capture") if k in opts})

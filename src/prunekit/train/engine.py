@@ -181,6 +181,10 @@ def fit(model: nn.Module, train: Batches, test: Batches | None, cfg: TrainConfig
         teacher.eval()
     train.shard = (rank, world)
     steps = len(train) if not cfg.max_steps_per_epoch else min(len(train), cfg.max_steps_per_epoch)
+    if steps == 0:
+        raise ValueError("no training step per epoch: the training data makes no full batch "
+                         f"of batch_size {getattr(train, 'batch_size', '?')}; lower batch_size "
+                         "or give more images")
     total = steps * cfg.epochs
     for epoch in range(start, stop):
         train.set_epoch(epoch)
