@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 import re
 
+import subprocess
+import sys
+
 import pytest
 import torch
 from torch import nn
@@ -215,3 +218,29 @@ def test_outputs_honour_the_umask(tmp_path, r20):
     assert (tmp_path / "m").stat().st_mode & 0o777 == 0o755
     assert (tmp_path / "p.json").stat().st_mode & 0o777 == 0o644
     assert (tmp_path / "private.json").stat().st_mode & 0o777 == 0o600
+
+
+def test_conformance_checks_still_check_under_python_O():
+    """The checks raise ConformanceError explicitly, never through ``assert``, so LAPP's
+    safety check and the conformance suite stay on under ``python -O``."""
+    code = ("import torch\n"
+            "from prunekit.conformance import ConformanceError, outputs_close\n"
+            "for a, b in ((torch.zeros(3), torch.ones(3)), (torch.zeros(3), torch.zeros(4)),\n"
+            "             ((torch.zeros(1),), (torch.zeros(1), torch.zeros(1)))):\n"
+            "    try:\n"
+            "        outputs_close(a, b)\n"
+            "    except ConformanceError:\n"
+            "        continue\n"
+            "    raise SystemExit('no error for ' + repr((a, b)))\n"
+            "assert False, 'asserts are on: not running under -O'\n")
+    res = subprocess.run([sys.executable, "-O", "-c", code], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+
+
+def test_info_all_shows_the_frozen_groups(capsys):
+    from prunekit.cli import main
+    assert main(["info", "--model", "resnet20"]) == 0
+    plain = capsys.readouterr().out
+    assert main(["info", "--model", "resnet20", "--all"]) == 0
+    full = capsys.readouterr().out
+    assert "frozen" not in plain and "model output (protected)" in full

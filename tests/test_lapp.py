@@ -208,10 +208,11 @@ def test_parametrized_mask_equals_masking_the_bn_outputs(leak: float):
         lapp.detach()
     (o1, t1, g1), (o2, t2, g2) = runs
     # the two forms differ only in float rounding (summed over 20 layers, the threshold
-    # gradients by up to ~1e-5); a wrong mask or gradient differs by orders more
+    # gradients by up to ~1e-5, more when a busy machine changes the kernels' reduction
+    # order); a wrong mask or gradient differs by orders more
     assert torch.allclose(o1, o2, rtol=1e-4, atol=1e-4)
-    assert t1.abs().max() > 0 and torch.allclose(t1, t2, rtol=1e-4, atol=1e-4)
-    assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-4) for a, b in zip(g1, g2))
+    assert t1.abs().max() > 0 and torch.allclose(t1, t2, rtol=1e-3, atol=1e-3)
+    assert all(torch.allclose(a, b, rtol=1e-3, atol=1e-3) for a, b in zip(g1, g2))
     assert sorted(model.state_dict()) == keys
 
 

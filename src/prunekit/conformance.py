@@ -33,17 +33,29 @@ def random_plan(graph: ChannelGraph, ratio: float, seed: int = 0) -> Plan:
     return graph.make_plan(keep, {"method": "random", "ratio": ratio, "seed": seed})
 
 
+class ConformanceError(AssertionError):
+    """A failed conformance check. Raised explicitly (never by ``assert``), so the checks
+    still check under ``python -O``."""
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConformanceError(message)
+
+
 def outputs_close(a: Any, b: Any, rtol: float = 1e-4, atol: float = 1e-4) -> float:
     """Max abs difference over (nested) outputs; raises if structure differs or not close."""
     fa, fb = flat_outputs(a), flat_outputs(b)
-    assert len(fa) == len(fb), f"output structure differs: {len(fa)} vs {len(fb)} tensors"
+    _require(len(fa) == len(fb), f"output structure differs: {len(fa)} vs {len(fb)} tensors")
     worst = 0.0
     for x, y in zip(fa, fb):
-        assert x.shape == y.shape, f"output shape differs: {tuple(x.shape)} vs {tuple(y.shape)}"
+        _require(x.shape == y.shape,
+                 f"output shape differs: {tuple(x.shape)} vs {tuple(y.shape)}")
         diff = (x.float() - y.float()).abs()
         scale = y.float().abs().max().item() + 1.0
         err = diff.max().item() if diff.numel() else 0.0
-        assert err <= atol * scale + rtol * scale, f"outputs differ by {err:.3g} (scale {scale:.3g})"
+        _require(err <= atol * scale + rtol * scale,
+                 f"outputs differ by {err:.3g} (scale {scale:.3g})")
         worst = max(worst, err / scale)
     return worst
 
@@ -78,13 +90,13 @@ def check_plan(model: nn.Module, inputs: Sequence[Any], graph: ChannelGraph, pla
         ref = inputs.call(graph.masked_reference(plan))
     err = outputs_close(out, ref, atol=atol, rtol=atol)
     after = model.state_dict()
-    assert before.keys() == after.keys(), "apply changed the input model's state_dict keys"
+    _require(before.keys() == after.keys(), "apply changed the input model's state_dict keys")
     for k, v in before.items():
-        assert after[k].shape == v.shape and torch.equal(after[k], v), \
-            f"apply modified the input model ({k})"
+        _require(after[k].shape == v.shape and torch.equal(after[k], v),
+                 f"apply modified the input model ({k})")
     cost = graph.cost(plan)
     params, macs = measured_cost(pruned, inputs)
-    assert cost.params == params, f"analytic params {cost.params} != measured {params}"
-    assert cost.macs == macs, f"analytic MACs {cost.macs} != measured {macs}"
-    assert Plan.from_json(plan.to_json()) == plan, "plan JSON round-trip changed the plan"
+    _require(cost.params == params, f"analytic params {cost.params} != measured {params}")
+    _require(cost.macs == macs, f"analytic MACs {cost.macs} != measured {macs}")
+    _require(Plan.from_json(plan.to_json()) == plan, "plan JSON round-trip changed the plan")
     return {"error": err, "params": params, "macs": macs, "pruned": pruned}

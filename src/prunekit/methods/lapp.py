@@ -409,7 +409,7 @@ class Lapp(nn.Module, Callback):
     def verify(self, model: nn.Module, example_inputs: Sequence[Any]) -> None:
         """Check, on a mask that drops about half of every group, that masking the BN outputs
         equals physical pruning (eval mode); refuse the model otherwise."""
-        from ..conformance import outputs_close
+        from ..conformance import ConformanceError, outputs_close
         saved = self.rates.detach().clone()
         was = model.training
         self.attach(model)
@@ -428,7 +428,7 @@ class Lapp(nn.Module, Callback):
                 self.rates.copy_(saved)
         try:
             outputs_close(masked, pruned)
-        except AssertionError:
+        except ConformanceError:
             raise TargetError("masking the batch-norm outputs does not equal removing the "
                               "channels in this model (a group has a producer without BN); "
                               "restrict LAPP with `groups`") from None
