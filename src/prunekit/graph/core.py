@@ -230,6 +230,14 @@ class ChannelGraph:
         keep = self.keep_mask(plan) if plan is not None else np.ones(self.n_units, dtype=bool)
         return Cost(self._cost.params(keep), self._cost.macs(keep))
 
+    def cost_polynomial(self, metric: str = "macs") -> "CostPolynomial":
+        """The engine's cost (``"macs"`` or ``"params"``) as a polynomial in the kept
+        units of each factor (:class:`prunekit.graph.cost.CostPolynomial`), for methods
+        that need a differentiable cost."""
+        if metric not in ("macs", "params"):
+            raise ValueError(f"metric must be 'macs' or 'params', got {metric!r}")
+        return self._cost.polynomial(metric)
+
     def cost_of_mask(self, keep: np.ndarray) -> "Cost":
         """Like :meth:`cost` for a raw unit mask (no validation: for search loops)."""
         from .cost import Cost

@@ -43,6 +43,19 @@ class Cost:
     macs: int
 
 
+@dataclass(frozen=True)
+class CostPolynomial:
+    """A cost as ``sum_t coeffs[t] * prod_{f: owner[f] == t} kept(f)``, where factor ``f``
+    is the set of units ``flat[offsets[f]:offsets[f + 1]]`` (the last one runs to the end
+    of ``flat``) and ``kept(f)`` counts its kept units. Exact for 0/1 keep masks; with
+    keep values in [0, 1] it is a differentiable relaxation (``methods.soft_cost``)."""
+
+    coeffs: np.ndarray
+    offsets: np.ndarray
+    flat: np.ndarray
+    owner: np.ndarray
+
+
 class _Products:
     """sum_t coeff_t * prod_f kept(f) for factors given as unit-index arrays."""
 
@@ -93,6 +106,11 @@ class CostModel:
             coeffs.append(int(np.prod([s for d, s in enumerate(p.shape) if d not in dims])))
             factors.append([dims[d] for d in sorted(dims)])
         self._params = _Products(coeffs, factors)
+
+    def polynomial(self, metric: str) -> CostPolynomial:
+        prod = self._macs if metric == "macs" else self._params
+        return CostPolynomial(*(a.copy() for a in (prod.coeffs, prod.offsets, prod.flat,
+                                                   prod.owner)))
 
     def macs(self, keep: np.ndarray) -> int:
         return self._macs.total(keep)

@@ -19,7 +19,7 @@ from ..graph import ChannelGraph
 class SoftCost(nn.Module):
     def __init__(self, graph: ChannelGraph, metric: str = "macs") -> None:
         super().__init__()
-        prod = graph._cost._macs if metric == "macs" else graph._cost._params
+        prod = graph.cost_polynomial(metric)
         n_f = len(prod.offsets)
         lengths = np.diff(np.append(prod.offsets, len(prod.flat))).astype(np.int64)
         per_term = np.bincount(prod.owner, minlength=len(prod.coeffs)) if n_f else \
