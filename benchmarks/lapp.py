@@ -48,7 +48,7 @@ from prunekit.methods.lapp import LappConfig, add_bypass, train_lapp
 from prunekit.models import CifarResNet, spec
 from prunekit.reporting import latency_ms, plot_lapp
 from prunekit.train import TrainConfig, evaluate, fit
-from prunekit.train.engine import save_atomic, write_text_atomic
+from prunekit.outputs import save_torch as save_atomic, write_text as write_text_atomic
 
 X = torch.zeros(1, 3, 32, 32)
 RUNS = ("dense", "lapp", "lapp-nobypass", "lapp-noprog", "lapp-bypass0", "lapp-hold",

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from prunekit.models import create
-from prunekit.train.engine import write_text_atomic
+from prunekit.outputs import write_text as write_text_atomic
 
 
 def step_seconds(depth: int, bf16: bool, steps: int) -> float:

@@ -187,14 +187,11 @@ def _parse_value(v: str) -> Any:
         return v
 
 
-# commands that write ``--out`` (a folder, or export's file): one run at a time per output
-_WRITERS = ("train", "average", "prune", "reweight", "space", "finetune", "export")
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run one command; every failure is one line on stderr (exit 2; 130 on Ctrl-C, 143
     on SIGTERM) and leaves no partial output (see :mod:`prunekit.outputs`)."""
     args = build_parser().parse_args(argv)
+    from .options import COMMAND_OPTIONS
     from .outputs import KEPT, OutputLock, Terminated, os_error_message, signals_raise
     KEPT.clear()
     say = _Say(args.command)
@@ -202,8 +199,9 @@ def main(argv: list[str] | None = None) -> int:
         with signals_raise(), say.warnings():
             from . import cli_commands
             cfg = resolve(args)
-            lock = OutputLock(cfg["out"]) if args.command in _WRITERS and cfg.get("out") \
-                else contextlib.nullcontext()
+            # a command that writes --out (a folder, or export's file) holds it for the run
+            writes = "out" in COMMAND_OPTIONS[args.command] and cfg.get("out")
+            lock = OutputLock(cfg["out"]) if writes else contextlib.nullcontext()
             with lock:
                 return getattr(cli_commands, f"cmd_{args.command}")(cfg) or 0
     except (CliError, PrunekitError, ValueError, FileNotFoundError, PermissionError) as exc:

@@ -244,7 +244,8 @@ def cmd_train(cfg: dict) -> int:
                           for k, v in r.items()}), flush=True))
         save_torch(model.state_dict(), folder / "model.pt")
         _write_json(folder / "metrics.json", history[-1] if history else {})
-        _write_json(folder / "config.json", cfg)
+        if resume:          # the settings the completed run ended with
+            _write_json(folder / "config.json", cfg)
         _plot_curves(history, folder / "training.png")
     print(f"done: {out} (model.pt, checkpoint.pt, log.jsonl, metrics.json)")
     return 0
@@ -404,11 +405,11 @@ def _prune_emo(cfg: dict, model: torch.nn.Module, s, out: Path) -> int:
     Budget(cfg["target"], cfg["metric"])  # validates the target before any work
     arrays = _data(cfg)
     calib = _calibration(arrays, s, cfg)
-    search = EmoSearch(model, _example(s), list(calib.split(128)), ecfg,
-                       executor=cfg["executor"], workers=int(cfg["workers"]),
-                       checkpoint=out.parent / f".{out.name}.emo-work" / "checkpoint")
     _, block = _work(out, "emo", cfg)
     with block as work:
+        search = EmoSearch(model, _example(s), list(calib.split(128)), ecfg,
+                           executor=cfg["executor"], workers=int(cfg["workers"]),
+                           checkpoint=work / "checkpoint")
         try:
             result = search.run(progress=True)
         finally:

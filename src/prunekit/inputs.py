@@ -30,8 +30,8 @@ def torch_load(path: str | os.PathLike[str], what: str = "checkpoint") -> Any:
         if found:
             raise CheckpointError(
                 f"{what} {path} holds Python objects besides tensors ({found.group(1)}), "
-                "which only unsafe "
-                "loading (weights_only=False) would open, and prunekit never does that; "
+                "which only unsafe loading (weights_only=False) would open, and prunekit "
+                "never does that; "
                 "re-save it as a plain state_dict (torch.save(model.state_dict(), ...))"
             ) from None
         raise CheckpointError(f"cannot read {what} {path}: it is corrupt or not a PyTorch "

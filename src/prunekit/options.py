@@ -59,7 +59,7 @@ SPECS: dict[str, Spec] = {
     "penalty": _f(nullable=True), "temperature": _f(nullable=True),
     "threshold_lr": _f(nullable=True), "bypass_scale": _f(nullable=True),
     "score": _PATH, "score_momentum": _f(nullable=True), "leak": _f(nullable=True),
-    "parts": _i(1), "pop_size": _i(2), "generations": _i(1), "chain_points": _i(2),
+    "parts": _i(1), "pop_size": _i(4), "generations": _i(0), "chain_points": _i(2),
     "feature_steps": _i(0), "executor": Spec("str"), "workers": _i(1),
     "param": Spec("str"), "regime": Spec("range", 0, 1, lo_open=True), "samples": _i(1),
     "steps": _i(1), "held": _i(1), "pool": _i(1),
@@ -151,8 +151,8 @@ METHOD_OPTIONS: dict[str, frozenset[str]] = {
     "oneshot": frozenset({"criterion", "allocation", "round_to", "groups"}),
     "submodular": frozenset({"variant", "selector", "reweight", "scope", "groups", "calib",
                              "stochastic", "intercept", "allocation", "round_to"}),
-    "lapp": frozenset({"epochs", "lr", "bypass", "progressive", "hold", "prune_epochs", "penalty",
-                       "temperature", "threshold_lr", "bypass_scale", "score",
+    "lapp": frozenset({"epochs", "lr", "bypass", "progressive", "hold", "prune_epochs",
+                       "penalty", "temperature", "threshold_lr", "bypass_scale", "score",
                        "score_momentum", "leak", "groups"}),
     "emo": frozenset({"parts", "pop_size", "generations", "chain_points", "feature_steps",
                       "executor", "workers", "groups", "criterion", "calib"}),
@@ -180,8 +180,8 @@ _FINETUNE = _TRAIN - {"epochs", "lr"} | {"finetune_epochs", "finetune_lr"}
 _IO = frozenset({"model", "checkpoint", "data", "out", "overwrite"})
 COMMAND_OPTIONS: dict[str, frozenset[str]] = {
     "train": _IO | _TRAIN | {"teacher", "teacher_checkpoint", "resume"},
-    "average": frozenset({"model", "checkpoint", "pruned", "checkpoints", "data", "out", "overwrite", "bn_batches",
-                          "batch_size", "seed", "subset", "cutout"}),
+    "average": frozenset({"model", "checkpoint", "pruned", "checkpoints", "data", "out",
+                          "overwrite", "bn_batches", "batch_size", "seed", "subset", "cutout"}),
     "eval": frozenset({"model", "checkpoint", "pruned", "data"}),
     "prune": _IO | _FINETUNE | {"method", "target", "metric", "resume", "epochs", "lr"}
     | frozenset().union(*METHOD_OPTIONS.values()),

@@ -113,7 +113,7 @@ def _write_all(f: Any, data: bytes) -> None:
 def write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
     """Atomically replace ``path`` with ``data`` (created with the umask's mode)."""
     path = Path(path)
-    created = make_dirs(path.parent)
+    created = make_dirs(path.parent, path)
     tmp = None
     try:
         with writing(path):

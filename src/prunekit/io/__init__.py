@@ -137,37 +137,35 @@ def _input_spec(example_inputs: Any) -> dict:
 def _shape(spec: Any, what: str) -> list[int]:
     if not isinstance(spec, list) or not all(isinstance(d, int) and not isinstance(d, bool)
                                              and d >= 0 for d in spec):
-        raise PlanFormatError(f"plan.json: the shape of {what} must be a list of sizes >= 0, "
+        raise PlanFormatError(f"the shape of {what} must be a list of sizes >= 0, "
                               f"got {spec!r}; save the model again with save_pruned")
     return spec
 
 
 def _value(spec: Any, what: str) -> Any:
     if not isinstance(spec, dict):
-        raise PlanFormatError(f"plan.json: {what} must be an object, got {spec!r}")
+        raise PlanFormatError(f"{what} must be an object, got {spec!r}")
     if "value" in spec:
         return spec["value"]
     dtype = getattr(torch, str(spec.get("dtype", "float32")), None)
     if not isinstance(dtype, torch.dtype):
-        raise PlanFormatError(f"plan.json: {what} has an unknown dtype {spec.get('dtype')!r}")
+        raise PlanFormatError(f"{what} has an unknown dtype {spec.get('dtype')!r}")
     # token ids and masks of ones are valid inputs; zeros would mask every token
     fill = torch.zeros if dtype.is_floating_point else torch.ones
     return fill(_shape(spec.get("shape"), what), dtype=dtype)
 
 
-def _inputs_of(opts: Any) -> Any:
+def _inputs_of(opts: dict) -> Any:
     """The example inputs a saved plan was built with, checked (a hand-edited or corrupt
     plan.json fails here with the field named, not inside torch)."""
-    if not isinstance(opts, dict):
-        raise PlanFormatError(f"plan.json: \"graph\" must be an object, got {opts!r}")
     if "input_kwargs" in opts:
         kw = opts["input_kwargs"]
         if not isinstance(kw, dict):
-            raise PlanFormatError("plan.json: \"input_kwargs\" must be an object")
+            raise PlanFormatError("\"input_kwargs\" must be an object")
         return {k: _value(v, f"input {k!r}") for k, v in kw.items()}
     shapes = opts.get("input_shapes", [])
     if not isinstance(shapes, list):
-        raise PlanFormatError("plan.json: \"input_shapes\" must be a list of shapes")
+        raise PlanFormatError("\"input_shapes\" must be a list of shapes")
     return tuple(torch.zeros(_shape(s, f"input {i}")) for i, s in enumerate(shapes))
 
 

@@ -48,7 +48,8 @@ from torch.nn.utils import parametrize
 from ..errors import TargetError
 from ..graph import ChannelGraph
 from ..plan import Plan
-from ..train.engine import Callback, TrainConfig, fit, write_text_atomic
+from ..outputs import write_text as write_text_atomic
+from ..train.engine import Callback, TrainConfig, fit
 from .allocate import METRICS, metric_value
 from .base import Result, check_batches
 from .soft_cost import SoftCost
@@ -490,11 +491,6 @@ class Lapp(nn.Module, Callback):
 
 
 # ------------------------------------------------------------------ driver
-def _has_batch(data: Any) -> bool:
-    try:
-        return len(data) > 0
-    except TypeError:       # an iterable without a length: look at its first batch
-        return True
 def train_lapp(model: nn.Module, example_inputs: Sequence[Any] | torch.Tensor, train: Any,
                test: Any, config: LappConfig, train_config: TrainConfig,
                out_dir: str | Path, progress: bool = True, resume: bool = False) -> Result:
@@ -508,7 +504,8 @@ def train_lapp(model: nn.Module, example_inputs: Sequence[Any] | torch.Tensor, t
         example_inputs = (example_inputs,)
     for name, data in (("train", train), ("test", test)):
         if data is not None:    # one batch of each, checked before any training
-            check_batches(example_inputs, [next(iter(data), None)] if _has_batch(data) else [],
+            first = next(iter(data), None)
+            check_batches(example_inputs, [] if first is None else [first],
                           f"train_lapp ({name} data)", labels=True)
     base = ChannelGraph.build(model, example_inputs).cost()
     if config.bypass and add_bypass(model, config.bypass_scale) == 0:

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data.pipeline import Batches
+from ..outputs import save_torch, write_text
 
 
 PRECISIONS = ("fp32", "bf16")
@@ -100,18 +101,6 @@ def _dist() -> tuple[int, int]:
     if world > 1:
         return torch.distributed.get_rank(), world
     return 0, 1
-
-
-def save_atomic(obj: Any, path: Path) -> None:
-    """``torch.save`` through :mod:`prunekit.outputs` (atomic; a full disk is one error
-    and the previous checkpoint stays intact)."""
-    from ..outputs import save_torch
-    save_torch(obj, path)
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    from ..outputs import write_text
-    write_text(path, text)
 
 
 def _restore(ckpt: Path, model: nn.Module, opt: torch.optim.Optimizer) -> tuple[list, int]:
@@ -194,8 +183,9 @@ def fit(model: nn.Module, train: Batches, test: Batches | None, cfg: TrainConfig
             row.update({f"test_{k}": v for k, v in evaluate(model, test, cfg.channels_last).items()})
         history.append(row)
         if rank == 0:
-            write_text_atomic(out / "log.jsonl", "".join(json.dumps(r) + "\n" for r in history))
-            save_atomic({"model": model.state_dict(), "optimizer": opt.state_dict(),
+            # atomic (a full disk is one OutputError; the previous checkpoint stays intact)
+            write_text(out / "log.jsonl", "".join(json.dumps(r) + "\n" for r in history))
+            save_torch({"model": model.state_dict(), "optimizer": opt.state_dict(),
                          "rng": torch.get_rng_state(), "history": history, "epoch": epoch,
                          "config": asdict(cfg)}, ckpt)
             if on_epoch:
