@@ -81,6 +81,7 @@ class CostTerm:
     coeff: int
     factors: tuple[np.ndarray, ...]
     where: str
+    node: str = ""      # the traced node whose op this is
 
 
 @dataclass(frozen=True)
@@ -144,6 +145,7 @@ class Builder:
     def __post_init__(self) -> None:
         self._by_name: dict[str, fx.Node] | None = None
         self._leaf_owned: set[str] = set()
+        self._node = ""    # the node being visited, recorded with the cost terms it adds
         self._param_names = {n for n, _ in self.root.named_parameters(remove_duplicate=False)}
 
     # ----------------------------------------------------------------- recording
@@ -183,7 +185,7 @@ class Builder:
         for f in factors:
             if f is not None:
                 kept.append(np.asarray(f, dtype=np.int64).ravel())
-        self.terms.append(CostTerm(int(coeff), tuple(kept), where))
+        self.terms.append(CostTerm(int(coeff), tuple(kept), where, self._node))
 
     def fix(self, fqn: str, kind: str) -> None:
         self.fixes[fqn] = kind
@@ -270,7 +272,9 @@ class Builder:
         # that reads them for another reason (``self.proj.weight.device``)
         self._leaf_owned = {str(n.target) for n in gm.graph.nodes if n.op == "call_module"}
         for node in gm.graph.nodes:
+            self._node = node.name
             self.layouts[node] = self._visit(gm, node)
+        self._node = ""
 
     def _visit(self, gm: Any, node: fx.Node) -> Any:
         if node.op == "placeholder":

@@ -273,16 +273,66 @@ class ChannelGraph:
             verify_pruned(self, model, plan, pruned, expected)
         return pruned
 
-    def masked_reference(self, plan: Plan, root: nn.Module | None = None,
+    def masked_reference(self, plan: Plan | np.ndarray, root: nn.Module | None = None,
                          snapshot: bool = True) -> nn.Module:
-        """The original model with every removed channel zeroed at every op (eval graph).
+        """The original model with every removed channel zeroed at every op (eval graph),
+        and normalised channels' statistics over the kept ones: what ``apply`` computes.
 
-        ``root``: use this model's weights (same architecture) instead of the traced one's.
-        """
+        ``plan``: a Plan, or a keep mask over the units (``n_units`` booleans, for search
+        loops). ``root``: use this model's weights (same architecture) instead of the
+        traced one's. The result also runs any stretch of the graph on its own
+        (:meth:`prunekit.graph.masked.MaskedReference.run_nodes`)."""
         from .masked import MaskedReference
         if root is not None and fingerprint(root) != self.fingerprint:
             raise PlanMismatchError("root is not the architecture the graph was built on")
-        return MaskedReference(self, self.keep_mask(plan), root, snapshot)
+        if isinstance(plan, np.ndarray):
+            if plan.shape != (self.n_units,) or plan.dtype != bool:
+                raise PlanError(f"a keep mask must be {self.n_units} booleans, got "
+                                f"{plan.dtype} of shape {plan.shape}")
+            keep = plan
+        else:
+            keep = self.keep_mask(plan)
+        return MaskedReference(self, keep, root, snapshot)
+
+    # ------------------------------------------------------- the traced graph, for methods
+    @property
+    def traced(self) -> "fx.GraphModule":
+        """The captured model (eval mode): the nodes every per-node query below refers to."""
+        return self.graphs[0][1]
+
+    def value_kind(self, node: "fx.Node") -> str | None:
+        """``"tensor"`` when the node's value is one tensor the engine follows, ``"tuple"``
+        for several, ``None`` for anything else (a size, a shape query, a constant)."""
+        from .layout import Layout
+        value = self._b.layouts.get(node)
+        if isinstance(value, Layout):
+            return "tensor"
+        return "tuple" if isinstance(value, tuple) else None
+
+    def node_units(self) -> dict["fx.Node", np.ndarray]:
+        """The units (sorted, unique) each node of :attr:`traced` carries in its value, for
+        the nodes that carry any; computed once."""
+        cached = self.__dict__.get("_node_units")
+        if cached is None:
+            from .builder import iter_layouts
+            cached = {}
+            for node in self.traced.graph.nodes:
+                ids = [blk.ids.ravel() for lay in iter_layouts(self._b.layouts.get(node))
+                       for blk in lay.blocks]
+                if ids:
+                    cached[node] = np.unique(self.unit_of[np.concatenate(ids)])
+            self.__dict__["_node_units"] = cached
+        return cached
+
+    def node_macs(self) -> dict[str, int]:
+        """MACs of each node of :attr:`traced` (by name) at full width, for the nodes that
+        have any."""
+        out: dict[str, int] = {}
+        for t in self._b.terms:
+            if t.node:
+                out[t.node] = out.get(t.node, 0) + t.coeff * int(
+                    np.prod([len(f) for f in t.factors]))
+        return out
 
     def explain(self, show_frozen: bool = True) -> str:
         from .report import explain

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import copy
 import operator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import torch
@@ -34,7 +34,7 @@ class MaskedReference(nn.Module):
     def __init__(self, graph: "ChannelGraph", keep: np.ndarray,
                  root: nn.Module | None = None, snapshot: bool = True) -> None:
         super().__init__()
-        traced = graph.graphs[0][1]
+        traced = graph.traced
         base = root if root is not None else traced.root
         self._swap: dict[str, torch.Tensor] = {}
         if snapshot:
@@ -77,6 +77,25 @@ class MaskedReference(nn.Module):
     def _stats_of(self) -> dict[str, Any]:
         return {name: (self._graph_stats[name], idx) for name, idx in self._kept.items()}
 
+    def run_nodes(self, nodes: Sequence[fx.Node], env: dict[fx.Node, Any]) -> Any:
+        """Run consecutive ``nodes`` of the traced graph (a stretch such as a sub-network)
+        masked as :meth:`forward` runs them, from ``env`` (the values they read that
+        come from before the stretch); the value of the last node. Snapshot mode only."""
+        if "root" not in self._modules:
+            raise RuntimeError("run_nodes needs a snapshot reference (snapshot=True)")
+        masker = self.__dict__.get("_masker")
+        if masker is None:
+            masker = _Masker(self.root, self.graph, self._masks, self._stats_of())
+            self.__dict__["_masker"] = masker
+        masker.env = dict(env)
+        try:
+            with torch.no_grad():
+                for node in nodes:
+                    masker.env[node] = masker.run_node(node)
+            return masker.env[nodes[-1]]
+        finally:
+            masker.env = {}
+
 
 def _set_tensor(root: nn.Module, fqn: str, value: torch.Tensor) -> torch.Tensor:
     prefix, _, name = fqn.rpartition(".")
@@ -94,15 +113,13 @@ def visible_units(graph: "ChannelGraph") -> dict[str, np.ndarray]:
     node masks already zero those channels where they enter and leave the layer. Only
     slices of channels that live inside a layer (an attention head in ``out_proj``) must
     be zeroed in the weights."""
-    from .builder import iter_layouts
-    layouts = graph._b.layouts
+    carried = graph.node_units()
     out: dict[str, np.ndarray] = {}
-    for node in graph.graphs[0][1].graph.nodes:
+    for node in graph.traced.graph.nodes:
         if node.op != "call_module":
             continue
-        ids = [blk.ids.ravel() for v in [node, *node.all_input_nodes]
-               for lay in iter_layouts(layouts.get(v)) for blk in lay.blocks]
-        out[str(node.target)] = np.unique(graph.unit_of[np.concatenate(ids)]) if ids \
+        units = [carried[v] for v in [node, *node.all_input_nodes] if v in carried]
+        out[str(node.target)] = np.unique(np.concatenate(units)) if units \
             else np.zeros(0, dtype=np.int64)
     return out
 

@@ -15,11 +15,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch.fx as fx
 from torch import nn
 
 from ..graph import ChannelGraph
-from ..graph.layout import Layout
 from .lsq import is_consumer, taps
 
 @dataclass(frozen=True)
@@ -48,24 +46,12 @@ class GroupInfo:
     position: int        # execution order of its first consumer
 
 
-def _unit_sets(graph: ChannelGraph) -> dict[fx.Node, np.ndarray]:
-    out = {}
-    for node, value in graph._b.layouts.items():
-        vals = value if isinstance(value, tuple) else (value,)
-        ids = [graph.unit_of[b.ids].ravel() for v in vals if isinstance(v, Layout)
-               for b in v.blocks]
-        if ids:
-            out[node] = np.unique(np.concatenate(ids))
-    return out
-
-
 def analyse(graph: ChannelGraph, group_ids: list[str]) -> list[GroupInfo]:
     """Consumers and closedness of each group, sorted by execution order."""
-    traced = graph.graphs[0][1]
+    traced = graph.traced
     nodes = list(traced.graph.nodes)
     pos = {n: i for i, n in enumerate(nodes)}
-    units_of = _unit_sets(graph)
-    layouts = graph._b.layouts
+    units_of = graph.node_units()
     infos = []
     for gid in group_ids:
         g = graph.group(gid)
@@ -86,11 +72,11 @@ def analyse(graph: ChannelGraph, group_ids: list[str]) -> list[GroupInfo]:
                     first = min(first, pos[user])
                     continue
                 tensor_inputs = [a for a in user.all_input_nodes
-                                 if isinstance(layouts.get(a), Layout)]
+                                 if graph.value_kind(a) == "tensor"]
                 if user in carrying and len(tensor_inputs) == 1:
                     continue
                 if user.op != "output" and user not in carrying and \
-                        not isinstance(layouts.get(user), (Layout, tuple)):
+                        graph.value_kind(user) is None:
                     continue  # a shape query (x.size(0), x.shape), not a use of the values
                 if not reason:
                     what = user.target if user.op != "call_function" else \

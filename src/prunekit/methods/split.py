@@ -11,10 +11,7 @@ example) are not searched per sub-network and stay whole.
 
 from __future__ import annotations
 
-import copy
-import re
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
@@ -23,8 +20,6 @@ from torch import nn
 
 from ..errors import TargetError
 from ..graph import ChannelGraph
-from ..graph.layout import Layout
-from ..graph.masked import _Masker, _node_mask, _zero_slices
 
 
 @dataclass(frozen=True)
@@ -37,18 +32,16 @@ class Segment:
 
 def cut_points(graph: ChannelGraph) -> tuple[list[fx.Node], list[int]]:
     """All nodes and the indices of single-tensor cut points, in execution order."""
-    traced = graph.graphs[0][1]
-    nodes = list(traced.graph.nodes)
+    nodes = list(graph.traced.graph.nodes)
     pos = {n: i for i, n in enumerate(nodes)}
     if sum(n.op == "placeholder" for n in nodes) != 1:
         raise TargetError("sub-network division needs a model with exactly one input")
     last = [max([pos[u] for u in n.users], default=i) for i, n in enumerate(nodes)]
     cuts, live = [], set()
-    layouts = graph._b.layouts
     for i, n in enumerate(nodes):
         live.add(i)
         live = {j for j in live if last[j] > i}
-        if n.op != "output" and live == {i} and isinstance(layouts.get(n), Layout):
+        if n.op != "output" and live == {i} and graph.value_kind(n) == "tensor":
             cuts.append(i)
     return nodes, cuts
 
@@ -64,10 +57,9 @@ def split(graph: ChannelGraph, parts: int, group_ids: list[str]) -> list[Segment
     cuts = [c for c in cuts if c < end]
     pos = {n.name: i for i, n in enumerate(nodes)}
     macs = np.zeros(len(nodes))
-    for term in graph._b.terms:
-        m = re.search(r"\(node (\S+)\)", term.where)
-        if m and m.group(1) in pos:
-            macs[pos[m.group(1)]] += term.coeff * np.prod([len(f) for f in term.factors])
+    for name, m in graph.node_macs().items():
+        if name in pos:
+            macs[pos[name]] += m
     cum = np.cumsum(macs)
     chosen = [cuts[0]]
     for p in range(1, parts):
@@ -94,13 +86,7 @@ def _spans(graph: ChannelGraph, nodes: list[fx.Node], ids: list[str]) -> dict[st
         m[graph.group(gid).units] = True
         member[gid] = m
     span: dict[str, list[int]] = {}
-    for node, value in graph._b.layouts.items():
-        vals = value if isinstance(value, tuple) else (value,)
-        units = [graph.unit_of[b.ids].ravel() for v in vals if isinstance(v, Layout)
-                 for b in v.blocks]
-        if not units:
-            continue
-        u = np.concatenate(units)
+    for node, u in graph.node_units().items():
         for gid, m in member.items():
             if m[u].any():
                 i = pos[node]
@@ -114,27 +100,14 @@ class Runner:
     removed channels zeroed (the engine's masked reference: equal to the pruned model)."""
 
     def __init__(self, graph: ChannelGraph, root: nn.Module, keep: np.ndarray | None = None):
-        traced = graph.graphs[0][1]
-        self.nodes = list(traced.graph.nodes)
-        self.root = copy.deepcopy(root).eval()
-        masks: dict[str, Any] = {}
-        if keep is not None and not keep.all():
-            _zero_slices(self.root, graph, keep)
-            for node, value in graph._b.layouts.items():
-                m = _node_mask(graph, keep, value)
-                if m is not None:
-                    masks[node.name] = m
-        self.interp = _Masker(self.root, traced.graph, masks)
+        self.nodes = list(graph.traced.graph.nodes)
+        keep = np.ones(graph.n_units, dtype=bool) if keep is None else keep
+        self.ref = graph.masked_reference(keep, root)
+        self.root = self.ref.root       # the reference's own (zeroed) copy of the weights
 
     def run(self, seg: Segment, x: torch.Tensor) -> torch.Tensor:
-        interp = self.interp
-        interp.env = {self.nodes[seg.start]: x}
-        with torch.no_grad():
-            for node in self.nodes[seg.start + 1: seg.stop + 1]:
-                interp.env[node] = interp.run_node(node)
-        out = interp.env[self.nodes[seg.stop]]
-        interp.env = {}
-        return out
+        return self.ref.run_nodes(self.nodes[seg.start + 1: seg.stop + 1],
+                                  {self.nodes[seg.start]: x})
 
     def recalibrate(self, seg: Segment, inputs: list[torch.Tensor]) -> None:
         """Re-estimate the running statistics of the segment's batch norms on ``inputs``."""

@@ -521,7 +521,7 @@ def _sinks(graph: ChannelGraph, names: Sequence[str]) -> dict[str, str | None]:
     """The consumers whose constant output offset can be re-solved, and where it lives:
     ``None`` for the consumer's own bias, else the name of the batch norm (with running
     statistics) that is the only reader of the consumer's only call."""
-    traced = graph.graphs[0][1]
+    traced = graph.traced
     calls: dict[str, list[fx.Node]] = {}
     for node in traced.graph.nodes:
         if node.op == "call_module":
