@@ -20,6 +20,35 @@ def enabled() -> bool:
 
 
 def bar(iterable: Any = None, **kwargs: Any) -> Any:
-    """``tqdm(iterable, **kwargs)``, disabled where :func:`enabled` says so."""
-    from tqdm.auto import tqdm
+    """``tqdm(iterable, **kwargs)``, disabled where :func:`enabled` says so; without tqdm
+    (an optional extra) a bar that draws nothing."""
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return _Silent(iterable)
     return tqdm(iterable, disable=not enabled(), **kwargs)
+
+
+class _Silent:
+    """The part of tqdm's interface prunekit uses, drawing nothing."""
+
+    def __init__(self, iterable: Any = None) -> None:
+        self.iterable = iterable
+
+    def __iter__(self) -> Any:
+        return iter(self.iterable if self.iterable is not None else ())
+
+    def __enter__(self) -> "_Silent":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
+
+    def update(self, n: int = 1) -> None:
+        return None
+
+    def set_postfix(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
