@@ -162,3 +162,36 @@ def test_calibration_of_the_wrong_shape_is_refused_at_the_boundary(setup):
         EmoSearch(model, batches[0][:1], [], CFG)
     with pytest.raises(TargetError, match="must be a non-empty float tensor"):
         EmoSearch(model, batches[0][:1], [b.long() for b in batches], CFG)
+
+
+class _WithOptionalInputs(nn.Module):
+    """A forward with inputs beyond the tensor that it hands on without looking at them
+    (``attn_mask=None``, ``is_causal``), as timm's and Hugging Face's attention does: the
+    capture keeps them as inputs, and they are constants, not a second input."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.qkv = nn.ModuleList(nn.Linear(8, 24) for _ in range(3))
+        self.mlp = nn.ModuleList(nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 8))
+                                 for _ in range(3))
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, x, attn_mask=None, is_causal: bool = False):
+        for qkv, mlp in zip(self.qkv, self.mlp):
+            q, k, v = qkv(x).chunk(3, dim=-1)
+            x = x + torch.nn.functional.scaled_dot_product_attention(
+                q, k, v, attn_mask=attn_mask, is_causal=is_causal)
+            x = x + mlp(x)
+        return self.head(x.mean(1))
+
+
+def test_division_treats_optional_inputs_as_constants():
+    torch.manual_seed(0)
+    model, x = _WithOptionalInputs().eval(), torch.randn(4, 5, 8)
+    from prunekit import ChannelGraph
+    graph = ChannelGraph.build(model, x[:1])
+    assert sum(n.op == "placeholder" for n in graph.traced.graph.nodes) == 3
+    segs = split(graph, 3, [g.id for g in graph.prunable_groups])
+    assert len(segs) == 3 and sum(len(s.groups) for s in segs) >= 3
+    with torch.no_grad():
+        torch.testing.assert_close(features(graph, model, segs, [x])[-1][0], model(x))

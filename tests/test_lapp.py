@@ -97,7 +97,10 @@ def test_progressive_target_schedule():
     assert lapp.target_at(0.4) == pytest.approx(0.4) == lapp.target_at(0.45)
     flat, _, _ = _lapp(CifarResNet(8), LappConfig(target=0.4, progressive=False))
     assert flat.target_at(0.0) == 0.4
-    assert lapp.penalty(0.6) is None   # after the pruning phase: no constraint
+    # after the pruning phase: no constraint, and the documented `loss + penalty` still adds
+    after = lapp.penalty(0.6)
+    assert isinstance(after, torch.Tensor) and after.item() == 0.0
+    assert (torch.tensor(2.5) + after).item() == 2.5
 
 
 def _toy_data(n: int = 256, seed: int = 0):

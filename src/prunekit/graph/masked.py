@@ -80,7 +80,8 @@ class MaskedReference(nn.Module):
     def run_nodes(self, nodes: Sequence[fx.Node], env: dict[fx.Node, Any]) -> Any:
         """Run consecutive ``nodes`` of the traced graph (a stretch such as a sub-network)
         masked as :meth:`forward` runs them, from ``env`` (the values they read that
-        come from before the stretch); the value of the last node. Snapshot mode only."""
+        come from before the stretch, and any model input inside it); the value of the
+        last node. Snapshot mode only."""
         if "root" not in self._modules:
             raise RuntimeError("run_nodes needs a snapshot reference (snapshot=True)")
         masker = self.__dict__.get("_masker")
@@ -91,7 +92,8 @@ class MaskedReference(nn.Module):
         try:
             with torch.no_grad():
                 for node in nodes:
-                    masker.env[node] = masker.run_node(node)
+                    if node.op != "placeholder":    # inputs come from ``env``
+                        masker.env[node] = masker.run_node(node)
             return masker.env[nodes[-1]]
         finally:
             masker.env = {}

@@ -335,9 +335,11 @@ class Lapp(nn.Module, Callback):
         ramp = min(1.0, progress / max(0.8 * self.phase_end, 1e-12))
         return 1.0 - (1.0 - t) * ramp
 
-    def penalty(self, progress: float) -> torch.Tensor | None:
+    def penalty(self, progress: float) -> torch.Tensor:
+        """The budget term to add to the loss; zero once the pruning phase has ended (so
+        ``loss + lapp.penalty(p)`` works in a hand-written loop at every step)."""
         if progress >= self.phase_end:
-            return None
+            return self.rates.new_zeros(())
         self._target_now = self.target_at(progress)
         ratio = self.cost(self.unit_keep(self._masks or self.masks())) / self.base
         return self.config.penalty * torch.relu(ratio - self._target_now).float()

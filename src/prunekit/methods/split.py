@@ -34,16 +34,28 @@ def cut_points(graph: ChannelGraph) -> tuple[list[fx.Node], list[int]]:
     """All nodes and the indices of single-tensor cut points, in execution order."""
     nodes = list(graph.traced.graph.nodes)
     pos = {n: i for i, n in enumerate(nodes)}
-    if sum(n.op == "placeholder" for n in nodes) != 1:
-        raise TargetError("sub-network division needs a model with exactly one input")
+    tensors = [n for n in nodes if n.op == "placeholder" and graph.value_kind(n) == "tensor"]
+    if len(tensors) != 1:
+        raise TargetError("sub-network division needs a model with exactly one tensor input, "
+                          f"got {len(tensors)}: {', '.join(n.name for n in tensors)}")
+    # the other inputs (attn_mask=None, a flag) are constants, available everywhere: they
+    # do not keep a cut from being one
+    constant = {pos[n] for n in constant_inputs(graph)}
     last = [max([pos[u] for u in n.users], default=i) for i, n in enumerate(nodes)]
     cuts, live = [], set()
     for i, n in enumerate(nodes):
         live.add(i)
-        live = {j for j in live if last[j] > i}
+        live = {j for j in live if last[j] > i and j not in constant}
         if n.op != "output" and live == {i} and graph.value_kind(n) == "tensor":
             cuts.append(i)
     return nodes, cuts
+
+
+def constant_inputs(graph: ChannelGraph) -> dict[fx.Node, object]:
+    """The model's inputs that are not tensors the engine follows, with the value the
+    capture gave them (their default): ``attn_mask=None``, ``is_causal=False``."""
+    return {n: (n.args[0] if n.args else None) for n in graph.traced.graph.nodes
+            if n.op == "placeholder" and graph.value_kind(n) != "tensor"}
 
 
 def split(graph: ChannelGraph, parts: int, group_ids: list[str]) -> list[Segment]:
@@ -104,10 +116,11 @@ class Runner:
         keep = np.ones(graph.n_units, dtype=bool) if keep is None else keep
         self.ref = graph.masked_reference(keep, root)
         self.root = self.ref.root       # the reference's own (zeroed) copy of the weights
+        self.constants = constant_inputs(graph)
 
     def run(self, seg: Segment, x: torch.Tensor) -> torch.Tensor:
         return self.ref.run_nodes(self.nodes[seg.start + 1: seg.stop + 1],
-                                  {self.nodes[seg.start]: x})
+                                  {**self.constants, self.nodes[seg.start]: x})
 
     def recalibrate(self, seg: Segment, inputs: list[torch.Tensor]) -> None:
         """Re-estimate the running statistics of the segment's batch norms on ``inputs``."""
