@@ -7,7 +7,12 @@ prunable channels.
     .venv/bin/python benchmarks/probe_unseen.py $(python -c 'import timm, random;
         print(" ".join(random.sample(timm.list_models(), 8)))')
 """
-import sys, time, traceback, torch, timm, transformers
+import sys
+import time
+
+import timm
+import torch
+import transformers
 from torch import nn
 from prunekit import ChannelGraph
 from prunekit.conformance import random_plan, check_plan
