@@ -143,7 +143,7 @@ def test_variants_and_selectors_meet_the_budget(net, variant, selector):
     model, data, graph = net
     before = [p.clone() for p in model.parameters()]
     cfg = SubmodularConfig(target=0.5, scope="groups", groups=INTERNAL, variant=variant,
-                           selector=selector, batch_size=32)
+                           selector=selector, calib_batch_size=32)
     res = prune_submodular(model, data[:1], data, cfg, graph=graph)
     assert abs(res.plan.meta["achieved"] - 0.5) <= 0.02
     assert set(res.plan.keep) == {h["group"] for h in res.history if h["kept"] < h["width"]}
@@ -155,7 +155,7 @@ def test_variants_and_selectors_meet_the_budget(net, variant, selector):
 
 def test_network_scope_budget(net):
     model, data, graph = net
-    cfg = SubmodularConfig(target=0.7, metric="macs", groups=INTERNAL, batch_size=32)
+    cfg = SubmodularConfig(target=0.7, metric="macs", groups=INTERNAL, calib_batch_size=32)
     res = prune_submodular(model, data[:1], data, cfg, graph=graph)
     assert res.after.macs / res.before.macs == pytest.approx(0.7, abs=0.02)
 
@@ -172,7 +172,7 @@ def test_keeping_every_channel_reproduces_the_model(net):
 def test_reweighting_reduces_the_consumer_error(net):
     model, data, graph = net
     common = dict(target=0.5, scope="groups", groups=INTERNAL, selector="weightnorm",
-                  variant="asym", batch_size=32)
+                  variant="asym", calib_batch_size=32)
     plain = prune_submodular(model, data[:1], data, SubmodularConfig(reweight=False, **common),
                              graph=graph)
     rew = prune_submodular(model, data[:1], data, SubmodularConfig(**common), graph=graph)
@@ -186,7 +186,7 @@ def test_reweighting_reduces_the_consumer_error(net):
 
 def test_greedy_beats_random_selection_on_its_objective(net):
     model, data, graph = net
-    common = dict(target=0.5, scope="groups", groups=INTERNAL, variant="layer", batch_size=32)
+    common = dict(target=0.5, scope="groups", groups=INTERNAL, variant="layer", calib_batch_size=32)
     g = prune_submodular(model, data[:1], data, SubmodularConfig(**common), graph=graph)
     with torch.no_grad():
         ref = model(data)
@@ -244,7 +244,7 @@ def test_no_matching_group_is_an_error(net):
 def test_sensitivity_allocation_meets_the_budget(net):
     model, data, graph = net
     cfg = SubmodularConfig(target=0.5, scope="groups", groups=INTERNAL,
-                           allocation="sensitivity", batch_size=32)
+                           allocation="sensitivity", calib_batch_size=32)
     res = prune_submodular(model, data[:1], data, cfg, graph=graph)
     assert res.plan.meta["achieved"] <= 0.5 + 0.01
     widths = {h["group"]: h["kept"] / h["width"] for h in res.history}
@@ -278,7 +278,7 @@ def _conv_outputs(model, x):
 def test_output_allocation_meets_the_budget_and_follows_the_measured_loss(net):
     model, data, graph = net
     cfg = SubmodularConfig(target=0.5, scope="groups", groups=INTERNAL, allocation="output",
-                           batch_size=32, output_points=4, output_images=16)
+                           calib_batch_size=32, output_points=4, output_images=16)
     res = prune_submodular(model, data[:1], data, cfg, graph=graph)
     assert 0.5 - 0.15 <= res.plan.meta["achieved"] <= 0.5 + 0.01
     kept = {h["group"]: h["kept"] / h["width"] for h in res.history}
@@ -310,7 +310,7 @@ def test_intercept_is_the_least_squares_with_a_constant_column(net):
     fit without it, and equal to a direct solve."""
     model, data, graph = net
     common = dict(target=0.5, scope="groups", groups=INTERNAL, selector="weightnorm",
-                  variant="layer", batch_size=32)
+                  variant="layer", calib_batch_size=32)
     plain = prune_submodular(model, data[:1], data, SubmodularConfig(**common), graph=graph)
     icpt = prune_submodular(model, data[:1], data, SubmodularConfig(intercept=True, **common),
                             graph=graph)
@@ -345,7 +345,7 @@ def test_intercept_goes_into_a_consumer_bias():
     data = torch.randn(48, 3, 8, 8)
     graph = ChannelGraph.build(model, data[:1])
     common = dict(target=0.5, scope="groups", variant="layer", selector="weightnorm",
-                  batch_size=16)
+                  calib_batch_size=16)
     plain = prune_submodular(model, data[:1], data, SubmodularConfig(**common), graph=graph)
     icpt = prune_submodular(model, data[:1], data, SubmodularConfig(intercept=True, **common),
                             graph=graph)

@@ -60,27 +60,26 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p, out=False)
     p = sub.add_parser("prune", help="prune a model to a cost target")
     _common(p)
-    p.add_argument("--method", default=None, help="pruning method: oneshot, submodular, lapp or emo")
-    p.add_argument("--target", type=float, help="fraction of MACs/params to keep, in (0, 1]")
-    p.add_argument("--metric", choices=["macs", "params"])
-    p.add_argument("--criterion", help="importance criterion for oneshot")
+    _budget_flags(p)
+    p.add_argument("--method", default=None,
+                   help=f"pruning method: {', '.join(sorted(_methods()))} (default oneshot)")
     p.add_argument("--finetune-epochs", type=int, help="recovery fine-tuning epochs after pruning")
-    p.add_argument("--variant", choices=["layer", "seq", "asym"],
-                   help="submodular: LayerInChange, SeqInChange or AsymInChange (default)")
-    p.add_argument("--calib", type=int, help="submodular: unlabeled calibration images (512)")
-    p.add_argument("--groups", nargs="+", help="only prune groups matching these patterns")
-    p.add_argument("--epochs", type=int, help="lapp: total training epochs")
-    p.add_argument("--lr", type=float, help="lapp: peak learning rate")
-    p.add_argument("--resume", action="store_true", help="lapp, emo: continue a killed run")
+    p.add_argument("--calib", type=int, help="unlabeled calibration images (512)")
+    p.add_argument("--epochs", type=int, help="methods that train (lapp): total training epochs")
+    p.add_argument("--lr", type=float, help="methods that train (lapp): peak learning rate")
+    p.add_argument("--resume", action="store_true", help="continue a killed run (lapp, emo, "
+                   "space)")
+    _method_flags(p, sorted(_methods()))
     p = sub.add_parser("reweight", help="re-solve the layers after pruned channels by least "
                        "squares on unlabeled images (recovery for any pruned model)")
     _common(p)
     p.add_argument("--calib", type=int, help="unlabeled calibration images (512)")
     p = sub.add_parser("space", help="pruning spaces: sample and evaluate subnetworks in a "
-                       "MACs regime, analyse, refine, and pick the winner")
+                       "MACs regime, analyse, refine, and pick the winner (prune --method space)")
     _common(p)
-    p.add_argument("--samples", type=int, help="subnetworks per space (64)")
+    _budget_flags(p)
     p.add_argument("--resume", action="store_true", help="keep the samples already evaluated")
+    _method_flags(p, ["space"])
     p = sub.add_parser("finetune", help="fine-tune a saved pruned model (optionally distilling)")
     _common(p)
     p.add_argument("--epochs", type=int)
@@ -94,28 +93,48 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _methods() -> dict[str, Any]:
+    from .methods.protocol import methods
+    return methods()
+
+
+def _budget_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--target", type=float, help="fraction of MACs/params to keep, in (0, 1]")
+    p.add_argument("--metric", choices=["macs", "params"])
+    p.add_argument("--groups", nargs="+", help="only prune groups matching these patterns")
+
+
+def _method_flags(p: argparse.ArgumentParser, names: list[str]) -> None:
+    """A flag per field of the methods' configs (and every field also as ``--set``),
+    generated from the registry: values are read by the config's declared types."""
+    from dataclasses import fields
+
+    from .options import SHARED_OPTIONS
+    table = _methods()
+    owners: dict[str, list[str]] = {}
+    for name in names:
+        for f in fields(table[name].config):
+            if f.name not in SHARED_OPTIONS:
+                owners.setdefault(f.name, []).append(name)
+    taken = {a.dest for a in p._actions}
+    for key, who in sorted(owners.items()):
+        if key not in taken:
+            p.add_argument(f"--{key.replace('_', '-')}", metavar="V", type=_flag_value,
+                           help=f"{', '.join(who)}: {key} (see docs/methods.md)")
+
+
 DEFAULTS: dict[str, Any] = {
     "model": None, "checkpoint": None, "pruned": None, "data": None, "out": None,
     "epochs": 10, "lr": 0.05, "batch_size": 128, "weight_decay": 5e-4, "schedule": "cosine",
     "seed": 0, "subset": 0, "method": "oneshot", "target": 0.5, "metric": "macs",
-    "criterion": "l1", "allocation": None, "round_to": 1, "finetune_epochs": 0,
+    "round_to": 1, "finetune_epochs": 0,
     "finetune_lr": 0.01, "distill_alpha": 0.0, "channels_last": True, "max_steps_per_epoch": 0,
     "precision": "fp32",
     # training regularisation
     "label_smoothing": 0.0, "warmup_epochs": 0.0, "distill_temperature": 4.0, "cutout": 0,
-    # submodular
-    "variant": "asym", "selector": "greedy", "reweight": True, "scope": "network",
-    "groups": [], "calib": 512, "stochastic": 0.0, "intercept": False,
-    # lapp
-    "bypass": False, "progressive": True, "hold": False,  # as LappConfig; None: its default
-    "prune_epochs": None, "penalty": None, "temperature": None, "threshold_lr": None,
-    "bypass_scale": None, "score": None, "score_momentum": None, "leak": None,
-    # emo
-    "parts": 3, "pop_size": 16, "generations": 8, "chain_points": 12, "feature_steps": 0,
-    "executor": "inprocess", "workers": 2,
-    # space
-    "param": "stage", "regime": [0.45, 0.55], "samples": 64, "steps": 50, "held": 2000,
-    "pool": 10000,
+    "groups": [],
+    # the run's context (methods' own options are their configs' fields: docs/methods.md)
+    "calib": 512, "executor": "inprocess", "workers": 2, "pool": 10000,
     # train: knowledge distillation from another model
     "teacher": None, "teacher_checkpoint": None,
     # average: the checkpoints to average; BN re-estimation batches (0 = keep the averaged stats)
@@ -143,8 +162,10 @@ def resolve(args: argparse.Namespace) -> dict[str, Any]:
         cfg[k] = v
         overrides.add(k)
     given |= overrides
-    unknown = sorted(set(cfg) - set(DEFAULTS) - {"resume", "distill", "list", "all",
-                                                  "overwrite"})
+    from .options import method_options
+    owned = frozenset().union(*method_options().values())
+    unknown = sorted(set(cfg) - set(DEFAULTS) - owned - {"resume", "distill", "list", "all",
+                                                          "overwrite", "min_width", "ignore"})
     if unknown:
         raise CliError(f"unknown option(s): {', '.join(unknown)}")
     from .options import check_command_options, check_method_options, check_options
@@ -152,6 +173,8 @@ def resolve(args: argparse.Namespace) -> dict[str, Any]:
     check_command_options(args.command, overrides)
     if args.command == "prune":
         check_method_options(cfg["method"], given)
+    if args.command == "space":
+        cfg["method"] = "space"
     RESOLVED_OVERRIDES.clear()
     RESOLVED_OVERRIDES.update(overrides)
     return cfg
@@ -178,6 +201,12 @@ def _read_config(path: str) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise CliError(f"config {path} must be a mapping of option: value")
     return {k.replace("-", "_"): v for k, v in data.items()}
+
+
+def _flag_value(v: str) -> Any:
+    """A generated flag's value: JSON where it parses (numbers, lists), else the text;
+    true/false stay text (a False flag value would read as "not given")."""
+    return v if v.strip().lower() in ("true", "false") else _parse_value(v)
 
 
 def _parse_value(v: str) -> Any:

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from .errors import CliError
+from .errors import CliError, PrunekitError
 
 # PRUNEKIT_THREADS lets two jobs share a small machine (one thread each) without
 # oversubscribing it; the default uses up to 2 cores.
@@ -298,38 +298,71 @@ def cmd_eval(cfg: dict) -> int:
     return 0
 
 
-METHODS = ("oneshot", "submodular", "lapp", "emo")
-
-
 def cmd_prune(cfg: dict) -> int:
-    if cfg["method"] not in METHODS:
-        raise CliError(f"unknown method {cfg['method']!r}; available: {', '.join(METHODS)}")
+    """Any registered method: its config from the options, its context from what its
+    ``needs`` ask (calibration images, training batches, labelled images), its work
+    folder beside --out (resumable) for methods that keep one; then :func:`_finish`."""
+    from .methods.protocol import Context, get_method, prepare
+    try:
+        method = get_method(cfg["method"])
+    except PrunekitError as exc:
+        raise CliError(str(exc)) from None
     model, s = _model(cfg)
+    config = _method_config(method, cfg)
+    trains = "train" in method.needs
+    if trains and cfg["finetune_epochs"]:
+        raise CliError(f"finetune_epochs is not used by method {method.name} (it trains the "
+                       "pruned model to the end of --epochs); remove it")
     out = _out(cfg)
-    if cfg["method"] == "oneshot":
-        from .methods import OneShotConfig, prune_oneshot
-        mcfg = OneShotConfig(target=cfg["target"], metric=cfg["metric"],
-                             criterion=cfg["criterion"], allocation=cfg["allocation"] or "global",
-                             round_to=int(cfg["round_to"]), seed=int(cfg["seed"]),
-                             groups=tuple(cfg["groups"] or ()))
-        arrays = _data(cfg, required=bool(cfg["finetune_epochs"]) or bool(cfg.get("data")))
-        result = prune_oneshot(model, _example(s), mcfg)
-    elif cfg["method"] == "lapp":
-        return _prune_lapp(cfg, model, s, out)
-    elif cfg["method"] == "emo":
-        return _prune_emo(cfg, model, s, out)
-    else:
-        from .methods import SubmodularConfig, prune_submodular
-        mcfg = SubmodularConfig(
-            target=cfg["target"], metric=cfg["metric"], scope=cfg["scope"],
-            variant=cfg["variant"], selector=cfg["selector"], reweight=_flag(cfg, "reweight"),
-            allocation=cfg["allocation"] or "uniform", groups=tuple(cfg["groups"] or ()),
-            stochastic=float(cfg["stochastic"]), round_to=int(cfg["round_to"]),
-            seed=int(cfg["seed"]), intercept=_flag(cfg, "intercept"))
-        arrays = _data(cfg)
-        result = prune_submodular(model, _example(s), _calibration(arrays, s, cfg), mcfg,
-                                  progress=True)
-    return _finish(cfg, out, model, result.model, result.plan, arrays, s)
+    arrays = _data(cfg, required=bool(method.needs) or bool(cfg["finetune_epochs"])
+                   or bool(cfg.get("data")))
+    ctx = Context(_example(s), progress=True, executor=cfg["executor"],
+                  workers=int(cfg["workers"]))
+    if "calibration" in method.needs:
+        ctx.calibration = _calibration(arrays, s, cfg)
+    if trains:
+        ctx.train, ctx.test = _batches(arrays, s, cfg)
+        ctx.train_config = _train_config(cfg, int(cfg["epochs"]), float(cfg["lr"]))
+    if "labelled" in method.needs:
+        ctx.labelled = _labelled(arrays, s, cfg)
+    prepare(method, config, ctx)
+    if not getattr(method, "resumable", False):
+        result = method.run(model, config, ctx)
+        return _finish(cfg, out, model, result.model, result.plan, arrays, s)
+    resume, block = _work(out, method.name, cfg)
+    with block as work:
+        ctx.folder, ctx.resume = work, resume
+        result = method.run(model, config, ctx)
+        return _finish({**cfg, "finetune_epochs": 0} if trains else cfg, out, model,
+                       result.model, result.plan, arrays, s, extra={method.name: work})
+
+
+def _method_config(method, cfg: dict):
+    """The method's config from the resolved options: the shared budget fields and the
+    method's own fields the user set (the rest keep the config's defaults)."""
+    from dataclasses import fields
+    from .options import SHARED_OPTIONS
+    names = {f.name for f in fields(method.config)}
+    given = {k: cfg[k] for k in names if cfg.get(k) is not None}
+    for k in SHARED_OPTIONS & {"groups", "ignore"}:
+        if not given.get(k):
+            given.pop(k, None)
+    try:
+        return method.config.from_dict(given)
+    except (TypeError, ValueError) as exc:
+        raise CliError(str(exc)) from None
+
+
+def _labelled(arrays, s, cfg: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """``pool`` training images (seeded draw) with their labels, normalised, no
+    augmentation: what methods that score candidates by their error evaluate on."""
+    from .data import Batches
+    import numpy as np
+    tx, ty = arrays[0], arrays[1]
+    pool = np.random.default_rng(int(cfg["seed"])).permutation(len(tx))
+    pool = pool[: min(len(tx), int(cfg["pool"]))]
+    xs = torch.cat([b for b, _ in Batches(tx[pool], ty[pool], 500, s.norm)])
+    return xs, torch.as_tensor(ty[pool])
 
 
 def _flag(cfg: dict, key: str) -> bool:
@@ -343,88 +376,6 @@ def _flag(cfg: dict, key: str) -> bool:
     if text in ("false", "no", "off", "0"):
         return False
     raise CliError(f"{key} must be true or false, got {v!r}")
-
-
-def _number(cfg: dict, key: str) -> float:
-    try:
-        return float(cfg[key])
-    except (TypeError, ValueError):
-        raise CliError(f"{key} must be a number, got {cfg[key]!r}") from None
-
-
-def _prune_lapp(cfg: dict, model: torch.nn.Module, s, out: Path) -> int:
-    """LAPP trains: from scratch without --checkpoint, else from the given weights."""
-    if cfg["finetune_epochs"]:
-        raise CliError("finetune_epochs is not used by method lapp (it trains the pruned "
-                       "model to the end of --epochs); remove it")
-    from .methods.lapp import LappConfig, train_lapp
-    tuned = {k: _number(cfg, k) for k in ("prune_epochs", "penalty", "temperature",
-                                          "threshold_lr", "bypass_scale", "score_momentum",
-                                          "leak") if cfg[k] is not None}
-    if cfg["score"] is not None:
-        tuned["score"] = str(cfg["score"])
-    lcfg = LappConfig(target=cfg["target"], metric=cfg["metric"], bypass=_flag(cfg, "bypass"),
-                      progressive=_flag(cfg, "progressive"), hold=_flag(cfg, "hold"),
-                      groups=tuple(cfg["groups"] or ()),
-                      **tuned)
-    tcfg = _train_config(cfg, int(cfg["epochs"]), float(cfg["lr"]))
-    if lcfg.phase_epochs(tcfg.epochs) > tcfg.epochs:
-        raise CliError(f"prune_epochs ({lcfg.prune_epochs}) exceeds epochs ({tcfg.epochs})")
-    arrays = _data(cfg)
-    original = copy.deepcopy(model)
-    train, test = _batches(arrays, s, cfg)
-    # a fixed work folder beside --out: a killed run continues with --resume; it moves into
-    # the output folder when the run completes
-    resume, block = _work(out, "lapp", cfg)
-    with block as logs:
-        result = train_lapp(model.train(), _example(s), train, test, lcfg, tcfg, logs,
-                            resume=resume)
-        _plot_curves(result.history, logs / "training.png")
-        from .inputs import read_jsonl
-        from .reporting import plot_lapp
-        trace = logs / "prune" / "lapp_trace.jsonl"
-        rows = read_jsonl(trace, "LAPP trace") if trace.is_file() else []
-        plot_lapp(rows or result.history, logs / "thresholds.png", "step" if rows else "epoch")
-        return _finish({**cfg, "finetune_epochs": 0}, out, original, result.model,
-                       result.plan, arrays, s, extra={"lapp": logs})
-
-
-def _prune_emo(cfg: dict, model: torch.nn.Module, s, out: Path) -> int:
-    """EMO-DIR search on unlabeled calibration images; the front plan closest under the
-    target is applied (and fine-tuned with --finetune-epochs); the whole front is kept."""
-    from .methods.emo import EmoConfig, EmoSearch
-    from .reporting import plot_front
-    if cfg["executor"] not in ("inprocess", "ray"):
-        raise CliError(f"executor must be inprocess or ray, got {cfg['executor']!r}")
-    ecfg = EmoConfig(parts=int(cfg["parts"]), pop_size=int(cfg["pop_size"]),
-                     generations=int(cfg["generations"]), metric=cfg["metric"],
-                     criterion=cfg["criterion"], chain_points=int(cfg["chain_points"]),
-                     feature_steps=int(cfg["feature_steps"]), groups=tuple(cfg["groups"] or ()),
-                     seed=int(cfg["seed"]))
-    from .methods.allocate import Budget
-    Budget(cfg["target"], cfg["metric"])  # validates the target before any work
-    arrays = _data(cfg)
-    calib = _calibration(arrays, s, cfg)
-    _, block = _work(out, "emo", cfg)
-    with block as work:
-        search = EmoSearch(model, _example(s), list(calib.split(128)), ecfg,
-                           executor=cfg["executor"], workers=int(cfg["workers"]),
-                           checkpoint=work / "checkpoint")
-        try:
-            result = search.run(progress=True)
-        finally:
-            search.close()
-        result.save(work)
-        plot_front(result, work / "front.png")
-        under = [i for i, r in enumerate(result.front) if r["cost_ratio"] <= cfg["target"]]
-        if not under:
-            raise CliError(f"no plan on the front reaches target {cfg['target']} (smallest: "
-                           f"{min(r['cost_ratio'] for r in result.front):.3f}); raise the "
-                           "target")
-        pick = max(under, key=lambda i: result.front[i]["cost_ratio"])
-        plan = result.plans[pick]
-        pruned = search.local.graph.apply(model, plan)
-        return _finish(cfg, out, model, pruned, plan, arrays, s, extra={"emo": work})
 
 
 def _calibration(arrays, s, cfg: dict) -> torch.Tensor:
@@ -498,71 +449,10 @@ def _finish(cfg, out: Path, original, pruned, plan, arrays, s,
 
 
 def cmd_space(cfg: dict) -> int:
-    """Initial space -> evaluate -> analyse -> refined space -> evaluate -> winner."""
-    from .methods.spaces import Space, best_rho, held_out, refine, search
-    from .reporting import plot_spaces
-    model, s = _model(cfg)
+    """``prune --method space``: subnetworks inherit the weights of --checkpoint."""
     if not cfg.get("checkpoint"):
         raise CliError("--checkpoint is required (subnetworks inherit its weights)")
-    regime = cfg["regime"]
-    if not isinstance(regime, (list, tuple)) or len(regime) != 2:
-        raise CliError(f"regime must be [low, high] fractions of the MACs, got {regime!r}")
-    space = Space(param=cfg["param"], regime=tuple(regime))
-    n = int(cfg["samples"])
-    if n < 8:
-        raise CliError(f"--samples must be >= 8, got {n}")
-    out = _out(cfg)
-    arrays = _data(cfg)
-    from .data import Batches
-    import numpy as np
-    tx, ty = arrays[0], arrays[1]
-    pool = np.random.default_rng(int(cfg["seed"])).permutation(len(tx))
-    pool = pool[: min(len(tx), int(cfg["pool"]) + int(cfg["held"]))]
-    xs = torch.cat([b for b, _ in Batches(tx[pool], ty[pool], 500, s.norm)])
-    fit_part, held = held_out(xs, torch.as_tensor(ty[pool]), int(cfg["held"]), int(cfg["seed"]))
-    args = (model, _example(s), fit_part, held, int(cfg["steps"]), float(cfg["finetune_lr"]),
-            64, int(cfg["seed"]))
-    _, block = _work(out, "space", cfg)
-    with block as work:
-        initial = _space_population(work / "initial.jsonl", space, args, n, cfg)
-        analysis = best_rho(initial, seed=int(cfg["seed"]))
-        refined_space = refine(space, analysis)
-        refined = _space_population(work / "refined.jsonl", refined_space, args, n, cfg)
-        winner = search(refined)
-        _write_json(work / "analysis.json", {
-            "initial_space": json.loads(space.to_json()),
-            "refined_space": json.loads(refined_space.to_json()),
-            "ratio": analysis, "winner": winner})
-        plot_spaces(initial, refined, analysis, work / "spaces.png")
-        graph, plan = _winner_plan(model, s, space, winner)
-        pruned = graph.apply(model, plan)  # the winner with inherited weights (no tuning)
-        return _finish(cfg, out, model, pruned, plan, arrays, s, extra={"space": work})
-
-
-def _space_population(path: Path, space, args, n: int, cfg: dict) -> list[dict]:
-    """Sample ``n`` subnetworks and evaluate them, appending to ``path`` (resumable)."""
-    from .methods.spaces import Sampler, evaluate_samples
-    from .inputs import read_jsonl
-    from .outputs import write_text
-    done = read_jsonl(path, "evaluated subnetworks") if path.is_file() else []
-    samples = Sampler(args[0], args[1], space).sample(n, seed=int(cfg["seed"]))
-    todo = samples[len(done):]
-    from .progress import bar as progress_bar
-    with progress_bar(total=n, initial=len(done), desc=path.stem, unit="subnet") as bar:
-        for i in range(0, len(todo), 8):
-            part = evaluate_samples(todo[i:i + 8], (*args[:2], space, *args[2:]),
-                                    cfg["executor"], int(cfg["workers"]))
-            done += part   # the whole file rewritten atomically: never a half-written row
-            write_text(path, "".join(json.dumps(r) + "\n" for r in done))
-            bar.update(len(part))
-    return done
-
-
-def _winner_plan(model, s, space, winner):
-    from .methods.spaces import Sampler
-    sampler = Sampler(model, _example(s), space)
-    return sampler.graph, sampler.planner.plan(winner["widths"],
-                                               {"method": "space", "winner": winner})
+    return cmd_prune({**cfg, "method": "space"})
 
 
 def cmd_finetune(cfg: dict) -> int:

@@ -146,27 +146,47 @@ def _bounds(spec: Spec) -> str:
     return ""
 
 
-# the options of ``prune`` that only some methods read; any other method refuses them
-METHOD_OPTIONS: dict[str, frozenset[str]] = {
-    "oneshot": frozenset({"criterion", "allocation", "round_to", "groups"}),
-    "submodular": frozenset({"variant", "selector", "reweight", "scope", "groups", "calib",
-                             "stochastic", "intercept", "allocation", "round_to"}),
-    "lapp": frozenset({"epochs", "lr", "bypass", "progressive", "hold", "prune_epochs",
-                       "penalty", "temperature", "threshold_lr", "bypass_scale", "score",
-                       "score_momentum", "leak", "groups"}),
-    "emo": frozenset({"parts", "pop_size", "generations", "chain_points", "feature_steps",
-                      "executor", "workers", "groups", "criterion", "calib"}),
+# options of the run's context, read by the methods whose ``needs`` (or ``parallel``) ask
+CONTEXT_OPTIONS: dict[str, frozenset[str]] = {
+    "calibration": frozenset({"calib"}), "train": frozenset({"epochs", "lr"}),
+    "labelled": frozenset({"pool"}), "parallel": frozenset({"executor", "workers"}),
+    "resumable": frozenset({"resume"}),
 }
+# the budget fields every method's config has (MethodConfig's)
+SHARED_OPTIONS = frozenset({"target", "metric", "round_to", "min_width", "ignore", "groups",
+                            "seed"})
+
+
+def method_options() -> dict[str, frozenset[str]]:
+    """Per registered method, the options of ``prune`` only it (and methods like it) read:
+    its config's own fields and the context options its needs ask for. Generated from the
+    registry, so a new method needs no entry here."""
+    from dataclasses import fields
+
+    from .methods.protocol import methods
+    out = {}
+    for name, m in methods().items():
+        own = {f.name for f in fields(m.config)} - SHARED_OPTIONS
+        for kind in _kinds(m):
+            own |= CONTEXT_OPTIONS[kind]
+        out[name] = frozenset(own)
+    return out
+
+
+def _kinds(m: Any) -> list[str]:
+    return [*m.needs, *(["parallel"] if getattr(m, "parallel", False) else []),
+            *(["resumable"] if getattr(m, "resumable", False) else [])]
 
 
 def check_method_options(method: str, given: set[str]) -> None:
     """Refuse an option the user set that ``method`` does not use (instead of ignoring it)."""
-    mine = METHOD_OPTIONS.get(method)
+    table = method_options()
+    mine = table.get(method)
     if mine is None:
         return      # an unknown method is reported by the command
-    owned = frozenset().union(*METHOD_OPTIONS.values())
+    owned = frozenset().union(*table.values())
     for key in sorted(given & owned - mine):
-        users = [m for m, keys in METHOD_OPTIONS.items() if key in keys]
+        users = sorted(m for m, keys in table.items() if key in keys)
         raise CliError(f"{key} is not used by method {method} (it is an option of "
                        f"{', '.join(users)}); remove it or choose one of those methods")
 
@@ -183,25 +203,33 @@ COMMAND_OPTIONS: dict[str, frozenset[str]] = {
     "average": frozenset({"model", "checkpoint", "pruned", "checkpoints", "data", "out",
                           "overwrite", "bn_batches", "batch_size", "seed", "subset", "cutout"}),
     "eval": frozenset({"model", "checkpoint", "pruned", "data"}),
-    "prune": _IO | _FINETUNE | {"method", "target", "metric", "resume", "epochs", "lr"}
-    | frozenset().union(*METHOD_OPTIONS.values()),
+    "prune": _IO | _FINETUNE | {"method"} | SHARED_OPTIONS,   # + method_options()
     "reweight": _IO | _FINETUNE | {"pruned", "calib"},
-    "space": _IO | _FINETUNE | {"param", "regime", "samples", "steps", "held", "pool",
-                                "executor", "workers", "resume"},
+    "space": _IO | _FINETUNE | SHARED_OPTIONS,                # + the space method's
     "finetune": _IO | _TRAIN - {"lr"} | {"pruned", "distill", "finetune_lr"},
     "export": frozenset({"model", "checkpoint", "pruned", "out", "overwrite"}),
     "info": frozenset({"model", "checkpoint", "pruned", "list", "all"}),
 }
 
 
+def command_options(command: str) -> frozenset[str]:
+    """The options ``command`` reads; ``prune``'s include every registered method's."""
+    mine = COMMAND_OPTIONS.get(command, frozenset())
+    if command == "prune":
+        mine = mine | frozenset().union(*method_options().values())
+    elif command == "space":
+        mine = mine | method_options()["space"]
+    return mine
+
+
 def check_command_options(command: str, given: set[str]) -> None:
     """Refuse an option set on the command line that ``command`` does not read."""
-    mine = COMMAND_OPTIONS.get(command)
-    if mine is None:
+    if command not in COMMAND_OPTIONS:
         return
+    mine = command_options(command)
     unused = sorted(given - mine)
     if unused:
-        users = [c for c, keys in COMMAND_OPTIONS.items() if unused[0] in keys]
+        users = [c for c in COMMAND_OPTIONS if unused[0] in command_options(c)]
         raise CliError(f"{unused[0]} is not used by prunekit {command}"
                        + (f" (it is an option of {', '.join(users)})" if 0 < len(users) <= 3
                           else "")

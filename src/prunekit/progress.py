@@ -26,7 +26,8 @@ def bar(iterable: Any = None, **kwargs: Any) -> Any:
         from tqdm.auto import tqdm
     except ImportError:
         return _Silent(iterable)
-    return tqdm(iterable, disable=not enabled(), **kwargs)
+    disable = bool(kwargs.pop("disable", False)) or not enabled()
+    return tqdm(iterable, disable=disable, **kwargs)
 
 
 class _Silent:

@@ -7,9 +7,8 @@ Shared by every method that ranks channels. Two allocations:
 - ``global``: units ranked across groups by score divided by their group's mean
   score; the k lowest go, k found by bisection.
 
-Both then fill: while the cost is below the target by more than the tolerance,
-the best removed unit whose return keeps the cost under the target comes back
-(and the reverse when the rounding overshoots), so the result lands within the
+Both are projected onto the budget by :class:`~prunekit.methods.projector.Projector`
+(bisection, rounding, minimum width, fill-back), so the result lands within the
 tolerance whenever channel granularity allows it.
 """
 
@@ -54,126 +53,38 @@ def metric_value(cost: Cost, metric: str) -> int:
     return cost.macs if metric == "macs" else cost.params
 
 
-class Allocator:
-    """Builds keep masks from per-group removal counts, with rounding and minimum width."""
-
-    def __init__(self, graph: ChannelGraph, scores: np.ndarray, budget: Budget,
-                 group_ids: set[str] | None = None) -> None:
-        self.graph, self.budget = graph, budget
-        self.groups = [g for g in graph.prunable_groups
-                       if group_ids is None or g.id in group_ids]
-        if not self.groups:
-            raise TargetError("no prunable group to allocate over")
-        self.order = []   # per group: prunable local indices, least important first
-        self.cap = []     # per group: most units that may go
-        for g in self.groups:
-            idx = np.nonzero(g.prunable)[0]
-            self.order.append(idx[np.argsort(scores[g.units[idx]], kind="stable")])
-            self.cap.append(max(0, min(len(idx), g.width - budget.min_width)))
-        self.base = metric_value(graph.cost(), budget.metric)
-        self.offset = 0  # cost outside the target's scope (constant under these groups)
-        if budget.scope == "groups":
-            inside = metric_value(graph.layers_cost([g.id for g in self.groups]), budget.metric)
-            self.offset = self.base - inside
-
-    def mask(self, removed: list[int]) -> np.ndarray:
-        keep = np.ones(self.graph.n_units, dtype=bool)
-        r = self.budget.round_to
-        for g, order, n, cap in zip(self.groups, self.order, removed, self.cap):
-            n = min(n, cap)
-            kept = g.width - n
-            kept = min(g.width, -(-kept // r) * r)
-            n = g.width - kept
-            if n > 0:
-                keep[g.units[order[:n]]] = False
-        return keep
-
-    def ratio(self, keep: np.ndarray) -> float:
-        value = metric_value(self.graph.cost_of_mask(keep), self.budget.metric)
-        return (value - self.offset) / max(self.base - self.offset, 1)
-
-    def plan(self, keep: np.ndarray, meta: dict) -> Plan:
-        kept = {}
-        for g in self.groups:
-            k = keep[g.units]
-            if not k.all():
-                kept[g.id] = np.nonzero(k)[0].tolist()
-        return self.graph.make_plan(kept, meta)
-
-
 def allocate(graph: ChannelGraph, scores: np.ndarray, budget: Budget, allocation: str,
              meta: dict | None = None, group_ids: set[str] | None = None) -> Plan:
     """A plan over the prunable groups (or only ``group_ids``) that meets ``budget``."""
+    from .projector import Projector
     if allocation not in ALLOCATIONS:
         raise TargetError(f"allocation must be one of {ALLOCATIONS}, got {allocation!r}")
-    al = Allocator(graph, scores, budget, group_ids)
-    floor = al.ratio(al.mask(list(al.cap)))
-    if floor > budget.target * (1 + budget.tolerance):   # the promise: within 1% of target
-        raise UnreachableTargetError(
-            f"target {budget.target:.4g} of {budget.metric} is unreachable: with every "
-            f"prunable group at its minimum width the model keeps {floor:.4g}, the closest "
-            "reachable value (frozen groups: see graph.explain())")
-    removal = _uniform(al) if allocation == "uniform" else _global(al, scores)
-    keep = _fill(al, al.mask(removal), scores)
-    ratio = al.ratio(keep)
-    info = {"target": budget.target, "metric": budget.metric, "achieved": round(ratio, 6),
+    pj = Projector(graph, budget, scores, group_ids)
+    order = []   # per group: prunable local indices, least important first
+    for g in pj.groups:
+        idx = np.nonzero(g.prunable)[0]
+        order.append(idx[np.argsort(scores[g.units[idx]], kind="stable")])
+    if allocation == "uniform":
+        keep = pj.project(lambda t: pj.removal_mask(
+            order, [int(np.floor(t * len(o))) for o in order]), steps=24)
+    else:
+        owners = _global_order(pj, order, scores)
+        keep = pj.project(lambda k: pj.removal_mask(
+            order, np.bincount(owners[: int(k)], minlength=len(order)).tolist()),
+            0, len(owners), integer=True)
+    info = {"target": budget.target, "metric": budget.metric, "achieved": round(pj.ratio(keep), 6),
             "allocation": allocation, "scope": budget.scope}
-    return al.plan(keep, {**(meta or {}), **info})
+    return graph.plan_of_mask(keep, {**(meta or {}), **info})
 
 
-def _uniform(al: Allocator) -> list[int]:
-    def removal(r: float) -> list[int]:
-        return [int(np.floor(r * len(o))) for o in al.order]
-    lo, hi = 0.0, 1.0
-    for _ in range(24):  # 2^-24: finer than one channel of any group
-        mid = (lo + hi) / 2
-        if al.ratio(al.mask(removal(mid))) > al.budget.target:
-            lo = mid
-        else:
-            hi = mid
-    return removal(hi)
-
-
-def _global(al: Allocator, scores: np.ndarray) -> list[int]:
+def _global_order(pj, order: list[np.ndarray], scores: np.ndarray) -> np.ndarray:
+    """Which group each removal step takes a unit from: units ranked across groups by
+    score over their group's mean score, at most ``width - min_width`` per group."""
     entries = []  # (normalised score, group position)
-    for gi, (g, order) in enumerate(zip(al.groups, al.order)):
-        s = scores[g.units[order]]
+    for gi, (g, o) in enumerate(zip(pj.groups, order)):
+        s = scores[g.units[o]]
         norm = s / (s.mean() + 1e-12) if len(s) else s
-        entries += [(float(v), gi) for v in norm[: al.cap[gi]]]
+        cap = max(0, min(len(o), g.width - pj.budget.min_width))
+        entries += [(float(v), gi) for v in norm[:cap]]
     entries.sort(key=lambda e: e[0])
-    owners = np.array([gi for _, gi in entries], dtype=np.int64)
-
-    def removal(k: int) -> list[int]:
-        return np.bincount(owners[:k], minlength=len(al.groups)).tolist()
-    lo, hi = 0, len(entries)
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if al.ratio(al.mask(removal(mid))) > al.budget.target:
-            lo = mid + 1
-        else:
-            hi = mid
-    return removal(lo)
-
-
-def _fill(al: Allocator, keep: np.ndarray, scores: np.ndarray) -> np.ndarray:
-    """Return removed channels (best first, ``round_to`` at a time per group) while the
-    cost stays at or under the target; only runs when bisection landed outside half the
-    tolerance, and tries at most 256 returns (each costs one cost evaluation)."""
-    target, tol, r = al.budget.target, al.budget.tolerance, al.budget.round_to
-    if al.ratio(keep) >= target - tol / 2:
-        return keep
-    steps = []  # (score of the step, units) ; a step returns r units of one group
-    for g in al.groups:
-        gone = g.units[~keep[g.units]]
-        gone = gone[np.argsort(-scores[gone], kind="stable")]
-        for i in range(0, len(gone) - r + 1, r):
-            steps.append((float(scores[gone[i:i + r]].mean()), gone[i:i + r]))
-    steps.sort(key=lambda s: -s[0])
-    for _, units in steps[:256]:
-        keep[units] = True
-        ratio = al.ratio(keep)
-        if ratio > target:
-            keep[units] = False
-        elif ratio >= target - tol / 2:
-            break
-    return keep
+    return np.array([gi for _, gi in entries], dtype=np.int64)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -13,9 +16,30 @@ from ..graph import ChannelGraph, Cost
 from ..plan import Plan
 
 
+@dataclass(frozen=True)
+class FrontPoint:
+    """One plan of a method's front (EMO-DIR's Pareto front, a pruning space's
+    population): its cost as a fraction of the original's and what the method measured
+    (``scores``: e.g. impairment, error)."""
+
+    plan: Plan
+    cost_ratio: float
+    scores: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"plan": self.plan.to_dict(), "cost_ratio": self.cost_ratio,
+                "scores": dict(self.scores)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "FrontPoint":
+        return cls(Plan.from_dict(d["plan"]), float(d["cost_ratio"]), dict(d.get("scores", {})))
+
+
 @dataclass
 class Result:
-    """A pruned model and how it came to be."""
+    """A pruned model and how it came to be: the ``plan`` chosen by the budget the
+    config gave, the cost ``before`` and ``after``, the method's ``history`` and, for
+    methods that search, the ``front`` of plans they found."""
 
     model: nn.Module
     plan: Plan
@@ -23,6 +47,40 @@ class Result:
     before: Cost
     after: Cost
     history: list[dict[str, Any]] = field(default_factory=list)
+    front: list[FrontPoint] = field(default_factory=list)
+    config: Any = None
+
+    def save(self, folder: str | os.PathLike[str], example_inputs: Any,
+             overwrite: bool = False) -> Path:
+        """``folder/`` (written atomically): ``model/`` (plan and weights, loadable with
+        :func:`prunekit.io.load_pruned`), ``result.json`` (config, cost, history, front)."""
+        from ..io import save_pruned
+        from ..outputs import staged_folder, write_text
+        with staged_folder(folder, overwrite=overwrite) as tmp:
+            save_pruned(tmp / "model", self.model, self.plan, example_inputs,
+                        ignore=tuple(getattr(self.config, "ignore", ()) or ()))
+            doc = {"config": self.config.to_dict() if self.config is not None else None,
+                   "before": vars(self.before), "after": vars(self.after),
+                   "history": self.history, "front": [p.to_dict() for p in self.front]}
+            write_text(tmp / "result.json", json.dumps(doc, indent=1, default=_plain))
+        return Path(folder)
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike[str], base_model: nn.Module,
+             example_inputs: Any) -> "Result":
+        """Inverse of :meth:`save`: ``base_model`` is a fresh instance of the original."""
+        from ..inputs import read_json
+        from ..io import load_pruned
+        from .protocol import get_method
+        folder = Path(folder)
+        doc = read_json(folder / "result.json", "saved result")
+        model, plan = load_pruned(folder / "model", base_model, example_inputs)
+        graph = ChannelGraph.build(base_model, example_inputs)
+        cfg = doc.get("config")
+        config = get_method(cfg["method"]).config.from_dict(cfg) if cfg else None
+        return cls(model, plan, graph, Cost(**doc["before"]), Cost(**doc["after"]),
+                   list(doc.get("history", [])),
+                   [FrontPoint.from_dict(p) for p in doc.get("front", [])], config)
 
     def summary(self) -> str:
         def pct(a: int, b: int) -> str:
@@ -31,6 +89,13 @@ class Result:
                 f"({pct(self.after.params, self.before.params)}), "
                 f"MACs {self.before.macs:,} -> {self.after.macs:,} "
                 f"({pct(self.after.macs, self.before.macs)})")
+
+
+def _plain(v: Any) -> Any:
+    """JSON for the odd values a history holds (numpy scalars, tuples, paths)."""
+    if hasattr(v, "item"):
+        return v.item()
+    return str(v)
 
 
 def check_batches(example: Any, batches: list, who: str, labels: bool = False) -> None:

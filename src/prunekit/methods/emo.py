@@ -45,42 +45,38 @@ from ..importance import CRITERIA
 from ..outputs import make_dirs, write_text as atomic_write_text
 from ..plan import Plan
 from .base import check_batches
-from .allocate import METRICS, metric_value
+from .allocate import metric_value
+from .protocol import MethodConfig
 from .split import Runner, Segment, features, split
 from .widths import WidthPlanner
 
 
 @dataclass(frozen=True)
-class EmoConfig:
+class EmoConfig(MethodConfig):
+    """The search (``parts`` sub-networks, NSGA-II of ``pop_size`` for ``generations``,
+    ``chain_points`` whole-network plans measured) and the budget: the returned plan is
+    the front's point closest under ``target``, its widths scaled onto the target (the
+    whole front is in ``Result.front``)."""
+
     parts: int = 3                 # sub-networks; 1 = whole-network NSGA-II
     pop_size: int = 16
     generations: int = 8
-    metric: str = "macs"
     criterion: str = "l1"
     min_keep: float = 0.1          # smallest keep fraction of a group
     chain_points: int = 12         # whole-network plans measured in the global ranking
     feature_steps: int = 0         # cross-network feature-matching steps per sub-network
     feature_lr: float = 0.01
-    groups: tuple[str, ...] = ()
-    seed: int = 0
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.parts < 1 or self.pop_size < 4 or self.generations < 0 or \
                 self.chain_points < 2 or self.feature_steps < 0:
             raise TargetError("parts >= 1, pop_size >= 4, generations >= 0, chain_points >= 2 "
                               "and feature_steps >= 0 are required")
         if not 0 < self.min_keep <= 1:
             raise TargetError(f"min_keep must be in (0, 1], got {self.min_keep}")
-        if self.metric not in METRICS or self.criterion not in CRITERIA:
-            raise TargetError(f"metric in {METRICS} and criterion in {CRITERIA} required")
-        object.__setattr__(self, "groups", tuple(self.groups))
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self))
-
-    @classmethod
-    def from_json(cls, text: str) -> "EmoConfig":
-        return cls(**json.loads(text))
+        if self.criterion not in CRITERIA:
+            raise TargetError(f"criterion must be one of {CRITERIA}, got {self.criterion!r}")
 
 
 # ------------------------------------------------------------------ evaluation
@@ -90,7 +86,7 @@ class Evaluator:
     def __init__(self, model: nn.Module, example: torch.Tensor, batches: list[torch.Tensor],
                  config: EmoConfig) -> None:
         self.model, self.config = model.eval(), config
-        self.graph = ChannelGraph.build(self.model, example)
+        self.graph = ChannelGraph.build(self.model, example, ignore=config.ignore)
         ids = [g.id for g in self.graph.prunable_groups
                if not config.groups or any(fnmatch(g.id, p) for p in config.groups)]
         self.segments = split(self.graph, config.parts, ids)
@@ -102,6 +98,26 @@ class Evaluator:
         self.base = self._value(self.graph.cost())
         self.full = {s.index: self._value(self.graph.layers_cost(list(s.groups)))
                      for s in self.segments if s.groups}
+        self._dense_targets()
+
+    def _dense_targets(self) -> None:
+        """What impairments compare with: the dense network's outputs with its BN statistics
+        re-estimated as every candidate's are, per sub-network (on the original's input
+        features) and whole (in a chain). The dense plan then has zero impairment and only
+        pruning is measured; without it a model whose stored statistics do not fit the
+        calibration images (random weights, another domain) measured every plan, the
+        dense one included, as heavily impaired and its front collapsed to one point."""
+        self.seg_ref: dict[int, list[torch.Tensor]] = {}
+        for seg in self.segments:
+            if seg.groups:
+                r = Runner(self.graph, self.model)
+                r.recalibrate(seg, self.feats[seg.index])
+                self.seg_ref[seg.index] = [r.run(seg, b) for b in self.feats[seg.index]]
+        runner, x = Runner(self.graph, self.model), list(self.feats[0])
+        for seg in self.segments:
+            runner.recalibrate(seg, x)
+            x = [runner.run(seg, b) for b in x]
+        self.whole_ref = x
 
     def _value(self, cost) -> float:
         return float(metric_value(cost, self.config.metric))
@@ -110,10 +126,11 @@ class Evaluator:
         return self.planner.keep(widths)
 
     def widths(self, seg: Segment, x: np.ndarray) -> dict[str, int]:
-        out = {}
+        out, c = {}, self.config
         for gid, frac in zip(seg.groups, np.asarray(x, dtype=float)):
             g = self.graph.group(gid)
-            out[gid] = int(min(g.width, max(1, round(float(frac) * g.width))))
+            k = max(1, c.min_width, round(float(frac) * g.width))
+            out[gid] = int(min(g.width, -(-k // c.round_to) * c.round_to))
         return out
 
     def subnet(self, item: tuple[int, tuple[int, ...]]) -> tuple[float, float]:
@@ -124,7 +141,7 @@ class Evaluator:
         runner = Runner(self.graph, self.model, keep)
         runner.recalibrate(seg, self.feats[s])
         err = ref = 0.0
-        for x, y in zip(self.feats[s], self.feats[s + 1]):
+        for x, y in zip(self.feats[s], self.seg_ref[s]):
             out = runner.run(seg, x)
             err += float((out - y).double().pow(2).sum())
             ref += float(y.double().pow(2).sum())
@@ -139,7 +156,7 @@ class Evaluator:
         x = self.feats[0]
         for seg in self.segments:
             x = [runner.run(seg, b) for b in x]
-        for out, y in zip(x, self.feats[-1]):
+        for out, y in zip(x, self.whole_ref):
             err += float((out - y).double().pow(2).sum())
             ref += float(y.double().pow(2).sum())
         return round(err / max(ref, 1e-30), 6)
@@ -195,6 +212,18 @@ def hypervolume(F_: np.ndarray, ref: Sequence[float]) -> float:
     F_ = np.asarray(F_, dtype=float)
     F_ = F_[(F_ < np.asarray(ref)).all(axis=1)] if len(F_) else F_
     return float(HV(ref_point=np.asarray(ref, dtype=float))(F_)) if len(F_) else 0.0
+
+
+def _cheaper(front: list[dict]) -> list[dict]:
+    """A sub-network's front (most expensive first) without the points that save nothing
+    over the one before them (the dense candidate itself, ties): every step of the
+    global ranking then saves cost."""
+    out, last = [], 1.0
+    for p in front:
+        if p["cost_ratio"] < last:
+            out.append(p)
+            last = p["cost_ratio"]
+    return out
 
 
 HV_REF = (1.05, 1.05)   # (cost ratio, impairment): a point must beat both to count
@@ -359,7 +388,8 @@ class EmoSearch:
         pos = [0] * len(segs)
         full = [self.local.full[s.index] for s in segs]
         opts = [[{"widths": {g: self.local.graph.group(g).width for g in s.groups},
-                  "cost_ratio": 1.0, "impairment": 0.0}] + f for s, f in zip(segs, fronts)]
+                  "cost_ratio": 1.0, "impairment": 0.0}] + _cheaper(f)
+                for s, f in zip(segs, fronts)]
         chain = [self._merge(opts, pos)]
         while True:
             best, rate = None, np.inf

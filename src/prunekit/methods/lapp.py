@@ -50,8 +50,11 @@ from ..graph import ChannelGraph
 from ..plan import Plan
 from ..outputs import write_text as write_text_atomic
 from ..train.engine import Callback, TrainConfig, fit
-from .allocate import METRICS, metric_value
+from .allocate import metric_value
+from .allocate import Budget
 from .base import Result, check_batches
+from .projector import Projector, bisect
+from .protocol import MethodConfig
 from .soft_cost import SoftCost
 
 
@@ -59,11 +62,11 @@ SCORES = ("bn", "taylor")
 
 
 @dataclass(frozen=True)
-class LappConfig:
-    """``target``: fraction of the *dense* model's cost (without bypass) to keep."""
+class LappConfig(MethodConfig):
+    """``target``: fraction of the *dense* model's cost (without bypass) to keep. The
+    training schedule (epochs, learning rate) is the context's ``train_config``."""
 
     target: float = 0.403
-    metric: str = "macs"
     prune_epochs: float | None = None  # None: a third of the training epochs (docs/lapp.md)
     progressive: bool = True
     bypass: bool = False           # measured: the bypass cost 1.1 points (docs/lapp.md)
@@ -71,19 +74,14 @@ class LappConfig:
     penalty: float = 4.0
     temperature: float = 0.05      # in quantile units (a fraction of the group's channels)
     threshold_lr: float = 0.005    # typical step of a threshold's quantile
-    min_width: int = 1
     tolerance: float = 0.01
     hold: bool = False             # keep the cost at the ramp's target from below (docs/lapp.md)
     score: str = "bn"              # channel importance: "bn" |gamma|, or "taylor" (docs/lapp.md)
     score_momentum: float = 0.98   # "taylor": the running average's momentum per step
     leak: float = 0.01             # training only: a masked channel's mask value (docs/lapp.md)
-    groups: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        if not 0 < self.target <= 1:
-            raise TargetError(f"target must be a fraction in (0, 1], got {self.target!r}")
-        if self.metric not in METRICS:
-            raise TargetError(f"metric must be one of {METRICS}, got {self.metric!r}")
+        super().__post_init__()
         if (self.prune_epochs is not None and not self.prune_epochs > 0) or \
                 self.penalty <= 0 or not 0 < self.temperature <= 1 or \
                 not 0 < self.threshold_lr <= 1 or self.min_width < 1 or \
@@ -94,19 +92,11 @@ class LappConfig:
                               "bypass_scale in [0, 1], score_momentum in [0, 1), leak in [0, 0.1)")
         if self.score not in SCORES:
             raise TargetError(f"score must be one of {SCORES}, got {self.score!r}")
-        object.__setattr__(self, "groups", tuple(self.groups))
 
     def phase_epochs(self, epochs: int) -> float:
         """The pruning phase's length in a schedule of ``epochs``: ``prune_epochs``, or a
         third of the schedule when it is None."""
         return self.prune_epochs if self.prune_epochs is not None else epochs / 3
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self))
-
-    @classmethod
-    def from_json(cls, text: str) -> "LappConfig":
-        return cls(**json.loads(text))
 
 
 # ------------------------------------------------------------------ bypass
@@ -381,13 +371,8 @@ class Lapp(nn.Module, Callback):
                 return float(self.cost(self.unit_keep(masks))) / self.base
             if ratio(0.0) >= goal:
                 return 0.0
-            lo, hi = 0.0, max(rates) + 1e-6   # at hi every channel is kept
-            for _ in range(24):
-                mid = (lo + hi) / 2
-                if ratio(mid) >= goal:
-                    hi = mid
-                else:
-                    lo = mid
+            # the smallest common offset (at max(rates) every channel is kept)
+            hi = bisect(lambda d: ratio(d) >= goal, 0.0, max(rates) + 1e-6, steps=24)
             self.rates.sub_(hi).clamp_(0.0, 1.0)
         return hi
 
@@ -436,31 +421,21 @@ class Lapp(nn.Module, Callback):
                               "channels in this model (a group has a producer without BN); "
                               "restrict LAPP with `groups`") from None
 
-    def _fill(self, keep: np.ndarray, margins: list[np.ndarray], value: Any,
-              goal: float) -> np.ndarray:
-        """Give back removed units, best margin first, while the cost stays within the goal
-        (ties in the margins make the bisection's steps coarse)."""
-        if value(keep) >= goal * (1 - self.config.tolerance / 2):
-            return keep
-        gone = [(float(m[i]), int(g.units[i])) for g, m in zip(self.groups, margins)
-                for i in np.nonzero(~keep[g.units])[0]]
-        for _, u in sorted(gone, reverse=True)[:4096]:
-            keep[u] = True
-            v = value(keep)
-            if v > goal:
-                keep[u] = False
-            elif v >= goal * (1 - self.config.tolerance / 2):
-                break
-        return keep
-
     # ----------------------------------------------------------- the end
     def freeze(self, meta: dict | None = None) -> Plan:
-        """The frozen mask as a Plan, projected onto the budget within ``tolerance``: units
-        ranked by margin (quantile - r_g), a global offset bisected."""
+        """The frozen mask as a Plan, projected onto the budget within ``tolerance`` by the
+        budget projector: units ranked by margin (quantile - r_g), a global offset bisected,
+        removed units with the best margins given back."""
         with torch.no_grad():
             margins = [(self._quantiles(i, s) - r).numpy() for i, (s, r) in
                        enumerate(zip(self.scores(), self.rates.detach()))]
-        goal = self.config.target * self.base
+        c = self.config
+        priority = np.zeros(self.graph.n_units)
+        for g, m in zip(self.groups, margins):
+            priority[g.units] = m
+        pj = Projector(self.graph, Budget(c.target, c.metric, c.round_to, c.min_width,
+                                          tolerance=c.tolerance),
+                       priority, [g.id for g in self.groups], base=self.base)
 
         def keep_at(delta: float) -> np.ndarray:
             keep = np.ones(self.graph.n_units, dtype=bool)
@@ -469,25 +444,13 @@ class Lapp(nn.Module, Callback):
                 k[self._floor(g, m).numpy()] = True
                 keep[g.units] = k
             return keep
-
-        def value(keep: np.ndarray) -> float:
-            return metric_value(self.graph.cost_of_mask(keep), self.config.metric)
         lo = min(float(m.min()) for m in margins) - 1.0
         hi = max(float(m.max()) for m in margins) + 1.0
-        if value(keep_at(hi)) > goal * (1 + self.config.tolerance):
-            raise TargetError(f"target {self.config.target} is unreachable with min_width "
-                              f"{self.config.min_width} on the managed groups")
-        for _ in range(60):  # smallest offset (most kept) whose cost is within the budget
-            mid = (lo + hi) / 2
-            if value(keep_at(mid)) > goal:
-                lo = mid
-            else:
-                hi = mid
+        keep = pj.project(keep_at, lo, hi, steps=60, fill_steps=4096)
         with torch.no_grad():
             learned = float(self.cost(self.unit_keep(self.masks(hard_only=True)))) / self.base
-        keep = self._fill(keep_at(hi), margins, value, goal)
         info = {"method": "lapp", "config": asdict(self.config), "bypass": self.bypass,
-                "achieved": round(value(keep) / self.base, 6), "learned": round(learned, 6),
+                "achieved": round(pj.ratio(keep), 6), "learned": round(learned, 6),
                 "skipped": self.skipped}
         return self.graph.plan_of_mask(keep, {**info, **(meta or {})})
 
@@ -513,7 +476,7 @@ def train_lapp(model: nn.Module, example_inputs: Sequence[Any] | torch.Tensor, t
     if config.bypass and add_bypass(model, config.bypass_scale) == 0:
         raise TargetError(f"{type(model).__name__} has no bypass slot (bypass_shape); "
                           "use bypass=False")
-    graph = ChannelGraph.build(model, example_inputs)
+    graph = ChannelGraph.build(model, example_inputs, ignore=config.ignore)
     phase = config.phase_epochs(train_config.epochs)
     first = min(train_config.epochs, max(1, math.ceil(phase)))
     out = Path(out_dir)

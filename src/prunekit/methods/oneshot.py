@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import json
 from fnmatch import fnmatch
-from dataclasses import asdict, dataclass
-from typing import Any, Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar, Iterable, Sequence
 
 import torch
 from torch import nn
@@ -15,43 +14,27 @@ from ..graph import ChannelGraph
 from ..importance import CRITERIA, unit_scores
 from .allocate import ALLOCATIONS, Budget, allocate
 from .base import Result
+from .protocol import Context, MethodConfig, register
 
 
 @dataclass(frozen=True)
-class OneShotConfig:
-    """``target``: fraction of the original MACs (or params) to keep, in (0, 1].
-    ``groups``: fnmatch patterns of the group ids to prune (empty: every prunable group);
-    the target still counts the whole network."""
+class OneShotConfig(MethodConfig):
+    """Score every channel once by ``criterion`` and keep the best ones: ``allocation``
+    "global" ranks channels across groups (scores normalised by their group's mean),
+    "uniform" removes the same fraction of every group. The budget fields are
+    :class:`~prunekit.methods.protocol.MethodConfig`'s; the target counts the whole
+    network, ``groups`` only restricts which groups are pruned."""
 
-    target: float = 0.5
-    metric: str = "macs"
     criterion: str = "l1"
     allocation: str = "global"
-    round_to: int = 1
-    min_width: int = 1
-    seed: int = 0
-    ignore: tuple[str, ...] = ()
-    groups: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        Budget(self.target, self.metric, self.round_to, self.min_width)  # validates
+        super().__post_init__()
         if self.criterion not in CRITERIA:
             raise TargetError(f"criterion must be one of {CRITERIA}, got {self.criterion!r}")
         if self.allocation not in ALLOCATIONS:
             raise TargetError(f"allocation must be one of {ALLOCATIONS}, "
                               f"got {self.allocation!r}")
-        object.__setattr__(self, "ignore", tuple(self.ignore))
-        object.__setattr__(self, "groups", tuple(self.groups))
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self))
-
-    @classmethod
-    def from_json(cls, text: str) -> "OneShotConfig":
-        data = json.loads(text)
-        data["ignore"] = tuple(data.get("ignore", ()))
-        data["groups"] = tuple(data.get("groups", ()))
-        return cls(**data)
 
 
 def prune_oneshot(model: nn.Module, example_inputs: Sequence[Any] | torch.Tensor,
@@ -76,4 +59,22 @@ def prune_oneshot(model: nn.Module, example_inputs: Sequence[Any] | torch.Tensor
                     {"method": "oneshot", "criterion": config.criterion}, group_ids=chosen)
     before, after = graph.cost(), graph.cost(plan)
     pruned = graph.apply(model, plan, inplace=inplace, verify=verify)
-    return Result(pruned, plan, graph, before, after)
+    return Result(pruned, plan, graph, before, after, config=config)
+
+
+@register
+class OneShot:
+    """One-shot pruning by an importance criterion (the baselines)."""
+
+    name: ClassVar[str] = "oneshot"
+    config: ClassVar[type] = OneShotConfig
+    needs: ClassVar[frozenset[str]] = frozenset()
+    resumable: ClassVar[bool] = False
+    parallel: ClassVar[bool] = False
+    summary: ClassVar[str] = "score channels once (l1, l2, bn, taylor, ...) and cut to the target"
+
+    def run(self, model: nn.Module, config: OneShotConfig, context: Context) -> Result:
+        return prune_oneshot(model, context.inputs, config)
+
+    def test_config(self, **overrides: Any) -> OneShotConfig:
+        return OneShotConfig(**overrides)

@@ -44,17 +44,27 @@ from .split import split
 from .widths import WidthPlanner
 
 
+PARAMS = ("auto", "stage", "group")
+
+
 @dataclass(frozen=True)
 class Space:
-    param: str = "stage"                       # "stage" or "group"
+    """``param``: "stage" (one ratio per sub-network of :func:`split` into ``parts``),
+    "group" (one per group) or "auto" (stages where the graph divides into at least two
+    sub-networks with groups, else groups)."""
+
+    param: str = "stage"
     regime: tuple[float, float] = (0.45, 0.55)  # MACs / dense
     min_ratio: float = 0.1
     rho_band: tuple[float, float] | None = None  # MACs per parameter (refinement)
     criterion: str = "l1"
+    parts: int = 3
 
     def __post_init__(self) -> None:
-        if self.param not in ("stage", "group"):
-            raise TargetError(f"param must be 'stage' or 'group', got {self.param!r}")
+        if self.param not in PARAMS:
+            raise TargetError(f"param must be one of {PARAMS}, got {self.param!r}")
+        if self.parts < 1:
+            raise TargetError(f"parts must be >= 1, got {self.parts}")
         lo, hi = self.regime
         if not 0 < lo < hi <= 1:
             raise TargetError(f"regime must satisfy 0 < lo < hi <= 1, got {self.regime}")
@@ -75,6 +85,20 @@ class Space:
         return cls(**d)
 
 
+def _auto_units(graph: ChannelGraph, ids: list[str], parts: int) -> list[list[str]]:
+    """One ratio per stage where the graph divides into two or more sub-networks with
+    groups, plus one per group no stage holds (a residual stream through the whole
+    network); one per group where it does not divide."""
+    try:
+        stages = [list(s.groups) for s in split(graph, parts, ids) if s.groups]
+    except TargetError:
+        stages = []
+    if len(stages) < 2:
+        return [[g] for g in ids]
+    inside = {g for st in stages for g in st}
+    return stages + [[g] for g in ids if g not in inside]
+
+
 class Sampler:
     """Draws subnetworks of a model from a :class:`Space`."""
 
@@ -83,10 +107,11 @@ class Sampler:
         self.space = space
         self.graph = graph or ChannelGraph.build(model, example)
         ids = [g.id for g in self.graph.prunable_groups]
+        self.units = [[g] for g in ids]
         if space.param == "stage":
-            self.units = [list(s.groups) for s in split(self.graph, 3, ids) if s.groups]
-        else:
-            self.units = [[g] for g in ids]
+            self.units = [list(s.groups) for s in split(self.graph, space.parts, ids) if s.groups]
+        elif space.param == "auto" and ids:
+            self.units = _auto_units(self.graph, ids, space.parts)
         if not self.units:
             raise TargetError("the model has no prunable group for a pruning space")
         self.planner = WidthPlanner(self.graph, model, space.criterion)

@@ -23,10 +23,9 @@ any pruned model.
 from __future__ import annotations
 
 import copy
-import json
 from dataclasses import asdict, dataclass, field
 from fnmatch import fnmatch
-from typing import Any, Iterable, Sequence
+from typing import Any, ClassVar, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -39,6 +38,7 @@ from ..graph import ChannelGraph
 from ..plan import Plan
 from .allocate import Budget, allocate
 from .base import Result, check_batches
+from .protocol import Context, MethodConfig, register
 from .consumers import Consumer, GroupInfo, analyse
 from .lsq import (Gram, Problem, greedy, is_consumer, patches, set_weight, solve,
                   weight_matrix, with_ones)
@@ -50,7 +50,7 @@ OPEN_POLICIES = ("skip", "select")
 
 
 @dataclass(frozen=True)
-class SubmodularConfig:
+class SubmodularConfig(MethodConfig):
     """``target``: fraction of the cost (``metric``) to keep, over the whole network
     (``scope='network'``) or over the layers the pruned groups touch (``'groups'``).
     ``groups``: fnmatch patterns of group ids to prune (empty: every prunable group).
@@ -61,28 +61,23 @@ class SubmodularConfig:
     each consumer's output offset (into its bias, or into the running mean of the batch
     norm that alone reads it; consumers with neither keep the plain problem)."""
 
-    target: float = 0.5
     metric: str = "params"
     scope: str = "network"
     variant: str = "asym"
     selector: str = "greedy"
     reweight: bool = True
     allocation: str = "uniform"
-    groups: tuple[str, ...] = ()
     open_groups: str = "skip"
     stochastic: float = 0.0
     ridge: float = 1e-6
-    round_to: int = 1
-    min_width: int = 1
-    batch_size: int = 128
+    calib_batch_size: int = 128     # calibration images per forward pass
     cache_activations: bool = True
     output_points: int = 16           # widths per group measured by allocation="output"
     output_images: int = 128          # calibration images those measurements use
-    seed: int = 0
-    ignore: tuple[str, ...] = ()
     intercept: bool = False
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         Budget(self.target, self.metric, self.round_to, self.min_width, scope=self.scope)
         for name, value, allowed in (("variant", self.variant, VARIANTS),
                                      ("selector", self.selector, SELECTORS),
@@ -90,19 +85,10 @@ class SubmodularConfig:
                                      ("open_groups", self.open_groups, OPEN_POLICIES)):
             if value not in allowed:
                 raise TargetError(f"{name} must be one of {allowed}, got {value!r}")
-        if not 0 <= self.stochastic < 1 or self.ridge < 0 or self.batch_size < 1:
-            raise TargetError("stochastic must be in [0, 1), ridge >= 0, batch_size >= 1")
+        if not 0 <= self.stochastic < 1 or self.ridge < 0 or self.calib_batch_size < 1:
+            raise TargetError("stochastic must be in [0, 1), ridge >= 0, calib_batch_size >= 1")
         if self.output_points < 2 or self.output_images < 1:
             raise TargetError("output_points >= 2 and output_images >= 1 are required")
-        object.__setattr__(self, "groups", tuple(self.groups))
-        object.__setattr__(self, "ignore", tuple(self.ignore))
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self))
-
-    @classmethod
-    def from_json(cls, text: str) -> "SubmodularConfig":
-        return cls(**json.loads(text))
 
 
 # ------------------------------------------------------------------ activations
@@ -279,9 +265,9 @@ def _monotone(curve: np.ndarray) -> np.ndarray:
 def _equal_change(graph: ChannelGraph, infos: list[GroupInfo], budget: Budget,
                   curves: dict[str, np.ndarray]) -> dict[str, int]:
     """Equal-loss allocation: the smallest widths at which every group's loss is at most a
-    common tau, tau found by bisection to meet the budget."""
-    from .allocate import Allocator
-    al = Allocator(graph, np.zeros(graph.n_units), budget, {i.gid for i in infos})
+    common tau, tau found by the budget projector's bisection."""
+    from .projector import Projector, bisect
+    pj = Projector(graph, budget, group_ids={i.gid for i in infos})
     mono = {gid: _monotone(np.asarray(c, dtype=np.float64)) for gid, c in curves.items()}
     top = max([float(np.max(m[np.isfinite(m)])) for m in mono.values()
                if np.isfinite(m).any()] + [1.0])
@@ -291,32 +277,20 @@ def _equal_change(graph: ChannelGraph, infos: list[GroupInfo], budget: Budget,
         for info in infos:
             g = graph.group(info.gid)
             frozen = int((~g.prunable).sum())
-            curve = mono[info.gid]
-            ok = np.nonzero(curve <= tau)[0]
-            picks = int(ok[0]) + 1 if len(ok) else len(curve)
-            kept = max(frozen + picks, budget.min_width)
-            kept = min(g.width, -(-kept // budget.round_to) * budget.round_to)
-            out[info.gid] = kept
+            ok = np.nonzero(mono[info.gid] <= tau)[0]
+            picks = int(ok[0]) + 1 if len(ok) else len(mono[info.gid])
+            out[info.gid] = pj.kept_count(g.width, frozen + picks)
         return out
 
-    def ratio(c: dict[str, int]) -> float:
+    def mask(c: dict[str, int]) -> np.ndarray:
         keep = np.ones(graph.n_units, dtype=bool)
         for gid, k in c.items():
             g = graph.group(gid)
             keep[g.units[np.nonzero(g.prunable)[0][: g.width - k]]] = False
-        return al.ratio(keep)
+        return keep
 
-    lo, hi = 0.0, top
-    if ratio(counts(hi)) > budget.target + budget.tolerance:
-        from ..errors import UnreachableTargetError
-        raise UnreachableTargetError(f"target {budget.target} is unreachable for these groups")
-    for _ in range(40):
-        mid = (lo + hi) / 2
-        if ratio(counts(mid)) > budget.target:
-            lo = mid
-        else:
-            hi = mid
-    return counts(hi)
+    pj.check_reachable(mask(counts(top)))
+    return counts(bisect(lambda tau: pj.fits(mask(counts(tau))), 0.0, top))
 
 
 # ------------------------------------------------------------------ the method
@@ -353,7 +327,7 @@ def prune_submodular(model: nn.Module, example_inputs: Sequence[Any] | torch.Ten
     """Prune ``model`` (left untouched) with ``data`` (unlabeled calibration images: a tensor
     or batches; labels in (x, y) batches are ignored)."""
     graph = graph or ChannelGraph.build(model, example_inputs, ignore=config.ignore)
-    batches = _batches(data, config.batch_size)
+    batches = _batches(data, config.calib_batch_size)
     check_batches(example_inputs, batches, "prune_submodular")
     chosen = [g.id for g in graph.prunable_groups
               if not config.groups or any(fnmatch(g.id, p) for p in config.groups)]
@@ -394,7 +368,27 @@ def prune_submodular(model: nn.Module, example_inputs: Sequence[Any] | torch.Ten
             "achieved": _ratio(graph, st.keep, config, [i.gid for i in infos])}
     plan = _plan(graph, st.keep, meta)
     pruned = graph.apply(st.work, plan)
-    return Result(pruned, plan, graph, graph.cost(), graph.cost(plan), history)
+    return Result(pruned, plan, graph, graph.cost(), graph.cost(plan), history, config=config)
+
+
+@register
+class Submodular:
+    """Greedy submodular channel selection with least-squares reweighting."""
+
+    name: ClassVar[str] = "submodular"
+    config: ClassVar[type] = SubmodularConfig
+    needs: ClassVar[frozenset[str]] = frozenset({"calibration"})
+    resumable: ClassVar[bool] = False
+    parallel: ClassVar[bool] = False
+    summary: ClassVar[str] = ("greedy channel selection + least-squares reweighting from a few "
+                              "hundred unlabeled images, no fine-tuning")
+
+    def run(self, model: nn.Module, config: SubmodularConfig, context: Context) -> Result:
+        return prune_submodular(model, context.inputs, context.calibration, config,
+                                progress=context.progress)
+
+    def test_config(self, **overrides: Any) -> SubmodularConfig:
+        return SubmodularConfig(**{"calib_batch_size": 8, **overrides})
 
 
 @dataclass
@@ -586,9 +580,9 @@ def _plan(graph: ChannelGraph, keep: np.ndarray, meta: dict | None = None) -> Pl
 
 def _ratio(graph: ChannelGraph, keep: np.ndarray, config: SubmodularConfig,
            ids: list[str]) -> float:
-    from .allocate import Allocator
+    from .projector import Projector
     budget = Budget(config.target, config.metric, scope=config.scope)
-    return round(Allocator(graph, np.zeros(graph.n_units), budget, set(ids)).ratio(keep), 6)
+    return round(Projector(graph, budget, group_ids=ids).ratio(keep), 6)
 
 
 # ------------------------------------------------------------------ recovery

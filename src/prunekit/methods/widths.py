@@ -19,6 +19,7 @@ class WidthPlanner:
                  seed: int = 0) -> None:
         self.graph = graph
         scores = unit_scores(graph, model, criterion, seed=seed)
+        self.scores = scores   # per unit: the ranking's importance (higher kept first)
         self.order = {}   # per group: prunable local indices, most important first
         for g in graph.prunable_groups:
             idx = np.nonzero(g.prunable)[0]
