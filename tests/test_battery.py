@@ -351,10 +351,12 @@ def test_a_corrupt_search_state_to_resume_is_named(case, ws, tmp_path):
     argv = ["prune", "--method", "emo", "--model", "resnet20", "--checkpoint", ws / "r20.pt",
             "--data", ws / "data", "--out", out, "--set", "pop_size=4", "--set",
             "generations=1", "--set", "chain_points=2", "--set", "parts=1", "--calib", "8"]
-    # a run that found no plan under its target keeps its search for --resume, and says so
-    case([*argv, "--target", "0.01"], "no plan on the front", kept=str(work))
+    # a run whose budget cannot be met after the search keeps the search for --resume, and
+    # says so (every group keeps at least 16 channels: 1% of the MACs is out of reach)
+    argv += ["--target", "0.01", "--set", "min_width=16"]
+    case(argv, "unreachable", kept=str(work))
     (work / "checkpoint" / "state.json").write_text("[1, 2")
-    case([*argv, "--target", "0.01", "--resume"], "state.json", inputs=(work,))
+    case([*argv, "--resume"], "state.json", inputs=(work,))
 
 
 # ------------------------------------------------------------------ 3. writes that collide
@@ -377,7 +379,8 @@ def test_an_existing_output_is_kept_without_overwrite(case, ws, tmp_path, cmd):
 
 @pytest.mark.parametrize("cmd,extra,needle", [
     ("reweight", [], "holds an input"), ("prune", ["--overwrite"], "holds an input"),
-    ("prune", ["--resume", "--overwrite"], "give one of them"),
+    ("prune", ["--method", "emo", "--resume", "--overwrite"], "give one of them"),
+    ("prune", ["--resume"], "resume is not used by method oneshot"),
     ("train", ["--overwrite", "--resume"], "give one of them")])
 def test_an_output_that_is_or_holds_an_input_is_refused(case, ws, tmp_path, cmd, extra, needle):
     if cmd == "reweight":
@@ -580,7 +583,7 @@ def _killer(sig: int, after: int = 0):
 
 STAGES = {   # (command, extra arguments, module, function, after) -> kept for --resume?
     "data": ("prune", ["--data", "DATA"], "prunekit.data", "load_cifar10", 0),
-    "selection": ("prune", [], "prunekit.methods", "prune_oneshot", 0),
+    "selection": ("prune", [], "prunekit.methods.oneshot", "prune_oneshot", 0),
     "finetune": ("prune", ["--data", "DATA", "--finetune-epochs", "2", *TINY],
                  "prunekit.train.engine", "_epoch", 1),
     "save": ("prune", [], "prunekit.outputs", "write_bytes", 2),

@@ -13,7 +13,8 @@ from prunekit import ChannelGraph
 from prunekit.data import CIFAR_NORM, Batches
 from prunekit.errors import TargetError
 from prunekit.io import load_pruned, save_pruned
-from prunekit.methods.lapp import Lapp, LappConfig, _gamma, add_bypass, train_lapp
+from prunekit.methods.lapp import Lapp, LappConfig, add_bypass, train_lapp
+from prunekit.methods.lapp_members import _own as _gamma
 from prunekit.methods.soft_cost import SoftCost
 from prunekit.models import CifarResNet
 from prunekit.models.cifar_misc import CifarMobileNetV2
@@ -199,15 +200,15 @@ def test_parametrized_mask_equals_masking_the_bn_outputs(leak: float):
             lapp.detach()
             lapp._handles.append(net.register_forward_pre_hook(lapp._refresh))
             for gi, mem in enumerate(lapp.members):
-                for bn, idx in mem:
-                    lapp._handles.append(bn.register_forward_hook(
-                        lambda _m, _a, out, gi=gi, idx=idx:
+                for m in mem:
+                    lapp._handles.append(m.module.register_forward_hook(
+                        lambda _m, _a, out, gi=gi, idx=m.idx:
                         out * lapp._applied[gi][idx].view(1, -1, 1, 1)))
         net.train()
         out = net(X)
         (out.square().mean() + lapp.penalty(0.1)).backward()
         runs.append((out.detach(), lapp.rates.grad.clone(),
-                     [_gamma(b).grad.clone() for b, _ in sum(lapp.members, [])]))
+                     [_gamma(m.module).grad.clone() for m in sum(lapp.members, [])]))
         lapp.detach()
     (o1, t1, g1), (o2, t2, g2) = runs
     # the two forms differ only in float rounding (summed over 20 layers, the threshold
@@ -257,8 +258,10 @@ def test_validation_and_refusals():
     no_bn = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3),
                           nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10))
     graph = ChannelGraph.build(no_bn, X)
-    with pytest.raises(TargetError, match="batch-norm"):
-        Lapp(no_bn, graph, LappConfig(bypass=False), 1.0)
+    lapp = Lapp(no_bn, graph, LappConfig(bypass=False), 1.0)   # no BN: the producers mask
+    assert {m.kind for mem in lapp.members for m in mem} == {"producer"}
+    lapp.verify(no_bn, (X,))
+    assert len(lapp.groups) == len(graph.prunable_groups) and not lapp.skipped
 
 
 def test_hold_raises_a_cost_below_the_target_by_one_common_offset():
@@ -305,10 +308,10 @@ def test_taylor_score_is_the_task_loss_gradient_of_each_mask(leak):
     expected = []
     for g, mem in zip(lapp.groups, lapp.members):
         e = torch.zeros(g.width)
-        for bn, idx in mem:
-            w = bn.parametrizations.weight.original
-            b = bn.parametrizations.bias.original
-            e = e.index_add(0, idx, (w * w.grad + b * b.grad).detach())
+        for m in mem:
+            w = m.module.parametrizations.weight.original
+            b = m.module.parametrizations.bias.original
+            e = e.index_add(0, m.idx, (w * w.grad + b * b.grad).detach())
         expected.append(e.abs())
     lapp.after_step()
     masked_scores = []

@@ -325,7 +325,7 @@ def cmd_prune(cfg: dict) -> int:
         ctx.train_config = _train_config(cfg, int(cfg["epochs"]), float(cfg["lr"]))
     if "labelled" in method.needs:
         ctx.labelled = _labelled(arrays, s, cfg)
-    prepare(method, config, ctx)
+    prepare(method, config, ctx, model)
     if not getattr(method, "resumable", False):
         result = method.run(model, config, ctx)
         return _finish(cfg, out, model, result.model, result.plan, arrays, s)

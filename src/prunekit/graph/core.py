@@ -300,6 +300,16 @@ class ChannelGraph:
         """The captured model (eval mode): the nodes every per-node query below refers to."""
         return self.graphs[0][1]
 
+    @property
+    def replay_batch(self) -> int | None:
+        """The batch size :attr:`traced` and the masked reference run at: the example's for
+        a graph recorded from one eager pass (its shapes are constants), None (any) for a
+        symbolically traced one. Feed a recorded graph's reference in chunks of it."""
+        if self.options.get("capture") != "record":
+            return None
+        tensors = self.inputs.tensors()
+        return int(tensors[0].shape[0]) if tensors and tensors[0].dim() else None
+
     def value_kind(self, node: "fx.Node") -> str | None:
         """``"tensor"`` when the node's value is one tensor the engine follows, ``"tuple"``
         for several, ``None`` for anything else (a size, a shape query, a constant)."""
@@ -323,6 +333,20 @@ class ChannelGraph:
                     cached[node] = np.unique(self.unit_of[np.concatenate(ids)])
             self.__dict__["_node_units"] = cached
         return cached
+
+    def normalisations(self) -> list["Normalisation"]:
+        """The layers of :attr:`traced` whose statistics run over prunable channels (a
+        LayerNorm, RMSNorm, single-group GroupNorm, a mean over channels), each with its
+        module, dim and units: where a method that masks channels must normalise over the
+        kept ones to compute what the pruned model computes."""
+        from .masked_stats import Normalisation
+        nodes = {n.name: n for n in self.traced.graph.nodes}
+        out = []
+        for name, st in self._b.stats.items():
+            node = nodes.get(name)
+            module = str(node.target) if node is not None and node.op == "call_module" else None
+            out.append(Normalisation(name, module, st.dim, st.kind, self.unit_of[st.ids]))
+        return out
 
     def node_macs(self) -> dict[str, int]:
         """MACs of each node of :attr:`traced` (by name) at full width, for the nodes that

@@ -9,8 +9,10 @@ result scattered back with zeros at the removed positions.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 import torch.fx as fx
 import torch.nn.functional as F
@@ -66,3 +68,17 @@ def _functional(node: fx.Node, sub: torch.Tensor, args: tuple, kwargs: dict, sta
     if node.target is F.rms_norm:
         return F.rms_norm(sub, shape, w, get(3, "eps"))
     return F.layer_norm(sub, shape, w, _vec(get(3, "bias"), pos, idx), get(4, "eps", 1e-5))
+
+
+@dataclass(frozen=True)
+class Normalisation:
+    """A captured layer whose statistics run over pruned channels (a public record of
+    :meth:`prunekit.graph.ChannelGraph.normalisations`): the traced ``node``'s name, its
+    ``module`` (qualified name; None for a functional op), the ``dim`` of its first input
+    the statistics run over, the op's ``kind`` and the ``units`` along that dim."""
+
+    node: str
+    module: str | None
+    dim: int
+    kind: str
+    units: np.ndarray

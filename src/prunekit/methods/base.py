@@ -114,9 +114,11 @@ def check_batches(example: Any, batches: list, who: str, labels: bool = False) -
                 raise TargetError(f"{who}: batch {i} must be an (inputs, labels) pair, got "
                                   f"{type(b).__name__}")
             b, y = b
-        if not isinstance(b, torch.Tensor) or not b.is_floating_point() or b.dim() < 1 \
-                or len(b) == 0:
-            raise TargetError(f"{who}: batch {i} must be a non-empty float tensor, got "
+        floats = not isinstance(ex, torch.Tensor) or ex.is_floating_point()
+        if not isinstance(b, torch.Tensor) or b.is_floating_point() != floats or \
+                b.dtype == torch.bool or b.dim() < 1 or len(b) == 0:
+            kind = "float" if floats else "integer (like the example input's)"
+            raise TargetError(f"{who}: batch {i} must be a non-empty {kind} tensor, got "
                               f"{type(b).__name__}"
                               + (f" of {b.dtype}" if isinstance(b, torch.Tensor) else ""))
         if want is not None and tuple(b.shape[1:]) != want:
@@ -128,3 +130,26 @@ def check_batches(example: Any, batches: list, who: str, labels: bool = False) -
             raise TargetError(f"{who}: batch {i} needs integer labels, one per input, got "
                               + (f"{y.dtype} of shape {tuple(y.shape)}"
                                  if isinstance(y, torch.Tensor) else type(y).__name__))
+
+
+def require_classifier(model: nn.Module, example: Any, who: str) -> None:
+    """Refuse, before any work, a model that is not a classifier (one tensor of logits,
+    or an output record with ``logits``, shaped (batch, classes)): ``who`` trains or
+    scores candidates by cross-entropy and top-1 error."""
+    import copy
+
+    from ..train.engine import logits_of
+    inputs = example if isinstance(example, tuple) else (example,)
+    probe = copy.deepcopy(model).eval()
+    with torch.no_grad():
+        out = probe(*inputs)
+    try:
+        logits = logits_of(out)
+    except TypeError:
+        logits = None
+    if logits is None or logits.dim() != 2 or not logits.is_floating_point():
+        got = type(out).__name__ if logits is None else f"a tensor of shape {tuple(logits.shape)}"
+        raise TargetError(f"method {who} trains a classifier by cross-entropy on its logits "
+                          f"(batch, classes); this model returns {got}. Prune it with a method "
+                          "that needs no labels (oneshot, submodular, emo), or train with your "
+                          "own loss and loop")

@@ -92,6 +92,9 @@ class Evaluator:
         self.segments = split(self.graph, config.parts, ids)
         if not any(s.groups for s in self.segments):
             raise TargetError("no prunable group lies inside a sub-network")
+        chunk = self.graph.replay_batch     # a recorded graph replays at one batch size
+        if chunk:
+            batches = [p for b in batches for p in b.split(chunk) if len(p) == chunk]
         self.batches = batches
         self.feats = features(self.graph, self.model, self.segments, batches)
         self.planner = WidthPlanner(self.graph, self.model, config.criterion, config.seed)
@@ -282,10 +285,15 @@ class EmoSearch:
             if not isinstance(state, dict) or not isinstance(state.get("subnets"), dict):
                 raise TargetError(f"{self.ckpt / 'state.json'} is not an EMO-DIR search "
                                   "state; delete the folder to start over")
-            if state.get("config") != json.loads(json.dumps(asdict(self.config))):
+            if state.get("config") != self._searched():
                 raise TargetError(f"checkpoint {self.ckpt} was made with another config")
             return state
-        return {"config": asdict(self.config), "subnets": {}, "evaluations": 0}
+        return {"config": self._searched(), "subnets": {}, "evaluations": 0}
+
+    def _searched(self) -> dict[str, Any]:
+        """The settings the search depends on (the target only chooses from its front)."""
+        return {k: v for k, v in json.loads(json.dumps(asdict(self.config))).items()
+                if k != "target"}
 
     def _save(self, state: dict[str, Any]) -> None:
         if self.ckpt:
@@ -437,7 +445,7 @@ class EmoSearch:
         return out
 
     def plan(self, widths: dict[str, int], meta: dict | None = None) -> Plan:
-        return self.local.planner.plan(widths, {"method": "emo", "config": asdict(self.config),
+        return self.local.planner.plan(widths, {"method": "emo", "config": self.config.to_dict(),
                                                 **(meta or {})})
 
     def close(self) -> None:

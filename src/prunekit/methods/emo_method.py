@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from typing import Any, ClassVar
 
 import numpy as np
@@ -69,7 +68,7 @@ def choose(search: EmoSearch, found: EmoResult, config: EmoConfig):
     pj = Projector(local.graph, config.budget(), local.planner.scores,
                    group_ids=set(front[pick]["widths"]))
     keep = pj.scale_widths(front[pick]["widths"], local.planner.keep)
-    meta = {"method": "emo", "config": asdict(config), "front_point": pick,
+    meta = {"method": "emo", "config": config.to_dict(), "front_point": pick,
             "front_cost_ratio": front[pick]["cost_ratio"],
             "impairment": front[pick]["impairment"], "achieved": round(pj.ratio(keep), 6),
             "cost_ratio": round(pj.ratio(keep), 6)}

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any, Sequence
@@ -54,6 +54,7 @@ from .allocate import metric_value
 from .allocate import Budget
 from .base import Result, check_batches
 from .projector import Projector, bisect
+from .lapp_members import KeptNorms, Member, _Masked, find_members
 from .protocol import MethodConfig
 from .soft_cost import SoftCost
 
@@ -127,29 +128,6 @@ def has_bypass(model: nn.Module) -> bool:
                getattr(m, "bypass", None) is not None for m in model.modules())
 
 
-def _gamma(bn: nn.Module) -> torch.Tensor:
-    """A BN layer's own scale, whether or not a mask parametrizes it."""
-    if parametrize.is_parametrized(bn, "weight"):
-        return bn.parametrizations.weight.original
-    return bn.weight
-
-
-class _Masked(nn.Module):
-    """Parametrization: a BN tensor times its channels' current LAPP mask (the mask carries
-    the straight-through gradient to the thresholds)."""
-
-    def __init__(self, lapp: "Lapp", gi: int, idx: torch.Tensor) -> None:
-        super().__init__()
-        self._owner = (lapp,)      # a tuple: not registered as a submodule (no cycle)
-        self.gi, self.idx = gi, idx
-
-    def forward(self, t: torch.Tensor) -> torch.Tensor:
-        masks = self._owner[0]._applied
-        if masks is None:          # accessed outside a forward pass of the model
-            return t
-        return t * masks[self.gi][self.idx].to(t.dtype)
-
-
 # ------------------------------------------------------------------ controller
 class Lapp(nn.Module, Callback):
     """Scores, thresholds, masks and the cost constraint of one model (see module doc)."""
@@ -162,27 +140,24 @@ class Lapp(nn.Module, Callback):
         self.bypass = has_bypass(model)     # what a saved plan records, whatever the config
         self.cost = SoftCost(graph, config.metric)
         self.groups: list[Any] = []
-        self.members: list[list[tuple[nn.Module, torch.Tensor]]] = []
+        self.members: list[list[Member]] = []
         self.skipped: dict[str, str] = {}
-        bns = {f"{n}.weight": m for n, m in model.named_modules()
-               if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine}
         for g in graph.prunable_groups:
             if config.groups and not any(fnmatch(g.id, p) for p in config.groups):
                 continue
-            local = {int(u): i for i, u in enumerate(g.units)}
-            mem = []
-            for (fqn, dim), units in graph.slices.items():
-                if dim == 0 and fqn in bns and int(units[0]) in local:
-                    mem.append((bns[fqn], torch.as_tensor([local[int(u)] for u in units])))
+            mem = find_members(model, graph, g)
             if not mem:
-                self.skipped[g.id] = "no batch-norm layer scores these channels"
+                self.skipped[g.id] = ("no batch norm, LayerNorm-like layer or conv/linear "
+                                      "producer carries these channels")
                 continue
             self.groups.append(g)
             self.members.append(mem)
         if not self.groups:
-            raise TargetError("LAPP found no prunable group with batch-norm scores")
-        self._uses = [np.bincount(torch.cat([i for _, i in mem]).numpy(), minlength=g.width)
-                      for g, mem in zip(self.groups, self.members)]   # BN layers per channel
+            raise TargetError("LAPP found no prunable group it can mask (no batch norm, "
+                              "LayerNorm-like layer or conv/linear producing the channels): "
+                              + "; ".join(f"{k}: {v}" for k, v in list(self.skipped.items())[:3]))
+        self._uses = [np.bincount(torch.cat([m.idx for m in mem]).numpy(), minlength=g.width)
+                      for g, mem in zip(self.groups, self.members)]   # members per channel
         # the thresholds' quantiles r_g (fraction of prunable channels below the threshold)
         self.rates = nn.Parameter(torch.zeros(len(self.groups)))
         # Adam without momentum: each rate's step is lr * grad / its own running RMS, about
@@ -215,9 +190,9 @@ class Lapp(nn.Module, Callback):
             for g, mem in zip(self.groups, self.members):
                 s = torch.zeros(g.width)
                 n = torch.zeros(g.width)
-                for bn, idx in mem:
-                    s = s.index_add(0, idx, _gamma(bn).abs().float())
-                    n = n.index_add(0, idx, torch.ones(len(idx)))
+                for m in mem:
+                    s = s.index_add(0, m.idx, m.scale())
+                    n = n.index_add(0, m.idx, torch.ones(len(m.idx)))
                 out.append(s / n.clamp_min(1))
         return out
 
@@ -259,9 +234,9 @@ class Lapp(nn.Module, Callback):
         shortcuts, and none of them may end up empty)."""
         gi = next(i for i, h in enumerate(self.groups) if h is g)
         keep = []
-        for _bn, idx in self.members[gi]:
-            part = score[idx.numpy()]
-            keep += idx[np.argsort(-part, kind="stable")[: self.config.min_width]].tolist()
+        for m in self.members[gi]:
+            idx = m.idx.numpy()
+            keep += idx[np.argsort(-score[idx], kind="stable")[: self.config.min_width]].tolist()
         return torch.as_tensor(sorted(set(keep)), dtype=torch.long)
 
     def unit_keep(self, masks: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -272,25 +247,42 @@ class Lapp(nn.Module, Callback):
 
     # ----------------------------------------------------------- hooks
     def attach(self, model: nn.Module) -> None:
-        """Mask the managed BN layers: their scale and shift are multiplied by the mask
-        (a parametrization), which equals masking their output at the cost of a
-        C-element product instead of a pass over the activations."""
+        """Mask the managed layers. A BN layer's scale and shift, or a producer's weight
+        rows and bias, are multiplied by the mask (a parametrization: equal to masking
+        their output, at the cost of a C-element product instead of a pass over the
+        activations); a LayerNorm-like layer normalises over the kept channels only (as
+        the pruned layer does) and its output is masked (a forward hook)."""
         self.detach()
         self._handles.append(model.register_forward_pre_hook(self._refresh))
+        self._norms = KeptNorms(lambda: (self._masks, self._applied), self.members)
+        if self._norms.table:
+            self._handles.append(model.register_forward_pre_hook(self._norms_on))
+            self._handles.append(model.register_forward_hook(self._norms_off,
+                                                             always_call=True))
         for gi, mem in enumerate(self.members):
-            for bn, idx in mem:
+            for m in mem:
+                if m.kind == "norm":
+                    continue
                 for name in ("weight", "bias"):
-                    parametrize.register_parametrization(bn, name, _Masked(self, gi, idx))
-                self._masked.append(bn)
+                    if getattr(m.module, name, None) is not None:
+                        parametrize.register_parametrization(m.module, name,
+                                                             _Masked(self, gi, m))
+                self._masked.append(m.module)
+
+    def _norms_on(self, _module, _args) -> None:
+        self._norms.__enter__()
+
+    def _norms_off(self, _module, _args, _out) -> None:
+        self._norms.__exit__(None, None, None)
 
     def detach(self) -> None:
         for h in self._handles:
             h.remove()
         self._handles = []
-        for bn in self._masked:
+        for mod in self._masked:
             for name in ("weight", "bias"):
-                if parametrize.is_parametrized(bn, name):
-                    parametrize.remove_parametrizations(bn, name, leave_parametrized=False)
+                if parametrize.is_parametrized(mod, name):
+                    parametrize.remove_parametrizations(mod, name, leave_parametrized=False)
         self._masked = []
 
     def _refresh(self, module, _args) -> None:
@@ -395,20 +387,39 @@ class Lapp(nn.Module, Callback):
         return self.graph.plan_of_mask(keep, meta)
 
     def verify(self, model: nn.Module, example_inputs: Sequence[Any]) -> None:
-        """Check, on a mask that drops about half of every group, that masking the BN outputs
-        equals physical pruning (eval mode); refuse the model otherwise."""
+        """Check (eval mode) that LAPP's masking equals physical pruning, on a mask that
+        drops about half of every group. Groups for which it does not (a channel that
+        reaches a layer no mask covers) are left out, with the reason in ``skipped``;
+        a model with none left, or whose groups only fail together, is refused."""
+        if not self._mismatch(model, example_inputs, range(len(self.groups))):
+            return
+        failing = [i for i in range(len(self.groups))
+                   if self._mismatch(model, example_inputs, [i])]
+        if failing and len(failing) < len(self.groups):
+            self._drop(model, failing)
+            if not self._mismatch(model, example_inputs, range(len(self.groups))):
+                return
+        raise TargetError("masking the channels does not equal removing them in this model "
+                          f"(groups {[g.id for g in self.groups][:3]}: a channel reaches a "
+                          "layer no LAPP mask covers); restrict LAPP with `groups`")
+
+    def _mismatch(self, model: nn.Module, inputs: Sequence[Any], half: Any) -> bool:
+        """True when masking groups ``half`` (about half their channels) differs from
+        physically pruning them."""
         from ..conformance import ConformanceError, outputs_close
         saved = self.rates.detach().clone()
         was = model.training
         self.attach(model)
         try:
             with torch.no_grad():
-                self.rates.fill_(0.5)
+                self.rates.zero_()
+                for i in half:
+                    self.rates[i] = 0.5
                 plan = self.hard_plan()
                 model.eval()
-                masked = model(*example_inputs)
+                masked = model(*inputs)
                 self.detach()
-                pruned = self.graph.apply(model, plan)(*example_inputs)
+                pruned = self.graph.apply(model, plan, verify=False)(*inputs)
         finally:
             self.attach(model)
             model.train(was)
@@ -417,9 +428,24 @@ class Lapp(nn.Module, Callback):
         try:
             outputs_close(masked, pruned)
         except ConformanceError:
-            raise TargetError("masking the batch-norm outputs does not equal removing the "
-                              "channels in this model (a group has a producer without BN); "
-                              "restrict LAPP with `groups`") from None
+            return True
+        return False
+
+    def _drop(self, model: nn.Module, which: list[int]) -> None:
+        self.detach()
+        for i in which:
+            self.skipped[self.groups[i].id] = ("masking its channels does not equal removing "
+                                               "them (a layer no LAPP mask covers reads them)")
+        keep = [i for i in range(len(self.groups)) if i not in set(which)]
+        self.groups = [self.groups[i] for i in keep]
+        self.members = [self.members[i] for i in keep]
+        self._uses = [self._uses[i] for i in keep]
+        self._taylor = [self._taylor[i] for i in keep]
+        self.rates = nn.Parameter(torch.zeros(len(self.groups)))
+        self.opt = torch.optim.Adam([self.rates], lr=self.config.threshold_lr,
+                                    betas=(0.0, 0.999))
+        self._masks = self._applied = None     # of the old groups
+        self.attach(model)
 
     # ----------------------------------------------------------- the end
     def freeze(self, meta: dict | None = None) -> Plan:
@@ -449,7 +475,7 @@ class Lapp(nn.Module, Callback):
         keep = pj.project(keep_at, lo, hi, steps=60, fill_steps=4096)
         with torch.no_grad():
             learned = float(self.cost(self.unit_keep(self.masks(hard_only=True)))) / self.base
-        info = {"method": "lapp", "config": asdict(self.config), "bypass": self.bypass,
+        info = {"method": "lapp", "config": self.config.to_dict(), "bypass": self.bypass,
                 "achieved": round(pj.ratio(keep), 6), "learned": round(learned, 6),
                 "skipped": self.skipped}
         return self.graph.plan_of_mask(keep, {**info, **(meta or {})})

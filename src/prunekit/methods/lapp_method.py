@@ -10,7 +10,7 @@ from typing import Any, ClassVar
 from torch import nn
 
 from ..errors import TargetError
-from .base import Result
+from .base import Result, require_classifier
 from .lapp import LappConfig, train_lapp
 from .protocol import Context, register
 
@@ -27,7 +27,10 @@ class LappMethod:
     summary: ClassVar[str] = ("LAPP: learnable per-layer thresholds under the budget, pruning "
                               "progressively while training")
 
-    def check(self, config: LappConfig, context: Context) -> None:
+    def check(self, config: LappConfig, context: Context, model: nn.Module | None = None
+              ) -> None:
+        if model is not None:
+            require_classifier(model, context.example, self.name)
         tc = context.train_config
         if config.phase_epochs(tc.epochs) > tc.epochs:
             raise TargetError(f"prune_epochs ({config.prune_epochs}) exceeds epochs "

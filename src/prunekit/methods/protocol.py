@@ -295,18 +295,20 @@ def prune(model: nn.Module, config: MethodConfig, context: Context | Any) -> Any
     if not isinstance(context, Context):
         context = Context(example=context)
     method = method_of(config)
-    prepare(method, config, context)
+    prepare(method, config, context, model)
     return method.run(model, config, context)
 
 
-def prepare(method: Method, config: MethodConfig, context: Context) -> None:
+def prepare(method: Method, config: MethodConfig, context: Context,
+            model: nn.Module | None = None) -> None:
     """Everything checked before a run starts: the config is the method's, the context
-    holds what the method needs, and the method's own ``check(config, context)`` (where
-    it has one: settings that depend on the context, such as LAPP's phase length)."""
+    holds what the method needs, and the method's own ``check(config, context, model)``
+    (where it has one: settings that depend on the context, such as LAPP's phase length,
+    or on the model, such as needing a classifier)."""
     if type(config) is not method.config:
         raise TargetError(f"method {method.name} takes a {method.config.__name__}, got a "
                           f"{type(config).__name__}")
     context.require(method)
     check = getattr(method, "check", None)
     if check is not None:
-        check(config, context)
+        check(config, context, model)

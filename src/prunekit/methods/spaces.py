@@ -40,6 +40,7 @@ from torch import nn
 from ..errors import TargetError
 from ..graph import ChannelGraph
 from ..importance import CRITERIA
+from ..train.engine import logits_of
 from .split import split
 from .widths import WidthPlanner
 
@@ -181,7 +182,7 @@ class Evaluator:
         x, y = self.train
         for _ in range(self.steps):
             idx = torch.randint(0, len(x), (self.batch,), generator=gen)
-            loss = F.cross_entropy(net(x[idx]), y[idx])
+            loss = F.cross_entropy(logits_of(net(x[idx])), y[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -189,7 +190,7 @@ class Evaluator:
         wrong = 0
         with torch.no_grad():
             for xb, yb in zip(self.held[0].split(500), self.held[1].split(500)):
-                wrong += int((net(xb).argmax(1) != yb).sum())
+                wrong += int((logits_of(net(xb)).argmax(1) != yb).sum())
         return {**sample, "error": round(100.0 * wrong / len(self.held[1]), 4)}
 
     def evaluate(self, sample: dict[str, Any]) -> dict[str, Any]:

@@ -4,7 +4,7 @@ refine, evaluate, winner (resumable in the context's folder)."""
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -13,7 +13,7 @@ from torch import nn
 
 from ..errors import TargetError
 from ..importance import CRITERIA
-from .base import FrontPoint, Result
+from .base import FrontPoint, Result, require_classifier
 from .projector import Projector
 from .protocol import Context, MethodConfig, register
 from .spaces import (PARAMS, Sampler, Space, best_rho, evaluate_samples, held_out, refine,
@@ -72,6 +72,11 @@ class Spaces:
     summary: ClassVar[str] = ("network pruning spaces: sample and evaluate subnetworks in a cost "
                               "regime, refine by the MACs-per-parameter ratio, take the winner")
 
+    def check(self, config: SpacesConfig, context: Context, model: nn.Module | None = None
+              ) -> None:
+        if model is not None:
+            require_classifier(model, context.example, self.name)
+
     def run(self, model: nn.Module, config: SpacesConfig, context: Context) -> Result:
         x, y = context.labelled
         n_held = min(config.held, max(1, len(x) // 2))
@@ -95,7 +100,7 @@ class Spaces:
         pj = Projector(graph, config.budget(), planner.scores, group_ids=set(winner["widths"]))
         keep = pj.scale_widths(winner["widths"], planner.keep)
         plan = graph.plan_of_mask(np.asarray(keep, dtype=bool), {
-            "method": "space", "config": asdict(config), "winner": winner,
+            "method": "space", "config": config.to_dict(), "winner": winner,
             "achieved": round(pj.ratio(keep), 6)})
         front = [FrontPoint(planner.plan(r["widths"]), float(r["macs_ratio"]),
                             {"error": float(r["error"]), "rho": float(r["rho"])})

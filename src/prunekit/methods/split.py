@@ -58,13 +58,24 @@ def constant_inputs(graph: ChannelGraph) -> dict[fx.Node, object]:
             if n.op == "placeholder" and graph.value_kind(n) != "tensor"}
 
 
+def output_node(graph: ChannelGraph) -> fx.Node:
+    """The node of the model's one tensor output: the output itself, or the one tensor
+    in an output record (Hugging Face's ``ModelOutput(logits=...)``, a tuple or dict
+    whose other entries are None or constants)."""
+    from torch.utils._pytree import tree_flatten
+    leaves, _ = tree_flatten(list(graph.traced.graph.nodes)[-1].args[0])
+    tensors = [n for n in leaves if isinstance(n, fx.Node) and graph.value_kind(n) == "tensor"]
+    if len(tensors) != 1:
+        raise TargetError("sub-network division needs a model with one tensor output (or an "
+                          f"output record holding one); this one returns {len(tensors)}")
+    return tensors[0]
+
+
 def split(graph: ChannelGraph, parts: int, group_ids: list[str]) -> list[Segment]:
     """``parts`` consecutive sub-networks of about equal MACs (a ResNet's stages), each
     with the groups local to it."""
     nodes, cuts = cut_points(graph)
-    out = nodes[-1].args[0]
-    if not isinstance(out, fx.Node):
-        raise TargetError("sub-network division needs a model with a single tensor output")
+    out = output_node(graph)
     end = nodes.index(out)
     cuts = [c for c in cuts if c < end]
     pos = {n.name: i for i, n in enumerate(nodes)}

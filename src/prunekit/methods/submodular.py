@@ -23,7 +23,7 @@ any pruned model.
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from fnmatch import fnmatch
 from typing import Any, ClassVar, Iterable, Sequence
 
@@ -46,7 +46,7 @@ from .lsq import (Gram, Problem, greedy, is_consumer, patches, set_weight, solve
 VARIANTS = ("layer", "seq", "asym")
 SELECTORS = ("greedy", "weightnorm", "random", "actgrad")
 SUB_ALLOCATIONS = ("uniform", "sensitivity", "output")
-OPEN_POLICIES = ("skip", "select")
+OPEN_POLICIES = ("auto", "skip", "select")
 
 
 @dataclass(frozen=True)
@@ -67,7 +67,7 @@ class SubmodularConfig(MethodConfig):
     selector: str = "greedy"
     reweight: bool = True
     allocation: str = "uniform"
-    open_groups: str = "skip"
+    open_groups: str = "auto"
     stochastic: float = 0.0
     ridge: float = 1e-6
     calib_batch_size: int = 128     # calibration images per forward pass
@@ -96,10 +96,14 @@ class _Stop(Exception):
     pass
 
 
-def _inputs(model: nn.Module, modules: dict[str, nn.Module],
-            x: torch.Tensor) -> dict[str, torch.Tensor]:
+def _inputs(model: nn.Module, modules: dict[str, nn.Module], x: torch.Tensor,
+            chunk: int | None = None) -> dict[str, torch.Tensor]:
     """The inputs of ``modules`` (hooked inside ``model``) on batch ``x``; the forward
-    stops once all of them have run."""
+    stops once all of them have run. ``chunk``: run ``x`` that many at a time (a graph
+    recorded from one eager pass replays only at its example's batch size)."""
+    if chunk and len(x) != chunk:
+        parts = [_inputs(model, modules, p, chunk) for p in x.split(chunk)]
+        return {n: torch.cat([p[n] for p in parts]) for n in parts[0]}
     got: dict[str, torch.Tensor] = {}
     handles = []
 
@@ -158,7 +162,8 @@ def _batches(data: torch.Tensor | Iterable[Any], size: int) -> list[torch.Tensor
 def _grams(forward: nn.Module, hooked: dict[str, nn.Module], geometry: nn.Module,
            batches: list[torch.Tensor], ref: _Reference | None,
            targets: dict[str, torch.Tensor] | None = None,
-           ones: frozenset[str] | set[str] = frozenset()) -> dict[str, Gram]:
+           ones: frozenset[str] | set[str] = frozenset(),
+           chunk: int | None = None) -> dict[str, Gram]:
     """Gram statistics of the consumers ``hooked`` (modules inside ``forward``): B from
     ``forward``'s activations; with ``ref``, the target is the reference input times
     ``targets[name]`` (default: ``geometry``'s weight), else it is symmetric (A = B).
@@ -167,7 +172,7 @@ def _grams(forward: nn.Module, hooked: dict[str, nn.Module], geometry: nn.Module
     grams: dict[str, Gram] = {}
     names = list(hooked)
     for i, x in enumerate(batches):
-        b_in = _inputs(forward, hooked, x)
+        b_in = _inputs(forward, hooked, x, chunk)
         a_in = ref(i, names) if ref is not None else None
         for n in names:
             mod = geometry.get_submodule(n)
@@ -294,6 +299,25 @@ def _equal_change(graph: ChannelGraph, infos: list[GroupInfo], budget: Budget,
 
 
 # ------------------------------------------------------------------ the method
+def _eligible(graph: ChannelGraph, infos: list[GroupInfo],
+              config: SubmodularConfig) -> list[GroupInfo]:
+    """The groups to prune: the closed ones (every use a conv/linear consumer, so
+    reweighting is exact), and the open ones with consumers under ``open_groups``
+    "select", or under "auto" when the closed ones alone cannot reach the target (a
+    ViT's or ConvNeXt's residual stream carries most of the parameters)."""
+    closed = [i for i in infos if i.closed]
+    either = [i for i in infos if i.closed or i.consumers]
+    if config.open_groups == "skip":
+        return closed
+    if config.open_groups == "select" or not closed:
+        return either
+    from .projector import Projector
+    budget = Budget(config.target, config.metric, config.round_to, config.min_width,
+                    scope=config.scope)
+    floor = Projector(graph, budget, group_ids={i.gid for i in closed}).floor()
+    return closed if floor <= config.target * (1 + budget.tolerance) else either
+
+
 def _select(config: SubmodularConfig, info: GroupInfo, width: int, prunable: np.ndarray,
             k: int, grams: dict[str, Gram] | None, work: nn.Module,
             targets: dict[str, torch.Tensor],
@@ -334,8 +358,7 @@ def prune_submodular(model: nn.Module, example_inputs: Sequence[Any] | torch.Ten
     if not chosen:
         raise TargetError(f"no prunable group matches {list(config.groups)}")
     infos_all = analyse(graph, chosen)
-    infos = [i for i in infos_all if i.closed or (config.open_groups == "select" and
-                                                  i.consumers)]
+    infos = _eligible(graph, infos_all, config)
     if not infos:
         raise TargetError("no selected group can be pruned by this method: "
                           + "; ".join(f"{i.gid}: {i.reason}" for i in infos_all[:3]))
@@ -364,7 +387,7 @@ def prune_submodular(model: nn.Module, example_inputs: Sequence[Any] | torch.Ten
                  "reason": i.reason, "reweighted": False, "skipped": True,
                  "consumers": [c.name for c in i.consumers], "intercept": []}
                 for i in infos_all if i not in infos]
-    meta = {"method": "submodular", "config": asdict(config),
+    meta = {"method": "submodular", "config": config.to_dict(),
             "achieved": _ratio(graph, st.keep, config, [i.gid for i in infos])}
     plan = _plan(graph, st.keep, meta)
     pruned = graph.apply(st.work, plan)
@@ -481,7 +504,8 @@ def _current_grams(st: _State, names: list[str]) -> dict[str, Gram]:
         fwd = st.graph.masked_reference(_plan(st.graph, st.keep), root=st.work)
         hooked = _modules(fwd.root, names)
     targets = {n: _wmat(st, st.original, n) for n in names} if st.ref is not None else None
-    return _grams(fwd, hooked, st.original, st.batches, st.ref, targets, set(st.sinks))
+    return _grams(fwd, hooked, st.original, st.batches, st.ref, targets, set(st.sinks),
+                  None if st.native else st.graph.replay_batch)
 
 
 def _prune_group(st: _State, info: GroupInfo, k: int) -> dict[str, Any]:

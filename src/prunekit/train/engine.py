@@ -84,7 +84,7 @@ def evaluate(model: nn.Module, data: Batches, channels_last: bool = False) -> di
         for x, y in data:
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            out = model(x)
+            out = logits_of(model(x))
             loss += F.cross_entropy(out, y, reduction="sum").item()
             top = out.topk(min(5, out.shape[1]), dim=1).indices
             correct1 += (top[:, 0] == y).sum().item()
@@ -142,6 +142,42 @@ class Callback:
         return {}
 
 
+def logits_of(out: Any) -> torch.Tensor:
+    """A classifier's logits: its output when that is one tensor, else the ``logits`` of
+    an output record (Hugging Face's ``ModelOutput``, a dict). Anything else is refused:
+    training here is classification by cross-entropy."""
+    if isinstance(out, torch.Tensor):
+        return out
+    logits = out.get("logits") if isinstance(out, dict) else getattr(out, "logits", None)
+    if isinstance(logits, torch.Tensor):
+        return logits
+    raise TypeError(f"training needs a classifier's logits, but the model returns "
+                    f"{type(out).__name__}; train it with your own loop")
+
+
+class _Listed:
+    """A re-iterable sequence of (inputs, labels) batches (a list, a DataLoader) in the
+    shape ``fit`` reads :class:`~prunekit.data.Batches`: same batches every epoch, no
+    sharding across processes."""
+
+    def __init__(self, data: Any) -> None:
+        self.data, self.shard = data, (0, 1)
+        self.batch_size = getattr(data, "batch_size", None)
+
+    def set_epoch(self, epoch: int) -> None:
+        pass
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __iter__(self):
+        return iter(self.data)
+
+
+def _as_batches(data: Any) -> Any:
+    return data if hasattr(data, "set_epoch") else _Listed(data)
+
+
 def fit(model: nn.Module, train: Batches, test: Batches | None, cfg: TrainConfig,
         out_dir: str | os.PathLike[str], teacher: nn.Module | None = None,
         resume: bool = False, progress: bool = True,
@@ -168,6 +204,7 @@ def fit(model: nn.Module, train: Batches, test: Batches | None, cfg: TrainConfig
         history, start = _restore(ckpt, model, opt)
     if teacher is not None:
         teacher.eval()
+    train = _as_batches(train)
     train.shard = (rank, world)
     steps = len(train) if not cfg.max_steps_per_epoch else min(len(train), cfg.max_steps_per_epoch)
     if steps == 0:
@@ -215,11 +252,11 @@ def _epoch(net: nn.Module, opt: torch.optim.Optimizer, data: Batches, cfg: Train
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(x.device.type, dtype=torch.bfloat16,
                             enabled=cfg.precision == "bf16"):
-            out = net(x)
+            out = logits_of(net(x))
             t_out = None
             if teacher is not None and cfg.distill_alpha > 0:
                 with torch.no_grad():
-                    t_out = teacher(x)
+                    t_out = logits_of(teacher(x))
         out = out.float()   # the losses in fp32 whatever the forward ran in
         loss = F.cross_entropy(out, y, label_smoothing=cfg.label_smoothing)
         if t_out is not None:
