@@ -77,11 +77,13 @@ class MaskedReference(nn.Module):
     def _stats_of(self) -> dict[str, Any]:
         return {name: (self._graph_stats[name], idx) for name, idx in self._kept.items()}
 
-    def run_nodes(self, nodes: Sequence[fx.Node], env: dict[fx.Node, Any]) -> Any:
+    def run_nodes(self, nodes: Sequence[fx.Node], env: dict[fx.Node, Any],
+                  grad: bool = False) -> Any:
         """Run consecutive ``nodes`` of the traced graph (a stretch such as a sub-network)
         masked as :meth:`forward` runs them, from ``env`` (the values they read that
         come from before the stretch, and any model input inside it); the value of the
-        last node. Snapshot mode only."""
+        last node (the model's output structure when it is the output node). Snapshot
+        mode only; ``grad``: record gradients (to train the snapshot's weights)."""
         if "root" not in self._modules:
             raise RuntimeError("run_nodes needs a snapshot reference (snapshot=True)")
         masker = self.__dict__.get("_masker")
@@ -90,7 +92,7 @@ class MaskedReference(nn.Module):
             self.__dict__["_masker"] = masker
         masker.env = dict(env)
         try:
-            with torch.no_grad():
+            with torch.set_grad_enabled(grad):
                 for node in nodes:
                     if node.op != "placeholder":    # inputs come from ``env``
                         masker.env[node] = masker.run_node(node)

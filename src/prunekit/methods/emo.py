@@ -41,6 +41,7 @@ from torch import nn
 
 from ..errors import TargetError
 from ..graph import ChannelGraph
+from ..graph.verify import flat_outputs
 from ..importance import CRITERIA
 from ..outputs import make_dirs, write_text as atomic_write_text
 from ..plan import Plan
@@ -117,9 +118,11 @@ class Evaluator:
                 r.recalibrate(seg, self.feats[seg.index])
                 self.seg_ref[seg.index] = [r.run(seg, b) for b in self.feats[seg.index]]
         runner, x = Runner(self.graph, self.model), list(self.feats[0])
+        self.chain_ref = [x]       # the recalibrated dense network's features, in a chain
         for seg in self.segments:
             runner.recalibrate(seg, x)
             x = [runner.run(seg, b) for b in x]
+            self.chain_ref.append(x)
         self.whole_ref = x
 
     def _value(self, cost) -> float:
@@ -145,9 +148,8 @@ class Evaluator:
         runner.recalibrate(seg, self.feats[s])
         err = ref = 0.0
         for x, y in zip(self.feats[s], self.seg_ref[s]):
-            out = runner.run(seg, x)
-            err += float((out - y).double().pow(2).sum())
-            ref += float(y.double().pow(2).sum())
+            e, r = _sq_err(runner.run(seg, x), y)
+            err, ref = err + e, ref + r
         inside = self.full[s] - (self.base - self._value(self.graph.cost_of_mask(keep)))
         return round(inside / self.full[s], 6), round(err / max(ref, 1e-30), 6)
 
@@ -160,8 +162,8 @@ class Evaluator:
         for seg in self.segments:
             x = [runner.run(seg, b) for b in x]
         for out, y in zip(x, self.whole_ref):
-            err += float((out - y).double().pow(2).sum())
-            ref += float(y.double().pow(2).sum())
+            e, r = _sq_err(out, y)
+            err, ref = err + e, ref + r
         return round(err / max(ref, 1e-30), 6)
 
     def _trained(self, widths: dict[str, int]) -> Runner:
@@ -170,7 +172,7 @@ class Evaluator:
         for seg in self.segments:
             runner.recalibrate(seg, x)
             if self.config.feature_steps:
-                _match_features(runner, seg, x, self.feats[seg.index + 1], self.config)
+                _match_features(runner, seg, x, self.chain_ref[seg.index + 1], self.config)
             x = [runner.run(seg, b) for b in x]
         return runner
 
@@ -184,20 +186,40 @@ def _match_features(runner: Runner, seg: Segment, inputs: list[torch.Tensor],
     if not params:
         return
     opt = torch.optim.SGD(params, lr=config.feature_lr, momentum=0.9)
-    interp = runner.interp
+    start = [p.detach().clone() for p in params]
     for step in range(config.feature_steps):
         b = step % len(inputs)
-        interp.env = {runner.nodes[seg.start]: inputs[b]}
-        for node in runner.nodes[seg.start + 1: seg.stop + 1]:
-            interp.env[node] = interp.run_node(node)
-        out = interp.env[runner.nodes[seg.stop]]
-        interp.env = {}
-        loss = F.mse_loss(out, targets[b]) / targets[b].pow(2).mean().clamp_min(1e-12)
+        out = flat_outputs(runner.run(seg, inputs[b], grad=True))
+        want = flat_outputs(targets[b])
+        loss = sum(F.mse_loss(o, t) / t.pow(2).mean().clamp_min(1e-12)
+                   for o, t in zip(out, want) if t.is_floating_point())
+        if not torch.isfinite(loss):      # diverged: keep the weights it started from
+            with torch.no_grad():
+                for p, p0 in zip(params, start):
+                    p.copy_(p0)
+            break
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
     for p in params:
         p.grad = None
+
+
+UNUSABLE = 1e9   # the impairment of a candidate whose output is not finite
+
+
+def _sq_err(out: Any, ref: Any) -> tuple[float, float]:
+    """Squared error of ``out`` against ``ref`` and ``ref``'s squared norm, over every
+    floating tensor of the two (one tensor, or a model's output structure); a
+    non-finite output counts as :data:`UNUSABLE` times the norm."""
+    err = norm = 0.0
+    for o, r in zip(flat_outputs(out), flat_outputs(ref)):
+        if r.is_floating_point():
+            err += float((o - r).double().pow(2).sum())
+            norm += float(r.double().pow(2).sum())
+    if not np.isfinite(err):
+        err = UNUSABLE * max(norm, 1.0)
+    return err, norm
 
 
 # ------------------------------------------------------------------ pareto utilities

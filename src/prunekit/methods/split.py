@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from typing import Any
+
 import numpy as np
 import torch
 import torch.fx as fx
@@ -59,16 +61,15 @@ def constant_inputs(graph: ChannelGraph) -> dict[fx.Node, object]:
 
 
 def output_node(graph: ChannelGraph) -> fx.Node:
-    """The node of the model's one tensor output: the output itself, or the one tensor
-    in an output record (Hugging Face's ``ModelOutput(logits=...)``, a tuple or dict
-    whose other entries are None or constants)."""
+    """Where the last sub-network ends: the node of the model's one tensor output (the
+    output itself, or the one tensor in an output record such as Hugging Face's
+    ``ModelOutput(logits=...)``), else the output node (a detector's several outputs:
+    the last sub-network then returns the whole output structure)."""
     from torch.utils._pytree import tree_flatten
-    leaves, _ = tree_flatten(list(graph.traced.graph.nodes)[-1].args[0])
+    last = list(graph.traced.graph.nodes)[-1]
+    leaves, _ = tree_flatten(last.args[0])
     tensors = [n for n in leaves if isinstance(n, fx.Node) and graph.value_kind(n) == "tensor"]
-    if len(tensors) != 1:
-        raise TargetError("sub-network division needs a model with one tensor output (or an "
-                          f"output record holding one); this one returns {len(tensors)}")
-    return tensors[0]
+    return tensors[0] if len(tensors) == 1 else last
 
 
 def split(graph: ChannelGraph, parts: int, group_ids: list[str]) -> list[Segment]:
@@ -129,9 +130,11 @@ class Runner:
         self.root = self.ref.root       # the reference's own (zeroed) copy of the weights
         self.constants = constant_inputs(graph)
 
-    def run(self, seg: Segment, x: torch.Tensor) -> torch.Tensor:
+    def run(self, seg: Segment, x: torch.Tensor, grad: bool = False) -> Any:
+        """The segment's output on ``x`` (a tensor; the model's output structure for the
+        last segment of a model with several outputs)."""
         return self.ref.run_nodes(self.nodes[seg.start + 1: seg.stop + 1],
-                                  {**self.constants, self.nodes[seg.start]: x})
+                                  {**self.constants, self.nodes[seg.start]: x}, grad)
 
     def recalibrate(self, seg: Segment, inputs: list[torch.Tensor]) -> None:
         """Re-estimate the running statistics of the segment's batch norms on ``inputs``."""

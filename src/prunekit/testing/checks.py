@@ -3,9 +3,9 @@
 A :class:`Case` runs one registered method on one architecture of the conformance
 set (at its ``test_config``, target 0.5) once, and every check reads that run:
 
-- ``runs``: the method runs, or refuses up front with a :class:`PrunekitError` that
-  says why (then every other check of the case reports the refusal and passes
-  nothing);
+- ``runs``: the method runs; only a method that needs labels may refuse a model that
+  is not a classifier, up front and saying why (then the checks that read the run
+  report the refusal and pass nothing);
 - ``plan_equivalent``: the plan is valid for the graph and the pruned model of the
   plan computes what the masked reference computes;
 - ``target_met``: the cost kept, in the config's metric, is within 1% of the target
@@ -84,10 +84,18 @@ def _fail(case: Case, what: str) -> None:
 
 
 # ------------------------------------------------------------------ the checks
+def may_refuse(case: Case) -> bool:
+    """The one refusal the conformance set expects: a method that trains or scores by
+    labels (needs "train" or "labelled") on a model that is not a classifier."""
+    return not case.arch.classifier and bool({"train", "labelled"} & set(case.method.needs))
+
+
 def check_runs(case: Case) -> None:
     run = case.run
     if "refused" in run:
         msg = str(run["refused"])
+        if not may_refuse(case):
+            _fail(case, f"refused an architecture it must prune: {msg}")
         if len(msg) < 20:
             _fail(case, f"refused without saying why: {msg!r}")
         return
