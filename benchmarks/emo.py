@@ -154,22 +154,22 @@ def finetune_part(args, model, dnc, res, s, tx, ty, vx, vy) -> dict:
                       target=row["cost_ratio"], criterion="l1")).model}
     try:
         import torch_pruning as tp
+        from prunekit.methods.projector import bisect
         base = measured_cost(model, (ex,))[1]
-        lo, hi, best = 0.0, 0.95, None
-        for _ in range(12):
-            mid = (lo + hi) / 2
-            work = copy.deepcopy(model)
+        made = {}
+
+        def fits(ratio: float) -> bool:     # Torch-Pruning at this ratio meets the cost
+            work = made[ratio] = copy.deepcopy(model)
             tp.pruner.MetaPruner(work, ex, importance=tp.importance.MagnitudeImportance(p=1),
-                                 pruning_ratio=mid,
+                                 pruning_ratio=ratio,
                                  ignored_layers=[m for n, m in work.named_modules()
                                                  if not (n.startswith("layer") and
                                                          n.endswith("conv1"))
                                                  and isinstance(m, (nn.Conv2d, nn.Linear))]
                                  ).step()
-            if measured_cost(work, (ex,))[1] / base > row["cost_ratio"]:
-                lo = mid
-            else:
-                hi, best = mid, work
+            return measured_cost(work, (ex,))[1] / base <= row["cost_ratio"]
+        ratio = bisect(fits, 0.0, 0.95, steps=12)   # the shared bisection (methods.projector)
+        best = made[ratio] if ratio in made and fits(ratio) else None
         if best is not None:
             candidates["torch-pruning-l1"] = best
     except ImportError:

@@ -60,26 +60,26 @@ def exact_width_plan(graph: ChannelGraph, halve_stream: bool):
 def tp_prune(model: nn.Module, x: torch.Tensor, target: float, ignore_stream: bool,
              round_to: int | None = None) -> nn.Module:
     import torch_pruning as tp
+    from prunekit.methods.projector import bisect
     base = measured_cost(model, (x,))[1]
-    lo, hi, best, closest = 0.0, 0.95, None, (2.0, None)
-    for _ in range(12):
-        mid = (lo + hi) / 2
-        work = copy.deepcopy(model)
+    made, closest = {}, [2.0, None]
+
+    def fits(ratio: float) -> bool:        # Torch-Pruning at this ratio meets the target
+        work = made[ratio] = copy.deepcopy(model)
         ignored = [work.linear]
         if ignore_stream:
             ignored += [work.conv1] + [m for n, m in work.named_modules() if n.endswith("conv2")]
-        pruner = tp.pruner.MetaPruner(work, x, importance=tp.importance.MagnitudeImportance(p=1),
-                                      pruning_ratio=mid, ignored_layers=ignored,
-                                      round_to=round_to)
-        pruner.step()
+        tp.pruner.MetaPruner(work, x, importance=tp.importance.MagnitudeImportance(p=1),
+                             pruning_ratio=ratio, ignored_layers=ignored,
+                             round_to=round_to).step()
         frac = measured_cost(work, (x,))[1] / base
         if frac < closest[0]:
-            closest = (frac, work)
-        if frac > target:
-            lo = mid
-        else:
-            hi, best = mid, work
-    return best if best is not None else closest[1]  # target unreachable: the nearest
+            closest[:] = [frac, work]
+        return frac <= target
+    ratio = bisect(fits, 0.0, 0.95, steps=12)      # the shared bisection (methods.projector)
+    if ratio in made and measured_cost(made[ratio], (x,))[1] / base <= target:
+        return made[ratio]
+    return closest[1]  # target unreachable: the nearest
 
 
 def latencies(models: dict[str, nn.Module], x: torch.Tensor, runs: int) -> dict[str, float]:

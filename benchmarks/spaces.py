@@ -95,14 +95,14 @@ def summary(pop: list[dict]) -> dict:
 
 
 def uniform_at(sampler: Sampler, macs_ratio: float) -> dict[str, int]:
-    lo, hi = sampler.space.min_ratio, 1.0
-    for _ in range(40):
-        mid = (lo + hi) / 2
-        if sampler.describe([mid] * len(sampler.units))["macs_ratio"] > macs_ratio:
-            hi = mid
-        else:
-            lo = mid
-    return sampler.widths([lo] * len(sampler.units))
+    """The uniform subnetwork (one keep ratio everywhere) at most at ``macs_ratio``: the
+    largest ratio, by the shared bisection of :mod:`prunekit.methods.projector`."""
+    from prunekit.methods.projector import bisect
+    lo = sampler.space.min_ratio
+    n = len(sampler.units)
+    t = bisect(lambda t: sampler.describe([1.0 - t] * n)["macs_ratio"] <= macs_ratio,
+               0.0, 1.0 - lo)
+    return sampler.widths([1.0 - t] * n)
 
 
 def main() -> None:
