@@ -65,10 +65,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"pruning method: {', '.join(sorted(_methods()))} (default oneshot)")
     p.add_argument("--finetune-epochs", type=int, help="recovery fine-tuning epochs after pruning")
     p.add_argument("--calib", type=int, help="unlabeled calibration images (512)")
-    p.add_argument("--epochs", type=int, help="methods that train (lapp): total training epochs")
-    p.add_argument("--lr", type=float, help="methods that train (lapp): peak learning rate")
-    p.add_argument("--resume", action="store_true", help="continue a killed run (lapp, emo, "
-                   "space)")
+    table = _methods()
+    trains = ", ".join(sorted(n for n, m in table.items() if "train" in m.needs))
+    keeps = ", ".join(sorted(n for n, m in table.items() if getattr(m, "resumable", False)))
+    p.add_argument("--epochs", type=int, help=f"methods that train ({trains}): total epochs")
+    p.add_argument("--lr", type=float, help=f"methods that train ({trains}): peak learning rate")
+    p.add_argument("--resume", action="store_true",
+                   help=f"continue a killed run ({keeps})")
     _method_flags(p, sorted(_methods()))
     p = sub.add_parser("reweight", help="re-solve the layers after pruned channels by least "
                        "squares on unlabeled images (recovery for any pruned model)")
