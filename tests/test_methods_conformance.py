@@ -36,8 +36,10 @@ def test_method_conformance(method, arch, check):
 
 
 def test_the_conformance_set_covers_the_families():
-    """CNNs with and without BN, depthwise, a ViT and a ConvNeXt, and one model of each
-    optional zoo the engine supports (the test extras install all of them)."""
+    """CNNs with and without BN, depthwise, a ViT and a ConvNeXt, and models of each
+    optional zoo the engine supports (Hugging Face: a ViT classifier and a Llama with
+    grouped-query attention on token ids; Ultralytics: YOLOv8n). The test extras
+    install all of them."""
     assert {"cnn-bn", "cnn-no-bn", "depthwise", "timm-vit", "timm-convnext", "hf-vit",
-            "yolo"} <= set(ARCHS)
+            "hf-llama", "yolo"} <= set(ARCHS)
     assert {"oneshot", "submodular", "lapp", "emo", "space"} <= set(methods())

@@ -22,20 +22,25 @@ from ..methods.protocol import Context
 class Architecture:
     """``build()``: a fresh model; ``shape``: one input's shape (no batch dim);
     ``classes``: what the labels range over; ``classifier``: the model returns logits
-    (methods that train accept it)."""
+    (batch, classes), so methods that train accept it; ``vocab``: inputs are token ids
+    below it (a language model) instead of normal floats."""
 
     name: str
     build: Callable[[], nn.Module]
     shape: tuple[int, ...]
     classes: int = 10
     classifier: bool = True
+    vocab: int | None = None
 
     def model(self) -> nn.Module:
         torch.manual_seed(0)
         return self.build().eval()
 
     def inputs(self, n: int, seed: int) -> torch.Tensor:
-        return torch.randn(n, *self.shape, generator=torch.Generator().manual_seed(seed))
+        gen = torch.Generator().manual_seed(seed)
+        if self.vocab:
+            return torch.randint(0, self.vocab, (n, *self.shape), generator=gen)
+        return torch.randn(n, *self.shape, generator=gen)
 
     def labels(self, n: int, seed: int) -> torch.Tensor:
         return torch.randint(0, self.classes, (n,),
@@ -135,6 +140,14 @@ def _hf_vit() -> nn.Module:
     return t.ViTForImageClassification(cfg)
 
 
+def _hf_llama() -> nn.Module:
+    import transformers as t
+    cfg = t.LlamaConfig(vocab_size=100, hidden_size=32, intermediate_size=64,
+                        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                        max_position_embeddings=64, use_cache=False)
+    return t.LlamaForCausalLM(cfg)
+
+
 def _yolo() -> nn.Module:
     os.environ.setdefault("YOLO_OFFLINE", "1")
     from ultralytics.nn.tasks import DetectionModel
@@ -155,7 +168,8 @@ def architectures() -> dict[str, Architecture]:
         out += [Architecture("timm-vit", _timm_vit, (3, 32, 32)),
                 Architecture("timm-convnext", _timm_convnext, (3, 32, 32))]
     if _have("transformers"):
-        out.append(Architecture("hf-vit", _hf_vit, (3, 32, 32)))
+        out += [Architecture("hf-vit", _hf_vit, (3, 32, 32)),
+                Architecture("hf-llama", _hf_llama, (16,), classifier=False, vocab=100)]
     if _have("ultralytics"):
         out.append(Architecture("yolo", _yolo, (3, 64, 64), classifier=False))
     return {a.name: a for a in out}
