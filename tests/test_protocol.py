@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -13,8 +13,8 @@ import torch
 from torch import nn
 
 from prunekit import ChannelGraph, TargetError, UnreachableTargetError
-from prunekit.methods import (Context, MethodConfig, OneShotConfig, Result, get_method,
-                              methods, prune, register)
+from prunekit.methods import (Context, MethodBase, MethodConfig, OneShotConfig, Result,
+                              get_method, methods, prune, register)
 from prunekit.methods.allocate import Budget
 from prunekit.methods.emo import EmoConfig
 from prunekit.methods.projector import Projector, bisect
@@ -30,12 +30,9 @@ class RandomConfig(MethodConfig):
     spread: float = 1.0
 
 
-class RandomMethod:
+class RandomMethod(MethodBase):
     name: ClassVar[str] = "random-demo"
     config: ClassVar[type] = RandomConfig
-    needs: ClassVar[frozenset[str]] = frozenset()
-    parallel: ClassVar[bool] = False
-    resumable: ClassVar[bool] = False
     summary: ClassVar[str] = "random channels, projected onto the budget"
 
     def run(self, model: nn.Module, config: RandomConfig, context: Context) -> Result:
@@ -48,9 +45,6 @@ class RandomMethod:
         plan = graph.plan_of_mask(keep, {"method": self.name})
         return Result(graph.apply(model, plan), plan, graph, graph.cost(), graph.cost(plan),
                       config=config)
-
-    def test_config(self, **overrides: Any) -> RandomConfig:
-        return RandomConfig(**overrides)
 
 
 @pytest.fixture
@@ -73,8 +67,8 @@ def test_a_registered_method_is_on_the_command_line_with_its_options(demo, tmp_p
                  "--set", "spread=2", "--out", str(out)]) == 0
     plan = json.loads((out / "plan.json").read_text())
     assert plan["meta"]["method"] == "random-demo"
-    assert abs(json.loads((out / "metrics.json").read_text())["after"]["macs"] /
-               json.loads((out / "metrics.json").read_text())["before"]["macs"] - 0.6) < 0.01
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert abs(metrics["after"]["macs"] / metrics["before"]["macs"] - 0.6) < 0.01
     capsys.readouterr()
     assert main(["prune", "--model", "resnet20", "--method", "random-demo", "--set",
                  "spread=wide", "--out", str(tmp_path / "bad")]) == 2

@@ -341,10 +341,9 @@ def _method_config(method, cfg: dict):
     """The method's config from the resolved options: the shared budget fields and the
     method's own fields the user set (the rest keep the config's defaults)."""
     from dataclasses import fields
-    from .options import SHARED_OPTIONS
     names = {f.name for f in fields(method.config)}
     given = {k: cfg[k] for k in names if cfg.get(k) is not None}
-    for k in SHARED_OPTIONS & {"groups", "ignore"}:
+    for k in ("groups", "ignore"):     # an empty list: the config's default (all, none)
         if not given.get(k):
             given.pop(k, None)
     try:

@@ -3,9 +3,10 @@ registered :class:`~.protocol.Method`; :func:`prune` runs the one a config belon
 
 from .base import FrontPoint, Result
 from .oneshot import OneShotConfig, prune_oneshot
-from .protocol import Context, Method, MethodConfig, get_method, methods, prune, register
+from .protocol import (Context, Method, MethodBase, MethodConfig, get_method, methods, prune,
+                       register)
 from .submodular import SubmodularConfig, prune_submodular, reweight
 
-__all__ = ["Result", "FrontPoint", "Context", "Method", "MethodConfig", "register", "methods",
+__all__ = ["Result", "FrontPoint", "Context", "Method", "MethodBase", "MethodConfig", "register", "methods",
            "get_method", "prune", "OneShotConfig", "prune_oneshot", "SubmodularConfig",
            "prune_submodular", "reweight"]

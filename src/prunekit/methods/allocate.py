@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import TargetError, UnreachableTargetError
+from ..errors import TargetError
 from ..graph import ChannelGraph, Cost
 from ..plan import Plan
 

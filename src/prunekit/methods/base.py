@@ -75,9 +75,10 @@ class Result:
         folder = Path(folder)
         doc = read_json(folder / "result.json", "saved result")
         model, plan = load_pruned(folder / "model", base_model, example_inputs)
-        graph = ChannelGraph.build(base_model, example_inputs)
         cfg = doc.get("config")
         config = get_method(cfg["method"]).config.from_dict(cfg) if cfg else None
+        graph = ChannelGraph.build(base_model, example_inputs,
+                                   ignore=tuple(getattr(config, "ignore", ()) or ()))
         return cls(model, plan, graph, Cost(**doc["before"]), Cost(**doc["after"]),
                    list(doc.get("history", [])),
                    [FrontPoint.from_dict(p) for p in doc.get("front", [])], config)
@@ -136,13 +137,14 @@ def require_classifier(model: nn.Module, example: Any, who: str) -> None:
     """Refuse, before any work, a model that is not a classifier (one tensor of logits,
     or an output record with ``logits``, shaped (batch, classes)): ``who`` trains or
     scores candidates by cross-entropy and top-1 error."""
-    import copy
-
     from ..train.engine import logits_of
     inputs = example if isinstance(example, tuple) else (example,)
-    probe = copy.deepcopy(model).eval()
-    with torch.no_grad():
-        out = probe(*inputs)
+    was = model.training
+    try:
+        with torch.no_grad():
+            out = model.eval()(*inputs)
+    finally:
+        model.train(was)
     try:
         logits = logits_of(out)
     except TypeError:

@@ -112,11 +112,11 @@ class Evaluator:
         calibration images (random weights, another domain) measured every plan, the
         dense one included, as heavily impaired and its front collapsed to one point."""
         self.seg_ref: dict[int, list[torch.Tensor]] = {}
+        own = Runner(self.graph, self.model)   # segments are disjoint: one copy serves all
         for seg in self.segments:
             if seg.groups:
-                r = Runner(self.graph, self.model)
-                r.recalibrate(seg, self.feats[seg.index])
-                self.seg_ref[seg.index] = [r.run(seg, b) for b in self.feats[seg.index]]
+                own.recalibrate(seg, self.feats[seg.index])
+                self.seg_ref[seg.index] = [own.run(seg, b) for b in self.feats[seg.index]]
         runner, x = Runner(self.graph, self.model), list(self.feats[0])
         self.chain_ref = [x]       # the recalibrated dense network's features, in a chain
         for seg in self.segments:

@@ -11,7 +11,7 @@ from torch import nn
 from .base import FrontPoint, Result
 from .emo import EmoConfig, EmoResult, EmoSearch
 from .projector import Projector
-from .protocol import Context, register
+from .protocol import Context, MethodBase, register
 
 
 def calibration_batches(context: Context, size: int = 128) -> list[torch.Tensor]:
@@ -20,7 +20,7 @@ def calibration_batches(context: Context, size: int = 128) -> list[torch.Tensor]
 
 
 @register
-class Emo:
+class Emo(MethodBase):
     """Divide-and-conquer multi-objective evolutionary pruning (a Pareto front)."""
 
     name: ClassVar[str] = "emo"

@@ -142,10 +142,9 @@ class Lapp(nn.Module, Callback):
         self.groups: list[Any] = []
         self.members: list[list[Member]] = []
         self.skipped: dict[str, str] = {}
-        for g in graph.prunable_groups:
-            if config.groups and not any(fnmatch(g.id, p) for p in config.groups):
-                continue
-            mem = find_members(model, graph, g)
+        chosen = [g for g in graph.prunable_groups
+                  if not config.groups or any(fnmatch(g.id, p) for p in config.groups)]
+        for g, mem in zip(chosen, find_members(model, graph, chosen)):
             if not mem:
                 self.skipped[g.id] = ("no batch norm, LayerNorm-like layer or conv/linear "
                                       "producer carries these channels")

@@ -71,30 +71,36 @@ class Member:
         return w.abs() if self.kind != "producer" else w.flatten(1).norm(dim=1)
 
 
-def find_members(model: nn.Module, graph: ChannelGraph, g: Any) -> list[Member]:
-    """The layers that mask group ``g``: its affine BatchNorms; else its LayerNorm-like
-    layers and its producers (conv/linear rows), both."""
-    local = {int(u): i for i, u in enumerate(g.units)}
+def find_members(model: nn.Module, graph: ChannelGraph, groups: list[Any]
+                 ) -> list[list[Member]]:
+    """Per group, the layers that mask it: its affine BatchNorms; else its LayerNorm-like
+    layers and its producers (conv/linear rows), both. One pass over the weight slices."""
+    owner = {int(u): (gi, i) for gi, g in enumerate(groups) for i, u in enumerate(g.units)}
     mods = dict(model.named_modules())
     norms = {n.module for n in graph.normalisations() if n.module is not None}
-    bn, other = [], []
+    bn: list[list[Member]] = [[] for _ in groups]
+    other: list[list[Member]] = [[] for _ in groups]
     for (fqn, dim), units in graph.slices.items():
         name, _, leaf = fqn.rpartition(".")
-        if dim != 0 or leaf != "weight" or name not in mods or \
-                not any(int(u) in local for u in units.tolist()):
+        if dim != 0 or leaf != "weight" or name not in mods:
             continue
         mod = mods[name]
-        pos = [p for p, u in enumerate(units.tolist()) if int(u) in local]
-        parts = (name, mod, torch.as_tensor(pos), torch.as_tensor([local[int(units[p])]
-                                                                    for p in pos]))
-        if isinstance(mod, nn.modules.batchnorm._BatchNorm) and mod.affine:
-            bn.append(Member("bn", *parts))
-        elif (name in norms or isinstance(mod, _NORMS)) and \
-                getattr(mod, "weight", None) is not None and mod.weight.dim() == 1:
-            other.append(Member("norm", *parts))
-        elif isinstance(mod, _PRODUCERS):
-            other.append(Member("producer", *parts))
-    return bn or other
+        at: dict[int, tuple[list[int], list[int]]] = {}   # group -> (positions, local ids)
+        for p, u in enumerate(units.tolist()):
+            if int(u) in owner:
+                gi, i = owner[int(u)]
+                at.setdefault(gi, ([], []))[0].append(p)
+                at[gi][1].append(i)
+        for gi, (pos, idx) in at.items():
+            parts = (name, mod, torch.as_tensor(pos), torch.as_tensor(idx))
+            if isinstance(mod, nn.modules.batchnorm._BatchNorm) and mod.affine:
+                bn[gi].append(Member("bn", *parts))
+            elif (name in norms or isinstance(mod, _NORMS)) and \
+                    getattr(mod, "weight", None) is not None and mod.weight.dim() == 1:
+                other[gi].append(Member("norm", *parts))
+            elif isinstance(mod, _PRODUCERS):
+                other[gi].append(Member("producer", *parts))
+    return [b or o for b, o in zip(bn, other)]
 
 
 class KeptNorms(TorchFunctionMode):

@@ -12,18 +12,17 @@ from torch import nn
 from ..errors import TargetError
 from .base import Result, require_classifier
 from .lapp import LappConfig, train_lapp
-from .protocol import Context, register
+from .protocol import Context, MethodBase, register
 
 
 @register
-class LappMethod:
+class LappMethod(MethodBase):
     """Layer-adaptive progressive pruning while training (from scratch or pretrained)."""
 
     name: ClassVar[str] = "lapp"
     config: ClassVar[type] = LappConfig
     needs: ClassVar[frozenset[str]] = frozenset({"train"})
     resumable: ClassVar[bool] = True
-    parallel: ClassVar[bool] = False
     summary: ClassVar[str] = ("LAPP: learnable per-layer thresholds under the budget, pruning "
                               "progressively while training")
 

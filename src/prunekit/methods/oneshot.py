@@ -14,7 +14,7 @@ from ..graph import ChannelGraph
 from ..importance import CRITERIA, unit_scores
 from .allocate import ALLOCATIONS, Budget, allocate
 from .base import Result
-from .protocol import Context, MethodConfig, register
+from .protocol import Context, MethodBase, MethodConfig, register
 
 
 @dataclass(frozen=True)
@@ -63,18 +63,13 @@ def prune_oneshot(model: nn.Module, example_inputs: Sequence[Any] | torch.Tensor
 
 
 @register
-class OneShot:
+class OneShot(MethodBase):
     """One-shot pruning by an importance criterion (the baselines)."""
 
     name: ClassVar[str] = "oneshot"
     config: ClassVar[type] = OneShotConfig
-    needs: ClassVar[frozenset[str]] = frozenset()
-    resumable: ClassVar[bool] = False
-    parallel: ClassVar[bool] = False
     summary: ClassVar[str] = "score channels once (l1, l2, bn, taylor, ...) and cut to the target"
 
     def run(self, model: nn.Module, config: OneShotConfig, context: Context) -> Result:
         return prune_oneshot(model, context.inputs, config)
 
-    def test_config(self, **overrides: Any) -> OneShotConfig:
-        return OneShotConfig(**overrides)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import types
 import typing
-from dataclasses import MISSING, asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, ClassVar, Iterable, Protocol, Sequence
 
@@ -97,11 +97,6 @@ def config_fields(cls: type) -> dict[str, Any]:
     return {f.name: hints[f.name] for f in fields(cls)}
 
 
-def field_default(cls: type, name: str) -> Any:
-    f = next(f for f in fields(cls) if f.name == name)
-    return f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
-
-
 def coerce_fields(cls: type, data: dict[str, Any]) -> dict[str, Any]:
     """``data`` checked against ``cls``'s fields: unknown keys refused, each value of
     its declared type (text such as "3", "true" or "[1, 2]" read as the type says)."""
@@ -124,8 +119,7 @@ def coerce(key: str, value: Any, kind: Any) -> Any:
             return None
         inner = [a for a in args if a is not type(None)]
         return coerce(key, value, inner[0]) if len(inner) == 1 else value
-    if isinstance(value, str) and kind in (int, float, bool, tuple) or \
-            isinstance(value, str) and origin is tuple:
+    if isinstance(value, str) and (kind in (int, float, bool) or origin is tuple):
         value = _parse_text(value, kind, origin)
     if kind is bool:
         if isinstance(value, bool):
@@ -239,6 +233,22 @@ class Method(Protocol):
     def run(self, model: nn.Module, config: MethodConfig, context: Context) -> Any: ...
 
     def test_config(self, **overrides: Any) -> MethodConfig: ...
+
+
+class MethodBase:
+    """Defaults for a :class:`Method`: needs nothing, runs candidates in-process, keeps no
+    work folder, and its conformance config is its config's defaults (with overrides).
+    A method need not derive from it; it only spares the common declarations."""
+
+    name: ClassVar[str]
+    config: ClassVar[type[MethodConfig]]
+    needs: ClassVar[frozenset[str]] = frozenset()
+    parallel: ClassVar[bool] = False
+    resumable: ClassVar[bool] = False
+    summary: ClassVar[str] = ""
+
+    def test_config(self, **overrides: Any) -> MethodConfig:
+        return self.config(**overrides)
 
 
 _REGISTRY: dict[str, Method] = {}

@@ -15,7 +15,7 @@ from ..errors import TargetError
 from ..importance import CRITERIA
 from .base import FrontPoint, Result, require_classifier
 from .projector import Projector
-from .protocol import Context, MethodConfig, register
+from .protocol import Context, MethodBase, MethodConfig, register
 from .spaces import (PARAMS, Sampler, Space, best_rho, evaluate_samples, held_out, refine,
                      search)
 
@@ -61,7 +61,7 @@ class SpacesConfig(MethodConfig):
 
 
 @register
-class Spaces:
+class Spaces(MethodBase):
     """Populations of subnetworks in a cost regime; the refined space's winner."""
 
     name: ClassVar[str] = "space"
@@ -87,16 +87,16 @@ class Spaces:
                 config.batch, config.seed)
         folder = Path(context.folder) if context.folder is not None else None
         pop = _Population(folder, config, context)
-        initial = pop.evaluate("initial", space, args)
+        sampler = Sampler(model, example, space)   # one graph for both spaces
+        graph, planner = sampler.graph, sampler.planner
+        initial = pop.evaluate("initial", sampler, args)
         analysis = best_rho(initial, seed=config.seed)
         refined_space = refine(space, analysis)
-        refined = pop.evaluate("refined", refined_space, (model, example, refined_space,
-                                                           *args[3:]))
+        refined = pop.evaluate("refined", Sampler(model, example, refined_space, graph=graph),
+                               (model, example, refined_space, *args[3:]))
         winner = search(refined)
         if folder is not None:
             _report(folder, space, refined_space, analysis, winner, initial, refined)
-        sampler = Sampler(model, example, space)
-        graph, planner = sampler.graph, sampler.planner
         pj = Projector(graph, config.budget(), planner.scores, group_ids=set(winner["widths"]))
         keep = pj.scale_widths(winner["widths"], planner.keep)
         plan = graph.plan_of_mask(np.asarray(keep, dtype=bool), {
@@ -123,14 +123,14 @@ class _Population:
     def __init__(self, folder: Path | None, config: SpacesConfig, context: Context) -> None:
         self.folder, self.config, self.context = folder, config, context
 
-    def evaluate(self, name: str, space: Space, args: tuple) -> list[dict[str, Any]]:
+    def evaluate(self, name: str, sampler: Sampler, args: tuple) -> list[dict[str, Any]]:
         from ..inputs import read_jsonl
         from ..outputs import write_text
         from ..progress import bar as progress_bar
         path = self.folder / f"{name}.jsonl" if self.folder is not None else None
         done = read_jsonl(path, "evaluated subnetworks") if path and path.is_file() else []
         n = self.config.samples
-        samples = Sampler(args[0], args[1], space).sample(n, seed=self.config.seed)
+        samples = sampler.sample(n, seed=self.config.seed)
         todo = samples[len(done):]
         with progress_bar(total=n, initial=len(done), desc=name, unit="subnet",
                           disable=not self.context.progress) as bar:

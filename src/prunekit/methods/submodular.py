@@ -38,7 +38,7 @@ from ..graph import ChannelGraph
 from ..plan import Plan
 from .allocate import Budget, allocate
 from .base import Result, check_batches
-from .protocol import Context, MethodConfig, register
+from .protocol import Context, MethodBase, MethodConfig, register
 from .consumers import Consumer, GroupInfo, analyse
 from .lsq import (Gram, Problem, greedy, is_consumer, patches, set_weight, solve,
                   weight_matrix, with_ones)
@@ -395,14 +395,12 @@ def prune_submodular(model: nn.Module, example_inputs: Sequence[Any] | torch.Ten
 
 
 @register
-class Submodular:
+class Submodular(MethodBase):
     """Greedy submodular channel selection with least-squares reweighting."""
 
     name: ClassVar[str] = "submodular"
     config: ClassVar[type] = SubmodularConfig
     needs: ClassVar[frozenset[str]] = frozenset({"calibration"})
-    resumable: ClassVar[bool] = False
-    parallel: ClassVar[bool] = False
     summary: ClassVar[str] = ("greedy channel selection + least-squares reweighting from a few "
                               "hundred unlabeled images, no fine-tuning")
 
