@@ -44,7 +44,8 @@ from prunekit.data import Batches, load_cifar10
 from prunekit.io import load_pruned, save_pruned
 from prunekit.methods import OneShotConfig, prune_oneshot
 from prunekit.methods.allocate import metric_value
-from prunekit.methods.lapp import LappConfig, add_bypass, train_lapp
+from prunekit.methods.lapp import LappConfig, add_bypass
+from prunekit.methods.lapp_method import train_lapp
 from prunekit.models import CifarResNet, spec
 from prunekit.reporting import latency_ms, plot_lapp
 from prunekit.train import TrainConfig, evaluate, fit

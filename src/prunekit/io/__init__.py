@@ -8,7 +8,8 @@ A saved model is a folder:
   (a plain state_dict, loaded with ``torch.load(weights_only=True)``).
 
 Loading rebuilds the original architecture (the caller passes a fresh instance),
-replays the plan through the engine and loads the weights strictly.
+redoes the structural edits the plan names (:mod:`.edits`; LAPP's bypass), replays the
+plan through the engine and loads the weights strictly.
 """
 
 from __future__ import annotations
@@ -27,8 +28,9 @@ from ..errors import PlanFormatError, WeightsMismatchError
 from ..graph import ChannelGraph
 from ..outputs import save_safetensors, save_torch, staged_folder, write_bytes, write_text
 from ..plan import Plan
+from .edits import apply_edits, edits_of, register_edit
 
-__all__ = ["save_pruned", "load_pruned", "export_onnx"]
+__all__ = ["save_pruned", "load_pruned", "export_onnx", "register_edit"]
 
 
 def _has_safetensors() -> bool:
@@ -65,7 +67,8 @@ def save_pruned(path: str | os.PathLike[str], model: nn.Module, plan: Plan,
 
 def load_pruned(path: str | os.PathLike[str], base_model: nn.Module,
                 example_inputs: Sequence[torch.Tensor] | None = None) -> tuple[nn.Module, Plan]:
-    """Replay the saved plan on ``base_model`` (a fresh unpruned instance) and load weights."""
+    """Replay the saved plan on ``base_model`` (a fresh unpruned instance, changed in place
+    by the structural edits the plan names) and load weights."""
     path = Path(path)
     plan_file = path / "plan.json"
     if not plan_file.is_file():
@@ -81,6 +84,8 @@ def load_pruned(path: str | os.PathLike[str], base_model: nn.Module,
             raise PlanFormatError(f"\"graph\" must be an object, got {opts!r}")
         if example_inputs is None:
             example_inputs = _inputs_of(opts)
+        edits = edits_of(plan.meta)
+        apply_edits(base_model, edits)
     except PlanFormatError as exc:
         raise PlanFormatError(f"{plan_file}: {exc}") from None
     graph = ChannelGraph.build(base_model, example_inputs, ignore=tuple(opts.get("ignore", ())),

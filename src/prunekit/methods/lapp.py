@@ -28,16 +28,14 @@ continues on the smaller dense model.
 
 :class:`Lapp` is also a :class:`~prunekit.train.Callback` for a user's own loop:
 ``loss = task + lapp.penalty(progress)``; after ``opt.step()`` call
-``lapp.after_step()``; at the end ``plan = lapp.freeze()``.
+``lapp.after_step()``; at the end ``plan = lapp.freeze()``. The whole schedule (prune,
+then train the pruned model on) is :func:`prunekit.methods.lapp_method.train_lapp`, and
+the registered method ``lapp``.
 """
 
 from __future__ import annotations
 
-import json
-import math
-from dataclasses import dataclass
 from fnmatch import fnmatch
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -48,84 +46,15 @@ from torch.nn.utils import parametrize
 from ..errors import TargetError
 from ..graph import ChannelGraph
 from ..plan import Plan
-from ..outputs import write_text as write_text_atomic
-from ..train.engine import Callback, TrainConfig, fit
-from .allocate import metric_value
+from ..train.engine import Callback
 from .allocate import Budget
-from .base import Result, check_batches
-from .projector import Projector, bisect
+from .lapp_bypass import add_bypass, has_bypass
+from .lapp_config import LappConfig
 from .lapp_members import KeptNorms, Member, _Masked, find_members
-from .protocol import MethodConfig
+from .projector import Projector, bisect
 from .soft_cost import SoftCost
 
-
-SCORES = ("bn", "taylor")
-
-
-@dataclass(frozen=True)
-class LappConfig(MethodConfig):
-    """``target``: fraction of the *dense* model's cost (without bypass) to keep. The
-    training schedule (epochs, learning rate) is the context's ``train_config``."""
-
-    target: float = 0.403
-    prune_epochs: float | None = None  # None: a third of the training epochs (docs/lapp.md)
-    progressive: bool = True
-    bypass: bool = False           # measured: the bypass cost 1.1 points (docs/lapp.md)
-    bypass_scale: float = 1.0      # initial BN scale of the bypass branches (0: start as no-op)
-    penalty: float = 4.0
-    temperature: float = 0.05      # in quantile units (a fraction of the group's channels)
-    threshold_lr: float = 0.005    # typical step of a threshold's quantile
-    tolerance: float = 0.01
-    hold: bool = False             # keep the cost at the ramp's target from below (docs/lapp.md)
-    score: str = "bn"              # channel importance: "bn" |gamma|, or "taylor" (docs/lapp.md)
-    score_momentum: float = 0.98   # "taylor": the running average's momentum per step
-    leak: float = 0.01             # training only: a masked channel's mask value (docs/lapp.md)
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if (self.prune_epochs is not None and not self.prune_epochs > 0) or \
-                self.penalty <= 0 or not 0 < self.temperature <= 1 or \
-                not 0 < self.threshold_lr <= 1 or self.min_width < 1 or \
-                not 0 < self.tolerance < 0.5 or not 0 <= self.bypass_scale <= 1 or \
-                not 0 <= self.score_momentum < 1 or not 0 <= self.leak < 0.1:
-            raise TargetError("prune_epochs and penalty must be > 0, temperature and "
-                              "threshold_lr in (0, 1], min_width >= 1, tolerance in (0, 0.5), "
-                              "bypass_scale in [0, 1], score_momentum in [0, 1), leak in [0, 0.1)")
-        if self.score not in SCORES:
-            raise TargetError(f"score must be one of {SCORES}, got {self.score!r}")
-
-    def phase_epochs(self, epochs: int) -> float:
-        """The pruning phase's length in a schedule of ``epochs``: ``prune_epochs``, or a
-        third of the schedule when it is None."""
-        return self.prune_epochs if self.prune_epochs is not None else epochs / 3
-
-
-# ------------------------------------------------------------------ bypass
-def add_bypass(model: nn.Module, scale: float = 1.0) -> int:
-    """Give every block that declares ``bypass_shape = (in, out, stride)`` and has an empty
-    ``bypass`` slot a cheap branch from its input to its output: a depthwise 3x3 conv + BN
-    when in == out, else a 1x1 conv + BN, the BN's scale initialised to ``scale`` (0: the
-    branch starts as a no-op). Returns how many were added."""
-    n = 0
-    for mod in model.modules():
-        shape = getattr(mod, "bypass_shape", None)
-        if shape is None or getattr(mod, "bypass", 1) is not None:
-            continue
-        cin, cout, stride = shape
-        conv = nn.Conv2d(cin, cin, 3, stride, 1, groups=cin, bias=False) if cin == cout else \
-            nn.Conv2d(cin, cout, 1, stride, bias=False)
-        bn = nn.BatchNorm2d(cout)
-        nn.init.constant_(bn.weight, scale)
-        mod.bypass = nn.Sequential(conv, bn)
-        n += 1
-    return n
-
-
-def has_bypass(model: nn.Module) -> bool:
-    """Whether ``model`` carries bypass branches (a saved plan records it: loading rebuilds
-    them before replaying the plan)."""
-    return any(getattr(m, "bypass_shape", None) is not None and
-               getattr(m, "bypass", None) is not None for m in model.modules())
+__all__ = ["Lapp", "LappConfig", "add_bypass", "has_bypass"]
 
 
 # ------------------------------------------------------------------ controller
@@ -475,55 +404,7 @@ class Lapp(nn.Module, Callback):
         with torch.no_grad():
             learned = float(self.cost(self.unit_keep(self.masks(hard_only=True)))) / self.base
         info = {"method": "lapp", "config": self.config.to_dict(), "bypass": self.bypass,
+                "edits": ["bypass"] if self.bypass else [],
                 "achieved": round(pj.ratio(keep), 6), "learned": round(learned, 6),
                 "skipped": self.skipped}
         return self.graph.plan_of_mask(keep, {**info, **(meta or {})})
-
-
-# ------------------------------------------------------------------ driver
-def train_lapp(model: nn.Module, example_inputs: Sequence[Any] | torch.Tensor, train: Any,
-               test: Any, config: LappConfig, train_config: TrainConfig,
-               out_dir: str | Path, progress: bool = True, resume: bool = False) -> Result:
-    """Train ``model`` (in place until the prune, from scratch or pretrained) with LAPP, then
-    train the physically pruned model to the end of the schedule. Logs of both phases go to
-    ``out_dir/prune`` and ``out_dir/train``; the model as pruned is saved in
-    ``out_dir/pruned-at-freeze``. ``resume``: a run killed in the second phase continues
-    from its last epoch; one killed in the pruning phase restarts that phase."""
-    from ..io import load_pruned, save_pruned
-    if isinstance(example_inputs, torch.Tensor):
-        example_inputs = (example_inputs,)
-    for name, data in (("train", train), ("test", test)):
-        if data is not None:    # one batch of each, checked before any training
-            first = next(iter(data), None)
-            check_batches(example_inputs, [] if first is None else [first],
-                          f"train_lapp ({name} data)", labels=True)
-    base = ChannelGraph.build(model, example_inputs).cost()
-    if config.bypass and add_bypass(model, config.bypass_scale) == 0:
-        raise TargetError(f"{type(model).__name__} has no bypass slot (bypass_shape); "
-                          "use bypass=False")
-    graph = ChannelGraph.build(model, example_inputs, ignore=config.ignore)
-    phase = config.phase_epochs(train_config.epochs)
-    first = min(train_config.epochs, max(1, math.ceil(phase)))
-    out = Path(out_dir)
-    frozen = out / "pruned-at-freeze"
-    if resume and (frozen / "plan.json").is_file():
-        pruned, plan = load_pruned(frozen, model, example_inputs)
-        from ..inputs import read_json
-        hist = read_json(out / "prune" / "history.json", "pruning-phase log")
-    else:
-        lapp = Lapp(model, graph, config, metric_value(base, config.metric),
-                    phase_end=phase / train_config.epochs)
-        lapp.verify(model, example_inputs)
-        hist = fit(model, train, test, train_config, out / "prune", progress=progress,
-                   callback=lapp, epochs=(0, first))
-        plan = lapp.freeze()
-        lapp.detach()
-        pruned = graph.apply(model.eval(), plan)
-        write_text_atomic(out / "prune" / "lapp_trace.jsonl",
-                          "".join(json.dumps(r) + "\n" for r in lapp.trace))
-        write_text_atomic(out / "prune" / "history.json", json.dumps(hist))
-        save_pruned(frozen, pruned, plan, example_inputs)
-    if first < train_config.epochs:
-        hist = hist + fit(pruned, train, test, train_config, out / "train", progress=progress,
-                          epochs=(first, train_config.epochs), resume=resume)
-    return Result(pruned.eval(), plan, graph, base, graph.cost(plan), hist)

@@ -36,7 +36,7 @@ class _Masked(nn.Module):
     times its channels' current LAPP mask along dim 0 (the mask carries the
     straight-through gradient to the thresholds)."""
 
-    def __init__(self, lapp: "Lapp", gi: int, member: "Member") -> None:
+    def __init__(self, lapp: nn.Module, gi: int, member: "Member") -> None:
         super().__init__()
         self._owner = (lapp,)      # a tuple: not registered as a submodule (no cycle)
         self.gi, self.idx, self.pos = gi, member.idx, member.pos

@@ -1,18 +1,80 @@
-"""LAPP under the method protocol: train with learnable thresholds, prune, train on."""
+"""LAPP's whole schedule (:func:`train_lapp`: train with learnable thresholds, prune, train
+the pruned model on), and LAPP under the method protocol."""
 
 from __future__ import annotations
 
 import copy
+import json
+import math
 import tempfile
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Sequence
 
+import torch
 from torch import nn
 
 from ..errors import TargetError
-from .base import Result, require_classifier
-from .lapp import LappConfig, train_lapp
+from ..graph import ChannelGraph
+from ..outputs import write_text as write_text_atomic
+from ..train.engine import TrainConfig, fit
+from .allocate import metric_value
+from .base import Result, check_batches, require_classifier
+from .lapp import Lapp
+from .lapp_bypass import add_bypass
+from .lapp_config import LappConfig
 from .protocol import Context, MethodBase, register
+
+__all__ = ["LappMethod", "train_lapp"]
+
+
+def train_lapp(model: nn.Module, example_inputs: Sequence[Any] | torch.Tensor, train: Any,
+               test: Any, config: LappConfig, train_config: TrainConfig,
+               out_dir: str | Path, progress: bool = True, resume: bool = False) -> Result:
+    """Train ``model`` (in place until the prune, from scratch or pretrained) with LAPP, then
+    train the physically pruned model to the end of the schedule. Logs of both phases go to
+    ``out_dir/prune`` and ``out_dir/train``; the model as pruned is saved in
+    ``out_dir/pruned-at-freeze``. ``resume``: a run killed in the second phase continues
+    from its last epoch; one killed in the pruning phase restarts that phase."""
+    from ..io import load_pruned, save_pruned
+    if isinstance(example_inputs, torch.Tensor):
+        example_inputs = (example_inputs,)
+    for name, data in (("train", train), ("test", test)):
+        if data is not None:    # one batch of each, checked before any training
+            first = next(iter(data), None)
+            check_batches(example_inputs, [] if first is None else [first],
+                          f"train_lapp ({name} data)", labels=True)
+    base = ChannelGraph.build(model, example_inputs).cost()
+    if config.bypass and add_bypass(model, config.bypass_scale) == 0:
+        raise TargetError(f"{type(model).__name__} has no bypass slot (bypass_shape); "
+                          "use bypass=False")
+    graph = ChannelGraph.build(model, example_inputs, ignore=config.ignore)
+    phase = config.phase_epochs(train_config.epochs)
+    first = min(train_config.epochs, max(1, math.ceil(phase)))
+    out = Path(out_dir)
+    frozen = out / "pruned-at-freeze"
+    if resume and (frozen / "plan.json").is_file():
+        pruned, plan = load_pruned(frozen, model, example_inputs)
+        from ..inputs import read_json
+        hist = read_json(out / "prune" / "history.json", "pruning-phase log")
+    else:
+        lapp = Lapp(model, graph, config, metric_value(base, config.metric),
+                    phase_end=phase / train_config.epochs)
+        lapp.verify(model, example_inputs)
+        hist = fit(model, train, test, train_config, out / "prune", progress=progress,
+                   callback=lapp, epochs=(0, first))
+        plan = lapp.freeze()
+        lapp.detach()
+        pruned = graph.apply(model.eval(), plan)
+        write_text_atomic(out / "prune" / "lapp_trace.jsonl",
+                          "".join(json.dumps(r) + "\n" for r in lapp.trace))
+        write_text_atomic(out / "prune" / "history.json", json.dumps(hist))
+        save_pruned(frozen, pruned, plan, example_inputs)
+    if first < train_config.epochs:
+        hist = hist + fit(pruned, train, test, train_config, out / "train", progress=progress,
+                          epochs=(first, train_config.epochs), resume=resume)
+    return Result(pruned.eval(), plan, graph, base, graph.cost(plan), hist)
+
+
 
 
 @register

@@ -23,13 +23,12 @@ any pruned model.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from fnmatch import fnmatch
 from typing import Any, ClassVar, Iterable, Sequence
 
 import numpy as np
 import torch
-import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
@@ -40,8 +39,13 @@ from .allocate import Budget, allocate
 from .base import Result, check_batches
 from .protocol import Context, MethodBase, MethodConfig, register
 from .consumers import Consumer, GroupInfo, analyse
-from .lsq import (Gram, Problem, greedy, is_consumer, patches, set_weight, solve,
-                  weight_matrix, with_ones)
+from .calibration import Reference, as_batches, grams
+from .intercept import Intercepts, sinks
+from .lsq import Gram, Problem, greedy, solve
+from .reweight import reweight
+from .selectors import actgrad_scores, weightnorm_scores
+
+__all__ = ["SubmodularConfig", "Submodular", "prune_submodular", "reweight"]
 
 VARIANTS = ("layer", "seq", "asym")
 SELECTORS = ("greedy", "weightnorm", "random", "actgrad")
@@ -89,158 +93,6 @@ class SubmodularConfig(MethodConfig):
             raise TargetError("stochastic must be in [0, 1), ridge >= 0, calib_batch_size >= 1")
         if self.output_points < 2 or self.output_images < 1:
             raise TargetError("output_points >= 2 and output_images >= 1 are required")
-
-
-# ------------------------------------------------------------------ activations
-class _Stop(Exception):
-    pass
-
-
-def _inputs(model: nn.Module, modules: dict[str, nn.Module], x: torch.Tensor,
-            chunk: int | None = None) -> dict[str, torch.Tensor]:
-    """The inputs of ``modules`` (hooked inside ``model``) on batch ``x``; the forward
-    stops once all of them have run. ``chunk``: run ``x`` that many at a time (a graph
-    recorded from one eager pass replays only at its example's batch size)."""
-    if chunk and len(x) != chunk:
-        parts = [_inputs(model, modules, p, chunk) for p in x.split(chunk)]
-        return {n: torch.cat([p[n] for p in parts]) for n in parts[0]}
-    got: dict[str, torch.Tensor] = {}
-    handles = []
-
-    def hook(name: str):
-        def fn(_m, args):
-            got[name] = args[0].detach()
-            if len(got) == len(modules):
-                raise _Stop
-        return fn
-    for n, mod in modules.items():
-        handles.append(mod.register_forward_pre_hook(hook(n)))
-    try:
-        with torch.inference_mode():
-            model(x)
-    except _Stop:
-        pass
-    finally:
-        for h in handles:
-            h.remove()
-    missing = set(modules) - set(got)
-    if missing:
-        raise RuntimeError(f"layers {sorted(missing)[:3]} never ran on the calibration data")
-    return got
-
-
-class _Reference:
-    """The original network's consumer inputs per calibration batch: computed once and
-    kept (``cache``), or recomputed on demand (bounded memory)."""
-
-    def __init__(self, model: nn.Module, names: Sequence[str], batches: list[torch.Tensor],
-                 cache: bool) -> None:
-        self.model, self.batches, self.cache = model, batches, cache
-        self.store: list[dict[str, torch.Tensor]] = []
-        if cache:
-            mods = {n: model.get_submodule(n) for n in names}
-            self.store = [_inputs(model, mods, x) for x in batches]
-
-    def __call__(self, i: int, names: Sequence[str]) -> dict[str, torch.Tensor]:
-        if self.cache:
-            return {n: self.store[i][n] for n in names}
-        return _inputs(self.model, {n: self.model.get_submodule(n) for n in names},
-                       self.batches[i])
-
-
-def _batches(data: torch.Tensor | Iterable[Any], size: int) -> list[torch.Tensor]:
-    if isinstance(data, torch.Tensor):
-        return list(data.split(size))
-    out = []
-    for item in data:
-        out.append(item[0] if isinstance(item, (tuple, list)) else item)
-    if not out:
-        raise TargetError("prune_submodular: the calibration data is empty")
-    return out
-
-
-def _grams(forward: nn.Module, hooked: dict[str, nn.Module], geometry: nn.Module,
-           batches: list[torch.Tensor], ref: _Reference | None,
-           targets: dict[str, torch.Tensor] | None = None,
-           ones: frozenset[str] | set[str] = frozenset(),
-           chunk: int | None = None) -> dict[str, Gram]:
-    """Gram statistics of the consumers ``hooked`` (modules inside ``forward``): B from
-    ``forward``'s activations; with ``ref``, the target is the reference input times
-    ``targets[name]`` (default: ``geometry``'s weight), else it is symmetric (A = B).
-    ``geometry`` holds the consumers' kernel sizes, strides and padding. Consumers in
-    ``ones`` get a last, constant column (their targets then have the offset as last row)."""
-    grams: dict[str, Gram] = {}
-    names = list(hooked)
-    for i, x in enumerate(batches):
-        b_in = _inputs(forward, hooked, x, chunk)
-        a_in = ref(i, names) if ref is not None else None
-        for n in names:
-            mod = geometry.get_submodule(n)
-            aug = with_ones if n in ones else (lambda p: p)
-            if n not in grams:
-                grams[n] = Gram(mod.weight[0].numel() + (n in ones), ref is None)
-            if ref is None:
-                grams[n].add(aug(patches(mod, b_in[n])))
-            else:
-                W = targets[n] if targets and n in targets else weight_matrix(mod)
-                grams[n].add(aug(patches(mod, b_in[n])), aug(patches(mod, a_in[n])), W)
-    return grams
-
-
-# ------------------------------------------------------------------ selectors
-def _weightnorm(model: nn.Module, info: GroupInfo, width: int) -> np.ndarray:
-    score = np.zeros(width)
-    for c in info.consumers:
-        W = weight_matrix(model.get_submodule(c.name))
-        for u, cols in enumerate(c.unit_cols(width)):
-            if len(cols):
-                score[u] += float(W[torch.as_tensor(cols)].norm())
-    return score
-
-
-def _actgrad(model: nn.Module, infos: list[GroupInfo], widths: dict[str, int],
-             batches: list[torch.Tensor]) -> dict[str, np.ndarray]:
-    """sum over consumers of mean_images |sum_positions a * dL/da| per unit, where L is the
-    cross-entropy against the model's own prediction (no labels needed)."""
-    names = sorted({c.name for i in infos for c in i.consumers})
-    acts: dict[str, torch.Tensor] = {}
-    per: dict[str, torch.Tensor] = {n: 0 for n in names}
-
-    def hook(name: str):
-        def fn(_m, args):
-            args[0].retain_grad()
-            acts[name] = args[0]
-        return fn
-    handles = [model.get_submodule(n).register_forward_pre_hook(hook(n)) for n in names]
-    was = model.training
-    model.eval()
-    try:
-        for x in batches:
-            x = x.clone().requires_grad_(True)
-            out = model(x)
-            loss = F.cross_entropy(out, out.argmax(1).detach(), reduction="sum")
-            model.zero_grad(set_to_none=True)
-            loss.backward()
-            for n in names:
-                a = acts[n]
-                ag = (a * a.grad) if a.grad is not None else torch.zeros_like(a)
-                red = ag.flatten(2).sum(2) if ag.dim() > 2 else ag
-                per[n] = per[n] + red.abs().sum(0).detach()
-    finally:
-        for h in handles:
-            h.remove()
-        model.zero_grad(set_to_none=True)
-        model.train(was)
-    out: dict[str, np.ndarray] = {}
-    for info in infos:
-        score = np.zeros(widths[info.gid])
-        for c in info.consumers:
-            per_ch = per[c.name].double().numpy()        # one value per input channel
-            ch_unit = c.col_unit[:: c.taps]
-            for u in range(len(score)):
-                score[u] += per_ch[ch_unit == u].sum()
-        out[info.gid] = score
-    return out
 
 
 # ------------------------------------------------------------------ allocation
@@ -338,7 +190,7 @@ def _select(config: SubmodularConfig, info: GroupInfo, width: int, prunable: np.
         rng = np.random.default_rng([config.seed, abs(hash(info.gid)) % (2 ** 31)])
         picks = rng.choice(cands, size=n_pick, replace=False)
     else:
-        s = _weightnorm(work, info, width) if config.selector == "weightnorm" \
+        s = weightnorm_scores(work, info, width) if config.selector == "weightnorm" \
             else scores[info.gid]
         picks = cands[np.argsort(-s[cands], kind="stable")[:n_pick]]
     return np.sort(np.concatenate([frozen, picks])).astype(np.int64), None
@@ -351,7 +203,7 @@ def prune_submodular(model: nn.Module, example_inputs: Sequence[Any] | torch.Ten
     """Prune ``model`` (left untouched) with ``data`` (unlabeled calibration images: a tensor
     or batches; labels in (x, y) batches are ignored)."""
     graph = graph or ChannelGraph.build(model, example_inputs, ignore=config.ignore)
-    batches = _batches(data, config.calib_batch_size)
+    batches = as_batches(data, config.calib_batch_size)
     check_batches(example_inputs, batches, "prune_submodular")
     chosen = [g.id for g in graph.prunable_groups
               if not config.groups or any(fnmatch(g.id, p) for p in config.groups)]
@@ -362,21 +214,21 @@ def prune_submodular(model: nn.Module, example_inputs: Sequence[Any] | torch.Ten
     if not infos:
         raise TargetError("no selected group can be pruned by this method: "
                           + "; ".join(f"{i.gid}: {i.reason}" for i in infos_all[:3]))
-    st = _State(graph, config, copy.deepcopy(model).eval(), copy.deepcopy(model).eval(),
-                batches, np.ones(graph.n_units, dtype=bool))
     names = sorted({c.name for i in infos for c in i.consumers})
-    if config.intercept:
-        st.sinks = _sinks(graph, names)
+    original = copy.deepcopy(model).eval()
+    st = _State(graph, config, original, copy.deepcopy(model).eval(), batches,
+                np.ones(graph.n_units, dtype=bool),
+                Intercepts(original, sinks(graph, names) if config.intercept else {}))
     if config.variant == "layer" or config.allocation != "uniform":
-        st.layer_grams = _grams(st.original, _modules(st.original, names), st.original,
-                                batches, None, ones=set(st.sinks))
+        st.layer_grams = grams(st.original, _modules(st.original, names), st.original,
+                               batches, None, ones=set(st.ic.sinks))
     if config.variant == "asym":
-        st.ref = _Reference(st.original, names, batches, config.cache_activations)
+        st.ref = Reference(st.original, names, batches, config.cache_activations)
     curves = _curves(st, infos) if config.allocation != "uniform" else None
     counts = _counts(graph, infos, config, curves)
     if config.selector == "actgrad":
-        st.scores = _actgrad(st.original, infos, {i.gid: graph.group(i.gid).width
-                                                  for i in infos}, batches)
+        st.scores = actgrad_scores(st.original, infos, {i.gid: graph.group(i.gid).width
+                                                        for i in infos}, batches)
     iterator = infos
     if progress:
         from ..progress import bar
@@ -420,11 +272,11 @@ class _State:
     work: nn.Module           # consumer weights reweighted, removed rows of closed groups zero
     batches: list[torch.Tensor]
     keep: np.ndarray          # per unit
+    ic: Intercepts            # consumer weight matrices, with offsets where re-solved
     native: bool = True       # work's own forward equals the masked network so far
-    ref: _Reference | None = None
+    ref: Reference | None = None
     layer_grams: dict[str, Gram] | None = None
     scores: dict[str, np.ndarray] | None = None
-    sinks: dict[str, str | None] = field(default_factory=dict)
 
 
 def _modules(model: nn.Module, names: Sequence[str]) -> dict[str, nn.Module]:
@@ -443,8 +295,8 @@ def _curves(st: _State, infos: list[GroupInfo]) -> dict[str, np.ndarray]:
             ref = F.log_softmax(st.original(x), dim=1)
     for info in infos:
         g = st.graph.group(info.gid)
-        probs = [_problem(c, st.layer_grams[c.name], _wmat(st, st.original, c.name), g.width)
-                 for c in info.consumers]
+        probs = [_problem(c, st.layer_grams[c.name], st.ic.matrix(st.original, c.name),
+                          g.width) for c in info.consumers]
         picks, values = greedy(probs, np.nonzero(g.prunable)[0], g.n_prunable,
                                rel_ridge=st.config.ridge)
         if st.config.allocation == "sensitivity":
@@ -485,15 +337,15 @@ def _output_curve(st: _State, info: GroupInfo, picks: np.ndarray, x: torch.Tenso
         mask[np.concatenate([frozen, picks[:n]])] = True
         for c in info.consumers:
             gram = st.layer_grams[c.name] if cfg.reweight and info.closed else None
-            _write(st, net, c.name, _consumer_weight(
-                c, mask, _wmat(st, st.original, c.name), gram, cfg.ridge))
+            st.ic.write(net, c.name, _consumer_weight(
+                c, mask, st.ic.matrix(st.original, c.name), gram, cfg.ridge))
         with torch.inference_mode():
             out = F.log_softmax(net(x), dim=1)
         curve[n - 1] = float(F.kl_div(out, ref, log_target=True, reduction="batchmean"))
     return curve
 
 
-def _current_grams(st: _State, names: list[str]) -> dict[str, Gram]:
+def _currentgrams(st: _State, names: list[str]) -> dict[str, Gram]:
     if st.config.variant == "layer":
         return {n: st.layer_grams[n] for n in names}
     if st.native:
@@ -501,8 +353,8 @@ def _current_grams(st: _State, names: list[str]) -> dict[str, Gram]:
     else:
         fwd = st.graph.masked_reference(_plan(st.graph, st.keep), root=st.work)
         hooked = _modules(fwd.root, names)
-    targets = {n: _wmat(st, st.original, n) for n in names} if st.ref is not None else None
-    return _grams(fwd, hooked, st.original, st.batches, st.ref, targets, set(st.sinks),
+    targets = {n: st.ic.matrix(st.original, n) for n in names} if st.ref is not None else None
+    return grams(fwd, hooked, st.original, st.batches, st.ref, targets, set(st.ic.sinks),
                   None if st.native else st.graph.replay_batch)
 
 
@@ -512,85 +364,27 @@ def _prune_group(st: _State, info: GroupInfo, k: int) -> dict[str, Any]:
     kept, value, grams = np.arange(g.width), None, None
     if k < g.width:
         if cfg.selector == "greedy" or (cfg.reweight and info.closed):
-            grams = _current_grams(st, names)
+            grams = _currentgrams(st, names)
         target = st.original if cfg.variant == "asym" else st.work
         kept, value = _select(cfg, info, g.width, g.prunable, k, grams, st.work,
-                              {n: _wmat(st, target, n) for n in names}, st.scores)
+                              {n: st.ic.matrix(target, n) for n in names}, st.scores)
     mask = np.zeros(g.width, dtype=bool)
     mask[kept] = True
     st.keep[g.units[~mask]] = False
     reweighted = bool(cfg.reweight and info.closed and k < g.width)
     for c in info.consumers if k < g.width and info.closed else ():
         src = st.original if reweighted and cfg.variant == "asym" else st.work
-        _write(st, st.work, c.name, _consumer_weight(c, mask, _wmat(st, src, c.name),
+        st.ic.write(st.work, c.name, _consumer_weight(c, mask, st.ic.matrix(src, c.name),
                                                      grams[c.name] if reweighted else None,
                                                      cfg.ridge))
     if k < g.width and not info.closed:
         st.native = False
     return {"group": info.gid, "width": g.width, "kept": int(mask.sum()), "objective": value,
             "closed": info.closed, "reason": info.reason, "reweighted": reweighted,
-            "consumers": names, "intercept": [n for n in names if n in st.sinks]}
+            "consumers": names, "intercept": [n for n in names if n in st.ic.sinks]}
 
 
-# ------------------------------------------------------------------ intercept
-def _sinks(graph: ChannelGraph, names: Sequence[str]) -> dict[str, str | None]:
-    """The consumers whose constant output offset can be re-solved, and where it lives:
-    ``None`` for the consumer's own bias, else the name of the batch norm (with running
-    statistics) that is the only reader of the consumer's only call."""
-    traced = graph.traced
-    calls: dict[str, list[fx.Node]] = {}
-    for node in traced.graph.nodes:
-        if node.op == "call_module":
-            calls.setdefault(str(node.target), []).append(node)
-    out: dict[str, str | None] = {}
-    for name in names:
-        nodes = calls.get(name, [])
-        if getattr(traced.root.get_submodule(name), "bias", None) is not None:
-            out[name] = None
-            continue
-        users = list(nodes[0].users) if len(nodes) == 1 else []
-        if len(users) != 1 or users[0].op != "call_module" or \
-                len(calls.get(str(users[0].target), [])) != 1:
-            continue
-        bn = traced.root.get_submodule(str(users[0].target))
-        if isinstance(bn, nn.modules.batchnorm._BatchNorm) and bn.running_mean is not None:
-            out[name] = str(users[0].target)
-    return out
-
-
-def _offset(st: _State, net: nn.Module, name: str) -> torch.Tensor:
-    """The consumer's constant output offset in ``net`` (relative to the original's batch
-    norm statistics when it lives in a batch norm)."""
-    sink = st.sinks[name]
-    if sink is None:
-        return net.get_submodule(name).bias.detach().double()
-    ref = st.original.get_submodule(sink).running_mean
-    return (ref - net.get_submodule(sink).running_mean).detach().double()
-
-
-def _wmat(st: _State, net: nn.Module, name: str) -> torch.Tensor:
-    """The consumer's weight matrix in ``net``, with its offset as last row when it has an
-    intercept."""
-    W = weight_matrix(net.get_submodule(name))
-    return torch.cat([W, _offset(st, net, name)[None]], 0) if name in st.sinks else W
-
-
-def _write(st: _State, net: nn.Module, name: str, W: torch.Tensor) -> None:
-    """Write a :func:`_wmat`-shaped matrix back into ``net``."""
-    mod = net.get_submodule(name)
-    n = mod.weight[0].numel()
-    set_weight(mod, W[:n])
-    if name not in st.sinks:
-        return
-    sink = st.sinks[name]
-    with torch.no_grad():
-        if sink is None:
-            mod.bias.copy_(W[n].to(mod.bias.dtype))
-        else:
-            rm = net.get_submodule(sink).running_mean
-            rm.copy_((st.original.get_submodule(sink).running_mean.double() - W[n]).to(rm.dtype))
-
-
+# ------------------------------------------------------------------ helpers
 def _problem(c: Consumer, gram: Gram, W: torch.Tensor, width: int) -> Problem:
     fixed = c.fixed if len(W) == len(c.col_unit) else np.append(c.fixed, len(c.col_unit))
     return Problem.of(gram, W, c.unit_cols(width), fixed)
@@ -605,47 +399,3 @@ def _ratio(graph: ChannelGraph, keep: np.ndarray, config: SubmodularConfig,
     from .projector import Projector
     budget = Budget(config.target, config.metric, scope=config.scope)
     return round(Projector(graph, budget, group_ids=ids).ratio(keep), 6)
-
-
-# ------------------------------------------------------------------ recovery
-def reweight(original: nn.Module, pruned: nn.Module, plan: Plan, graph: ChannelGraph,
-             data: torch.Tensor | Iterable[Any], *, batch_size: int = 128,
-             ridge: float = 1e-6, progress: bool = False) -> tuple[nn.Module, list[dict]]:
-    """Recovery for any plan: re-solve, in execution order, the weights of every conv/linear
-    layer whose input channels the plan removed, so its output on ``data`` matches the
-    original network's (AsymInChange's least squares, selection fixed). Returns a reweighted
-    copy of ``pruned`` and, per layer, the relative output error before and after."""
-    if plan.fingerprint != graph.fingerprint:
-        from ..errors import PlanMismatchError
-        raise PlanMismatchError("the plan was made for another architecture")
-    keep = graph.keep_mask(plan)
-    batches = _batches(data, batch_size)
-    original = copy.deepcopy(original).eval()
-    out = copy.deepcopy(pruned).eval()
-    order = [n for n, _ in original.named_modules()]
-    targets = []
-    for (fqn, dim), units in graph.slices.items():
-        if dim != 1 or not fqn.endswith(".weight") or keep[units].all():
-            continue
-        name = fqn[: -len(".weight")]
-        if is_consumer(original.get_submodule(name)):
-            targets.append(name)
-    targets.sort(key=order.index)
-    ref = _Reference(original, targets, batches, cache=True)
-    report = []
-    it = targets
-    if progress:
-        from ..progress import bar
-        it = bar(targets, desc="reweight", unit="layer")
-    for name in it:
-        orig_mod, mod = original.get_submodule(name), out.get_submodule(name)
-        rows = keep[graph.slices[(f"{name}.weight", 0)]] if (f"{name}.weight", 0) in \
-            graph.slices else np.ones(orig_mod.weight.shape[0], dtype=bool)
-        W = weight_matrix(orig_mod)[:, torch.as_tensor(np.nonzero(rows)[0])]
-        gram = _grams(out, {name: mod}, out, batches, ref, {name: W})[name]
-        before = gram.rel_err(weight_matrix(mod), W)
-        new = solve(gram, W, np.arange(gram.n), ridge)
-        set_weight(mod, new)
-        report.append({"layer": name, "rel_err_before": before,
-                       "rel_err_after": gram.rel_err(new, W)})
-    return out, report
