@@ -30,213 +30,23 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import asdict, dataclass, field
-from fnmatch import fnmatch
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..errors import TargetError
-from ..graph import ChannelGraph
-from ..graph.verify import flat_outputs
-from ..importance import CRITERIA
 from ..outputs import make_dirs, write_text as atomic_write_text
 from ..plan import Plan
 from .base import check_batches
-from .allocate import metric_value
-from .protocol import MethodConfig
-from .split import Runner, Segment, features, split
-from .widths import WidthPlanner
+from .emo_config import EmoConfig
+from .emo_eval import Evaluator
+from .pareto import archive_hv, hypervolume, non_dominated
+from .split import Segment
 
-
-@dataclass(frozen=True)
-class EmoConfig(MethodConfig):
-    """The search (``parts`` sub-networks, NSGA-II of ``pop_size`` for ``generations``,
-    ``chain_points`` whole-network plans measured) and the budget: the returned plan is
-    the front's point closest under ``target``, its widths scaled onto the target (the
-    whole front is in ``Result.front``)."""
-
-    parts: int = 3                 # sub-networks; 1 = whole-network NSGA-II
-    pop_size: int = 16
-    generations: int = 8
-    criterion: str = "l1"
-    min_keep: float = 0.1          # smallest keep fraction of a group
-    chain_points: int = 12         # whole-network plans measured in the global ranking
-    feature_steps: int = 0         # cross-network feature-matching steps per sub-network
-    feature_lr: float = 0.01
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.parts < 1 or self.pop_size < 4 or self.generations < 0 or \
-                self.chain_points < 2 or self.feature_steps < 0:
-            raise TargetError("parts >= 1, pop_size >= 4, generations >= 0, chain_points >= 2 "
-                              "and feature_steps >= 0 are required")
-        if not 0 < self.min_keep <= 1:
-            raise TargetError(f"min_keep must be in (0, 1], got {self.min_keep}")
-        if self.criterion not in CRITERIA:
-            raise TargetError(f"criterion must be one of {CRITERIA}, got {self.criterion!r}")
-
-
-# ------------------------------------------------------------------ evaluation
-class Evaluator:
-    """Everything an evaluation needs; built once per worker from picklable parts."""
-
-    def __init__(self, model: nn.Module, example: torch.Tensor, batches: list[torch.Tensor],
-                 config: EmoConfig) -> None:
-        self.model, self.config = model.eval(), config
-        self.graph = ChannelGraph.build(self.model, example, ignore=config.ignore)
-        ids = [g.id for g in self.graph.prunable_groups
-               if not config.groups or any(fnmatch(g.id, p) for p in config.groups)]
-        self.segments = split(self.graph, config.parts, ids)
-        if not any(s.groups for s in self.segments):
-            raise TargetError("no prunable group lies inside a sub-network")
-        chunk = self.graph.replay_batch     # a recorded graph replays at one batch size
-        if chunk:
-            batches = [p for b in batches for p in b.split(chunk) if len(p) == chunk]
-        self.batches = batches
-        self.feats = features(self.graph, self.model, self.segments, batches)
-        self.planner = WidthPlanner(self.graph, self.model, config.criterion, config.seed)
-        self.base = self._value(self.graph.cost())
-        self.full = {s.index: self._value(self.graph.layers_cost(list(s.groups)))
-                     for s in self.segments if s.groups}
-        self._dense_targets()
-
-    def _dense_targets(self) -> None:
-        """What impairments compare with: the dense network's outputs with its BN statistics
-        re-estimated as every candidate's are, per sub-network (on the original's input
-        features) and whole (in a chain). The dense plan then has zero impairment and only
-        pruning is measured; without it a model whose stored statistics do not fit the
-        calibration images (random weights, another domain) measured every plan, the
-        dense one included, as heavily impaired and its front collapsed to one point."""
-        self.seg_ref: dict[int, list[torch.Tensor]] = {}
-        own = Runner(self.graph, self.model)   # segments are disjoint: one copy serves all
-        for seg in self.segments:
-            if seg.groups:
-                own.recalibrate(seg, self.feats[seg.index])
-                self.seg_ref[seg.index] = [own.run(seg, b) for b in self.feats[seg.index]]
-        runner, x = Runner(self.graph, self.model), list(self.feats[0])
-        self.chain_ref = [x]       # the recalibrated dense network's features, in a chain
-        for seg in self.segments:
-            runner.recalibrate(seg, x)
-            x = [runner.run(seg, b) for b in x]
-            self.chain_ref.append(x)
-        self.whole_ref = x
-
-    def _value(self, cost) -> float:
-        return float(metric_value(cost, self.config.metric))
-
-    def keep(self, widths: dict[str, int]) -> np.ndarray:
-        return self.planner.keep(widths)
-
-    def widths(self, seg: Segment, x: np.ndarray) -> dict[str, int]:
-        out, c = {}, self.config
-        for gid, frac in zip(seg.groups, np.asarray(x, dtype=float)):
-            g = self.graph.group(gid)
-            k = max(1, c.min_width, round(float(frac) * g.width))
-            out[gid] = int(min(g.width, -(-k // c.round_to) * c.round_to))
-        return out
-
-    def subnet(self, item: tuple[int, tuple[int, ...]]) -> tuple[float, float]:
-        """(cost of the sub-network's layers / full, impairment) of one candidate."""
-        s, ws = item
-        seg = self.segments[s]
-        keep = self.keep(dict(zip(seg.groups, ws)))
-        runner = Runner(self.graph, self.model, keep)
-        runner.recalibrate(seg, self.feats[s])
-        err = ref = 0.0
-        for x, y in zip(self.feats[s], self.seg_ref[s]):
-            e, r = _sq_err(runner.run(seg, x), y)
-            err, ref = err + e, ref + r
-        inside = self.full[s] - (self.base - self._value(self.graph.cost_of_mask(keep)))
-        return round(inside / self.full[s], 6), round(err / max(ref, 1e-30), 6)
-
-    def whole(self, widths: dict[str, int]) -> float:
-        """Impairment of the whole network's output (logits) after BN recalibration and,
-        with ``feature_steps``, cross-network feature-matching training."""
-        runner = self._trained(widths)
-        err = ref = 0.0
-        x = self.feats[0]
-        for seg in self.segments:
-            x = [runner.run(seg, b) for b in x]
-        for out, y in zip(x, self.whole_ref):
-            e, r = _sq_err(out, y)
-            err, ref = err + e, ref + r
-        return round(err / max(ref, 1e-30), 6)
-
-    def _trained(self, widths: dict[str, int]) -> Runner:
-        runner = Runner(self.graph, self.model, self.keep(widths))
-        x = list(self.feats[0])
-        for seg in self.segments:
-            runner.recalibrate(seg, x)
-            if self.config.feature_steps:
-                _match_features(runner, seg, x, self.chain_ref[seg.index + 1], self.config)
-            x = [runner.run(seg, b) for b in x]
-        return runner
-
-
-def _match_features(runner: Runner, seg: Segment, inputs: list[torch.Tensor],
-                    targets: list[torch.Tensor], config: EmoConfig) -> None:
-    """A few SGD steps so the (masked = pruned) segment maps its predecessor's pruned
-    features to the original's output features; BN statistics stay fixed."""
-    names = {n.target for n in runner.nodes[seg.start + 1: seg.stop + 1] if n.op == "call_module"}
-    params = [p for n in names for p in runner.root.get_submodule(n).parameters(recurse=False)]
-    if not params:
-        return
-    opt = torch.optim.SGD(params, lr=config.feature_lr, momentum=0.9)
-    start = [p.detach().clone() for p in params]
-    for step in range(config.feature_steps):
-        b = step % len(inputs)
-        out = flat_outputs(runner.run(seg, inputs[b], grad=True))
-        want = flat_outputs(targets[b])
-        loss = sum(F.mse_loss(o, t) / t.pow(2).mean().clamp_min(1e-12)
-                   for o, t in zip(out, want) if t.is_floating_point())
-        if not torch.isfinite(loss):      # diverged: keep the weights it started from
-            with torch.no_grad():
-                for p, p0 in zip(params, start):
-                    p.copy_(p0)
-            break
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    for p in params:
-        p.grad = None
-
-
-UNUSABLE = 1e9   # the impairment of a candidate whose output is not finite
-
-
-def _sq_err(out: Any, ref: Any) -> tuple[float, float]:
-    """Squared error of ``out`` against ``ref`` and ``ref``'s squared norm, over every
-    floating tensor of the two (one tensor, or a model's output structure); a
-    non-finite output counts as :data:`UNUSABLE` times the norm."""
-    err = norm = 0.0
-    for o, r in zip(flat_outputs(out), flat_outputs(ref)):
-        if r.is_floating_point():
-            err += float((o - r).double().pow(2).sum())
-            norm += float(r.double().pow(2).sum())
-    if not np.isfinite(err):
-        err = UNUSABLE * max(norm, 1.0)
-    return err, norm
-
-
-# ------------------------------------------------------------------ pareto utilities
-def non_dominated(F_: np.ndarray) -> np.ndarray:
-    """Indices of the points no other point dominates (minimisation), via pymoo."""
-    from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
-    if len(F_) == 0:
-        return np.zeros(0, dtype=np.int64)
-    return np.asarray(NonDominatedSorting().do(np.asarray(F_, dtype=float),
-                                               only_non_dominated_front=True), dtype=np.int64)
-
-
-def hypervolume(F_: np.ndarray, ref: Sequence[float]) -> float:
-    from pymoo.indicators.hv import HV
-    F_ = np.asarray(F_, dtype=float)
-    F_ = F_[(F_ < np.asarray(ref)).all(axis=1)] if len(F_) else F_
-    return float(HV(ref_point=np.asarray(ref, dtype=float))(F_)) if len(F_) else 0.0
+__all__ = ["EmoConfig", "EmoResult", "EmoSearch", "hypervolume", "non_dominated"]
 
 
 def _cheaper(front: list[dict]) -> list[dict]:
@@ -249,14 +59,6 @@ def _cheaper(front: list[dict]) -> list[dict]:
             out.append(p)
             last = p["cost_ratio"]
     return out
-
-
-HV_REF = (1.05, 1.05)   # (cost ratio, impairment): a point must beat both to count
-
-
-def _archive_hv(cache: dict[str, list[float]]) -> float:
-    """Hypervolume of everything evaluated so far (so it never decreases)."""
-    return round(hypervolume(np.array(list(cache.values())), HV_REF), 6)
 
 
 # ------------------------------------------------------------------ search
@@ -384,7 +186,7 @@ class EmoSearch:
                 X = self._initial(seg.index)
                 F_ = self._evaluate(seg.index, X, cache)
                 st.update(gen=0, X=X.tolist(), F=F_.tolist())
-                st["hv"].append(_archive_hv(cache))
+                st["hv"].append(archive_hv(cache))
                 state["evaluations"] = self.evaluations
                 self._save(state)
             if bar:
@@ -393,7 +195,7 @@ class EmoSearch:
                 X, F_ = self._generation(seg.index, np.array(st["X"]), np.array(st["F"]),
                                          st["gen"] + 1, cache)
                 st.update(gen=st["gen"] + 1, X=X.tolist(), F=F_.tolist())
-                st["hv"].append(_archive_hv(cache))
+                st["hv"].append(archive_hv(cache))
                 state["evaluations"] = self.evaluations
                 self._save(state)
                 if bar:
