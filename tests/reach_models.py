@@ -197,6 +197,30 @@ class GroupNorms(nn.Module):
         return self.fc(x.mean((2, 3)))
 
 
+class GroupedGroupNorm(nn.Module):
+    """Grouped convs between GroupNorms of 3 groups of 8 channels (6 conv groups of 4, then
+    3 of 8): keeping the same local index in every conv group would merge every GroupNorm
+    group into one unit, so those convs lose whole conv groups; the last grouped conv (2
+    groups, batch norms around it) keeps losing the same local index in every group."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1, self.n1 = nn.Conv2d(3, 24, 3, padding=1), nn.GroupNorm(3, 24)
+        self.g, self.n2 = nn.Conv2d(24, 24, 3, padding=1, groups=6), nn.GroupNorm(3, 24)
+        self.g2, self.bn = nn.Conv2d(24, 24, 1, groups=3, bias=False), nn.BatchNorm2d(24)
+        self.c3, self.bn2 = nn.Conv2d(24, 16, 1, bias=False), nn.BatchNorm2d(16)
+        self.g3, self.bn3 = nn.Conv2d(16, 16, 3, padding=1, groups=2), nn.BatchNorm2d(16)
+        self.fc = nn.Linear(16, 3)
+
+    def forward(self, x):
+        x = F.silu(self.n1(self.c1(x)))
+        x = F.silu(self.n2(self.g(x)))
+        x = F.relu(self.bn(self.g2(x)))
+        x = F.relu(self.bn2(self.c3(x)))
+        x = F.relu(self.bn3(self.g3(x)))
+        return self.fc(x.mean((2, 3)))
+
+
 class C2f(nn.Module):
     """Ultralytics' C2f: chunk(2) of one conv, a chain on the last part, cat of all parts."""
 
@@ -317,6 +341,7 @@ REACH = {
     "eager_attention": (EagerNet, lambda: (torch.randn(2, 5, 6),)),
     "relpos_attention": (RelPosNet, lambda: (torch.randn(2, 5, 6),)),
     "group_norms": (GroupNorms, lambda: (torch.randn(2, 3, 8, 8),)),
+    "grouped_group_norm": (GroupedGroupNorm, lambda: (torch.randn(2, 3, 8, 8),)),
     "c2f": (C2fNet, lambda: (torch.randn(1, 3, 8, 8),)),
     "fourier_pos": (FourierPos, lambda: (torch.randn(2, 3, 6, 6),)),
     "dict_in_out": (DictInOut, lambda: {"features": torch.randn(2, 3, 6),

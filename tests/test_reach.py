@@ -78,6 +78,24 @@ def test_group_norm_loses_whole_groups():
     assert pruned.g1.num_groups == 2 and pruned.g1.num_channels == 6
 
 
+def test_grouped_conv_under_group_norm_loses_whole_conv_groups():
+    model, x = make("grouped_group_norm")
+    graph = ChannelGraph.build(model, x)
+    stream = graph.group("c1")                   # c1, g and g2 outputs: one GroupNorm group
+    assert len(stream.units) == 3 and stream.n_prunable == 3   # = two conv groups of g
+    assert len(graph.group("c3").units) == 8     # g3's 2 groups of 8: one unit per index
+    assert len(graph.group("g3").units) == 8
+    plan = graph.make_plan({"c1": [0, 2], "c3": [0, 1, 2, 5], "g3": [1, 3, 4]})
+    pruned = graph.apply(model, plan)            # verifies against the masked reference
+    assert (pruned.g.groups, pruned.g.in_channels, pruned.g.out_channels) == (4, 16, 16)
+    assert pruned.g.weight.shape[1] == 4         # every kept conv group keeps its weights
+    assert (pruned.g2.groups, pruned.g2.in_channels, pruned.g2.out_channels) == (2, 16, 16)
+    assert pruned.n1.num_groups == 2 and pruned.n2.num_groups == 2
+    assert (pruned.g3.groups, pruned.g3.in_channels, pruned.g3.out_channels) == (2, 8, 6)
+    result = check_plan(model, x, graph, plan)
+    assert result["macs"] == graph.cost(plan).macs
+
+
 def test_gqa_heads_go_with_their_query_group():
     model, x = make("tiny_lm_gqa_rope")
     graph = ChannelGraph.build(model, x)

@@ -141,6 +141,9 @@ class Builder:
     stats: dict[str, Stat] = field(default_factory=dict)
     follows: list[Follow] = field(default_factory=list)
     attention: list[tuple[np.ndarray, np.ndarray | None]] = field(default_factory=list)
+    whole_groups: frozenset[str] = frozenset()   # grouped convs that lose whole conv groups
+    grouped: dict[str, tuple[np.ndarray | None, int, np.ndarray, int]] = field(
+        default_factory=dict)    # column-wise grouped convs: (ids_in, cin_g, ids_out, cout_g)
 
     def __post_init__(self) -> None:
         self._by_name: dict[str, fx.Node] | None = None

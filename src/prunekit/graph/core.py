@@ -99,20 +99,43 @@ class ChannelGraph:
         """
         inputs = as_inputs(example_inputs)
         graphs = trace_modes(model, inputs, capture)
-        builder = Builder(model, tuple(ignore), protect_outputs, freeze_normalised=freeze_normalised)
-        for mode, gm in graphs:
-            builder.count_cost = mode == "eval"
-            builder.mode = mode
-            builder.layouts = {}
-            builder.run(gm)
-            if mode == "eval":
-                eval_layouts = builder.layouts
-        builder.layouts = eval_layouts
-        graph = cls(builder, graphs, fingerprint(model))
+        fp = fingerprint(model)
+
+        def attempt(whole: frozenset[str]) -> "ChannelGraph":
+            builder = Builder(model, tuple(ignore), protect_outputs,
+                              freeze_normalised=freeze_normalised, whole_groups=whole)
+            for mode, gm in graphs:
+                builder.count_cost = mode == "eval"
+                builder.mode = mode
+                builder.layouts = {}
+                builder.run(gm)
+                if mode == "eval":
+                    eval_layouts = builder.layouts
+            builder.layouts = eval_layouts
+            return cls(builder, graphs, fp)
+        graph = attempt(frozenset())
+        merged = graph._merged_grouped_convs()
+        if merged:          # columns coupled away: try losing whole conv groups there
+            other = attempt(merged)
+            if other._prunable_channels() > graph._prunable_channels():
+                graph = other
         graph.inputs = inputs
         graph.options = {"ignore": list(ignore), "protect_outputs": protect_outputs,
                          "capture": graphs[0][1].capture, "freeze_normalised": freeze_normalised}
         return graph
+
+    def _prunable_channels(self) -> int:
+        """How many channels (over every layer) lie in units that may go."""
+        return int((~self.unit_frozen[self.unit_of]).sum())
+
+    def _merged_grouped_convs(self) -> frozenset[str]:
+        """Grouped convs pruned column-wise (the same local index in every group) whose
+        columns another coupling merged (fewer units than columns among their inputs or
+        outputs)."""
+        def merged(ids: np.ndarray | None, per: int) -> bool:
+            return ids is not None and len(np.unique(self.unit_of[ids])) < per
+        return frozenset(fqn for fqn, (ids_in, cin_g, ids_out, cout_g) in self._b.grouped.items()
+                         if merged(ids_in, cin_g) or merged(ids_out, cout_g))
 
     def _freeze_whole_dims(self, slices: dict) -> None:
         """A unit holding every channel of a weight's dim cannot go: the layer would be

@@ -55,9 +55,14 @@ def conv(b: Builder, node: fx.Node, mod: nn.modules.conv._ConvNd) -> Any:
     b.record(f"{fqn}.weight", w_out_dim, ids_out[:cout_g] if mod.transposed else ids_out)
     if mod.bias is not None:
         b.record(f"{fqn}.bias", 0, ids_out)
-    if g > 1:
+    whole = g > 1 and cin_g > 1 and not mod.transposed and fqn in b.whole_groups
+    if whole:
+        _whole_group_couplings(b, node, ids_in, ids_out, g, cin_g, cout_g)
+    elif g > 1:
         _group_couplings(b, node, ids_in, ids_out, g, cin_g, cout_g)
-    if ids_in is not None and not (g > 1 and cin_g == 1 and not mod.transposed):
+        if cin_g > 1 and not mod.transposed:
+            b.grouped[fqn] = (ids_in, cin_g, ids_out, cout_g)
+    if ids_in is not None and not (g > 1 and cin_g == 1 and not mod.transposed) and not whole:
         b.record(f"{fqn}.weight", w_in_dim, ids_in if mod.transposed else ids_in[:cin_g])
     if mod.transposed and g > 1:
         b.freeze(ids_out, f"{b.where(node)} is a grouped transposed conv")
@@ -67,7 +72,8 @@ def conv(b: Builder, node: fx.Node, mod: nn.modules.conv._ConvNd) -> Any:
     coeff = out_shape[0] * int(np.prod(spatial)) * int(np.prod(mod.kernel_size))
     w0 = ids_in if mod.transposed else ids_out
     w1 = ids_out[:cout_g] if mod.transposed else (ids_in[:cin_g] if ids_in is not None and
-                                                   not (g > 1 and cin_g == 1) else None)
+                                                   not (g > 1 and cin_g == 1) and not whole
+                                                   else None)
     if w0 is None:
         coeff *= mod.weight.shape[0]
     if w1 is None:
@@ -93,6 +99,23 @@ def _group_couplings(b: Builder, node: fx.Node, ids_in: np.ndarray | None, ids_o
         grid = arr.reshape(g, per)
         for col in range(per):
             b.uf.union_all(grid[:, col])
+
+
+def _whole_group_couplings(b: Builder, node: fx.Node, ids_in: np.ndarray | None,
+                           ids_out: np.ndarray, g: int, cin_g: int, cout_g: int) -> None:
+    """Grouped conv that loses whole conv groups: group j's input and output channels are
+    one unit, the group count and the input width follow the kept ones, every kept group
+    keeps its weights whole (used where keeping the same local index in every group
+    conflicts with another coupling, e.g. a GroupNorm over contiguous channels)."""
+    if ids_in is None:
+        b.freeze(ids_out, f"{b.where(node)} is a grouped conv over a fixed input")
+        return
+    fqn = str(node.target)
+    for j in range(g):
+        b.uf.union_all(np.concatenate([ids_in[j * cin_g:(j + 1) * cin_g],
+                                       ids_out[j * cout_g:(j + 1) * cout_g]]))
+    b.follow(fqn, "groups", ids_out, per=cout_g)
+    b.follow(fqn, "in_channels", ids_in)
 
 
 # -------------------------------------------------------------------- linear
