@@ -50,9 +50,9 @@ def get_model(name: str) -> tuple[nn.Module, tuple[torch.Tensor]]:
 
 def share_prunable(graph: ChannelGraph) -> float:
     total = kept = 0
-    for src in graph._b.sources:
+    for src in graph.producers():
         if src.kind in ("conv", "linear", "heads", "embedding"):
-            units = graph.unit_of[src.ids]
+            units = src.units
             total += len(units)
             kept += int((~graph.unit_frozen[units]).sum())
     return kept / max(total, 1)

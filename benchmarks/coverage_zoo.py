@@ -260,9 +260,9 @@ def shares(graph: ChannelGraph) -> dict:
     out_only &= graph.unit_frozen
     total = kept = 0
     why: Counter = Counter()
-    for src in graph._b.sources:
+    for src in graph.producers():
         if src.kind in ("conv", "linear", "heads", "embedding"):
-            units = graph.unit_of[src.ids]
+            units = src.units
             units = units[~out_only[units]]
             total += len(units)
             kept += int((~graph.unit_frozen[units]).sum())
@@ -284,7 +284,7 @@ def roles(graph: ChannelGraph) -> dict:
     pair); *MLP* = the other linear groups with two or more members (an up/gate
     projection and its down projection). Each as [groups with something prunable,
     groups]; hidden as true/false."""
-    by_name = {src.name: src for src in graph._b.sources}
+    by_name = {src.name: src for src in graph.producers()}
     groups = [g for g in graph.groups if OUTPUT_ONLY not in " ".join(g.reasons)]
     if not groups:
         return {"heads": [0, 0], "mlp": [0, 0], "hidden": False}
@@ -295,7 +295,7 @@ def roles(graph: ChannelGraph) -> dict:
         src = by_name.get(g.id)
         if g is hidden or src is None or g.kind not in ("linear", "heads"):
             continue
-        span = len(src.ids.ravel()) / max(g.width, 1)
+        span = len(src.units.ravel()) / max(g.width, 1)
         slot = heads if span >= 4 else mlp if len(g.members) >= 2 else None
         if slot is not None:
             slot[1] += 1

@@ -46,8 +46,8 @@ def exact_width_plan(graph: ChannelGraph, halve_stream: bool):
             keep[g.id] = list(range(g.width // 2))
         elif halve_stream and g.id == "conv1":
             mask = {}
-            for src in graph._b.sources:
-                units = graph.unit_of[src.ids]
+            for src in graph.producers():
+                units = src.units
                 if src.kind in ("conv", "pad") and set(units.tolist()) <= set(g.units.tolist()):
                     local = {int(u): i for i, u in enumerate(g.units.tolist())}
                     if src.name == "conv1" or src.kind == "pad":

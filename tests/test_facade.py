@@ -76,13 +76,23 @@ def test_the_segment_runner_computes_the_pruned_model_with_kept_statistics():
 
 
 def test_no_method_reaches_into_the_graph():
-    """Methods use the façade only: no underscore attribute of a graph outside graph/."""
-    src = Path(__file__).resolve().parents[1] / "src" / "prunekit"
+    """Methods and benchmarks use the façade only: no underscore attribute of a graph
+    outside graph/."""
+    root = Path(__file__).resolve().parents[1]
+    src = root / "src" / "prunekit"
     bad = []
-    for f in src.rglob("*.py"):
-        if "graph" in f.relative_to(src).parts[:1]:
+    for f in [*src.rglob("*.py"), *(root / "benchmarks").rglob("*.py")]:
+        if f.is_relative_to(src) and "graph" in f.relative_to(src).parts[:1]:
             continue
         for i, line in enumerate(f.read_text().splitlines(), 1):
             if re.search(r"\bgraph\._|\._b\b|\.graphs\[", line):
                 bad.append(f"{f.name}:{i}: {line.strip()}")
     assert not bad, bad
+
+
+def test_producers_cover_every_element_once():
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 4, 1))
+    graph = ChannelGraph.build(model.eval(), torch.randn(1, 3, 8, 8))
+    prods = graph.producers()
+    assert [(p.name, p.kind, len(p.units)) for p in prods] == [("0", "conv", 8), ("3", "conv", 4)]
+    assert sorted(np.concatenate([p.units for p in prods]).tolist()) == list(range(graph.n_units))

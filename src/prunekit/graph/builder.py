@@ -75,6 +75,18 @@ class Source:
 
 
 @dataclass(frozen=True)
+class Producer:
+    """A public record of :meth:`prunekit.graph.ChannelGraph.producers`: the elements one
+    producer creates (a conv's or linear's output channels, an embedding's features, a
+    padding's zero channels), by its ``name`` (the module, or the op), ``kind`` and the
+    ``units`` each element belongs to."""
+
+    name: str
+    kind: str
+    units: np.ndarray
+
+
+@dataclass(frozen=True)
 class CostTerm:
     """MACs = coeff * product of the kept counts of ``factors`` (1-D element arrays)."""
 

@@ -357,6 +357,12 @@ class ChannelGraph:
             self.__dict__["_node_units"] = cached
         return cached
 
+    def producers(self) -> list["Producer"]:
+        """Every block of elements the capture created, in creation order, with the unit of
+        each element (:class:`~prunekit.graph.builder.Producer` records)."""
+        from .builder import Producer
+        return [Producer(s.name, s.kind, self.unit_of[s.ids]) for s in self._b.sources]
+
     def normalisations(self) -> list["Normalisation"]:
         """The layers of :attr:`traced` whose statistics run over prunable channels (a
         LayerNorm, RMSNorm, single-group GroupNorm, a mean over channels), each with its
