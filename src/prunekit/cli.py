@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p, out=False)
     p = sub.add_parser("prune", help="prune a model to a cost target")
     _common(p)
-    _budget_flags(p)
+    _budget_flags(p, latency=True)
     p.add_argument("--method", default=None,
                    help=f"pruning method: {', '.join(sorted(_methods()))} (default oneshot)")
     p.add_argument("--finetune-epochs", type=int, help="recovery fine-tuning epochs after pruning")
@@ -89,6 +89,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--distill", action="store_true", help="distill from --model/--checkpoint")
     p = sub.add_parser("export", help="export a pruned model to ONNX (checked with onnxruntime)")
     _common(p)
+    p = sub.add_parser("latency", help="build, show and validate the model's latency table on "
+                       "this machine (predicted against measured on plans of every allocation)")
+    _common(p)
+    p.add_argument("--target", type=float, help="the validation plans' target (0.5)")
+    _latency_flags(p)
     p = sub.add_parser("info", help="groups, widths, params and MACs per layer")
     _common(p, out=False)
     p.add_argument("--list", action="store_true", help="list registered models")
@@ -101,10 +106,24 @@ def _methods() -> dict[str, Any]:
     return methods()
 
 
-def _budget_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--target", type=float, help="fraction of MACs/params to keep, in (0, 1]")
-    p.add_argument("--metric", choices=["macs", "params"])
+def _budget_flags(p: argparse.ArgumentParser, latency: bool = False) -> None:
+    p.add_argument("--target", type=float, help="fraction of the metric to keep, in (0, 1]")
+    p.add_argument("--metric", choices=["macs", "params", "latency"] if latency
+                   else ["macs", "params"],
+                   help="latency: measured on this machine (--device/--backend/--batch/"
+                   "--threads; methods: " + ", ".join(
+                       n for n, m in sorted(_methods().items())
+                       if "latency" in getattr(m, "metrics", ())) + ")" if latency else None)
     p.add_argument("--groups", nargs="+", help="only prune groups matching these patterns")
+    if latency:
+        _latency_flags(p)
+
+
+def _latency_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", help="latency target: cpu (default) or cuda")
+    p.add_argument("--backend", help="latency target: torch (eager, default) or onnxruntime")
+    p.add_argument("--batch", type=int, help="latency target: batch size served (1)")
+    p.add_argument("--threads", type=int, help="latency target: intra-op threads (up to 2)")
 
 
 def _method_flags(p: argparse.ArgumentParser, names: list[str]) -> None:
@@ -142,6 +161,8 @@ DEFAULTS: dict[str, Any] = {
     "teacher": None, "teacher_checkpoint": None,
     # average: the checkpoints to average; BN re-estimation batches (0 = keep the averaged stats)
     "checkpoints": None, "bn_batches": 0,
+    # latency target (prune --metric latency, latency): None = prunekit.latency.Target's
+    "device": None, "backend": None, "batch": None, "threads": None,
 }
 
 

@@ -13,6 +13,7 @@ import torch
 from .cli_inputs import (batches_of, calibration_of, check_resume, data_of, example_of,
                          labelled_of, model_of, model_or_pruned, out_folder, plot_training,
                          pruned_job, teacher_of, train_config_of, work_folder, write_json)
+from .cli_latency import LATENCY_OPTIONS, cmd_latency, latency_model, speedups  # noqa: F401
 from .errors import CliError, PrunekitError
 
 # PRUNEKIT_THREADS lets two jobs share a small machine (one thread each) without
@@ -110,6 +111,10 @@ def cmd_prune(cfg: dict) -> int:
         raise CliError(str(exc)) from None
     model, s = model_of(cfg)
     config = _method_config(method, cfg)
+    metrics = getattr(method, "metrics", ("macs", "params"))
+    if config.metric not in metrics:      # before any data is read
+        raise CliError(f"method {method.name} does not take metric {config.metric!r} (it "
+                       f"takes {', '.join(metrics)})")
     trains = "train" in method.needs
     if trains and cfg["finetune_epochs"]:
         raise CliError(f"finetune_epochs is not used by method {method.name} (it trains the "
@@ -126,10 +131,16 @@ def cmd_prune(cfg: dict) -> int:
         ctx.train_config = train_config_of(cfg, int(cfg["epochs"]), float(cfg["lr"]))
     if "labelled" in method.needs:
         ctx.labelled = labelled_of(arrays, s, cfg)
+    if config.metric == "latency" and config.metric in getattr(method, "metrics", ()):
+        ctx.latency = latency_model(cfg, model, s, config.ignore)
+    elif any(cfg.get(k) is not None for k in LATENCY_OPTIONS):
+        raise CliError(f"{', '.join(k for k in LATENCY_OPTIONS if cfg.get(k) is not None)} "
+                       "only apply with --metric latency")
     prepare(method, config, ctx, model)
     if not getattr(method, "resumable", False):
         result = method.run(model, config, ctx)
-        return _finish(cfg, out, model, result.model, result.plan, arrays, s)
+        extra = speedups(ctx.latency, model, result, config.target) if ctx.latency else None
+        return _finish(cfg, out, model, result.model, result.plan, arrays, s, report=extra)
     resume, block = work_folder(out, method.name, cfg)
     with block as work:
         ctx.folder, ctx.resume = work, resume
@@ -167,7 +178,7 @@ def cmd_reweight(cfg: dict) -> int:
 
 
 def _finish(cfg, out: Path, original, pruned, plan, arrays, s,
-            extra: dict[str, Path] | None = None) -> int:
+            extra: dict[str, Path] | None = None, report: dict | None = None) -> int:
     """Optionally fine-tune, measure before/after, write the run folder atomically
     (``extra``: folders to move into it under the given names)."""
     from .io import save_pruned
@@ -185,7 +196,7 @@ def _finish(cfg, out: Path, original, pruned, plan, arrays, s,
         table, metrics = before_after(original, pruned, example_of(s), test)
         save_pruned(tmp / "model", pruned, plan, (example_of(s),))
         plan.save(tmp / "plan.json")
-        write_json(tmp / "metrics.json", metrics)
+        write_json(tmp / "metrics.json", {**metrics, **({"latency": report} if report else {})})
         write_json(tmp / "config.json", cfg)
         plot_widths(original, pruned, tmp / "widths.png")
         write_text(tmp / "summary.txt", table + "\n")
@@ -194,6 +205,11 @@ def _finish(cfg, out: Path, original, pruned, plan, arrays, s,
     for name, folder in (extra or {}).items():
         os.replace(folder, out / name)
     print(table)
+    if report:
+        print(f"speed-up on {report['target']['backend']}/{report['target']['device']}, batch "
+              f"{report['target']['batch']}, {report['target']['threads']} threads: requested "
+              f"{report['requested']:.2f}x, predicted {report['predicted']:.2f}x, measured "
+              f"{report['measured']:.2f}x")
     print(f"outputs: {out}/ (model/, plan.json, metrics.json, summary.txt, widths.png)")
     return 0
 

@@ -66,6 +66,8 @@ SPECS: dict[str, Spec] = {
     "teacher": _PATH, "teacher_checkpoint": _PATH,
     "checkpoints": Spec("strs", nullable=True), "bn_batches": _i(0),
     "resume": _FLAG, "distill": _FLAG, "list": _FLAG, "all": _FLAG, "overwrite": _FLAG,
+    "device": _PATH, "backend": _PATH, "batch": _i(1, nullable=True),
+    "threads": _i(1, nullable=True),
 }
 
 _TRUE, _FALSE = ("true", "yes", "on"), ("false", "no", "off")
@@ -151,6 +153,7 @@ CONTEXT_OPTIONS: dict[str, frozenset[str]] = {
     "calibration": frozenset({"calib"}), "train": frozenset({"epochs", "lr"}),
     "labelled": frozenset({"pool"}), "parallel": frozenset({"executor", "workers"}),
     "resumable": frozenset({"resume"}),
+    "latency": frozenset({"device", "backend", "batch", "threads"}),
 }
 # the budget fields every method's config has (MethodConfig's)
 SHARED_OPTIONS = frozenset({"target", "metric", "round_to", "min_width", "ignore", "groups",
@@ -175,7 +178,8 @@ def method_options() -> dict[str, frozenset[str]]:
 
 def _kinds(m: Any) -> list[str]:
     return [*m.needs, *(["parallel"] if getattr(m, "parallel", False) else []),
-            *(["resumable"] if getattr(m, "resumable", False) else [])]
+            *(["resumable"] if getattr(m, "resumable", False) else []),
+            *(["latency"] if "latency" in getattr(m, "metrics", ()) else [])]
 
 
 def check_method_options(method: str, given: set[str]) -> None:
@@ -209,6 +213,8 @@ COMMAND_OPTIONS: dict[str, frozenset[str]] = {
     "finetune": _IO | _TRAIN - {"lr"} | {"pruned", "distill", "finetune_lr"},
     "export": frozenset({"model", "checkpoint", "pruned", "out", "overwrite"}),
     "info": frozenset({"model", "checkpoint", "pruned", "list", "all"}),
+    "latency": frozenset({"model", "checkpoint", "out", "overwrite", "target", "device",
+                          "backend", "batch", "threads"}),
 }
 
 

@@ -244,7 +244,17 @@ class ChannelGraph:
                                 f"{np.nonzero(bad)[0][:5].tolist()}: "
                                 f"{'; '.join(g.reasons[:2])}")
             keep[g.units] = mask
+        self._check_nonempty(keep)
         return keep
+
+    def _check_nonempty(self, keep: np.ndarray) -> None:
+        """A plan may not remove every channel of a layer's dim (a group can hold several
+        layers' channels, e.g. a stream with zero-padded shortcut channels)."""
+        for (fqn, dim), units in self.slices.items():
+            if len(units) and not keep[units].any():
+                gid = next((g.id for g in self.groups if np.isin(units, g.units).any()), "?")
+                raise PlanError(f"group {gid!r}: the plan removes every channel of {fqn} "
+                                f"(dim {dim}); keep at least one of them")
 
     # -------------------------------------------------------------------- cost
     def cost(self, plan: Plan | None = None) -> "Cost":
@@ -376,6 +386,19 @@ class ChannelGraph:
             module = str(node.target) if node is not None and node.op == "call_module" else None
             out.append(Normalisation(name, module, st.dim, st.kind, self.unit_of[st.ids]))
         return out
+
+    def layers(self) -> list["Layer"]:
+        """The conv/linear module calls of :attr:`traced` with their real shapes and the
+        units of their channels (:class:`~prunekit.graph.profile.Layer` records): what a
+        per-layer latency table measures."""
+        from .profile import layers
+        return layers(self)
+
+    def activations(self) -> list["Activation"]:
+        """Every other op's output size as a product of kept channel counts
+        (:class:`~prunekit.graph.profile.Activation` records)."""
+        from .profile import activations
+        return activations(self)
 
     def node_macs(self) -> dict[str, int]:
         """MACs of each node of :attr:`traced` (by name) at full width, for the nodes that

@@ -41,14 +41,19 @@ def prune_oneshot(model: nn.Module, example_inputs: Sequence[Any] | torch.Tensor
                   config: OneShotConfig = OneShotConfig(), *, graph: ChannelGraph | None = None,
                   data: Iterable[Any] | None = None,
                   loss_fn: Callable[[Any, Any], torch.Tensor] | None = None,
-                  inplace: bool = False, verify: bool = True) -> Result:
+                  inplace: bool = False, verify: bool = True, latency: Any = None) -> Result:
     """Prune ``model`` to ``config.target`` of its cost; ``model`` is left untouched unless
     ``inplace`` (which saves the copy). ``verify``: ``graph.apply`` checks the pruned model
-    against the masked reference on the example inputs (off only inside search loops)."""
+    against the masked reference on the example inputs (off only inside search loops).
+    ``latency``: the :class:`prunekit.latency.LatencyModel` of ``metric="latency"`` (built
+    on ``graph``, which is then required)."""
+    if graph is None and latency is not None:
+        graph = latency.graph
     graph = graph or ChannelGraph.build(model, example_inputs, ignore=config.ignore)
     scores = unit_scores(graph, model, config.criterion, data=data, loss_fn=loss_fn,
                          seed=config.seed)
-    budget = Budget(config.target, config.metric, config.round_to, config.min_width)
+    budget = Budget(config.target, config.metric, config.round_to, config.min_width,
+                    latency=latency)
     chosen = None
     if config.groups:
         chosen = {g.id for g in graph.prunable_groups
@@ -69,7 +74,8 @@ class OneShot(MethodBase):
     name: ClassVar[str] = "oneshot"
     config: ClassVar[type] = OneShotConfig
     summary: ClassVar[str] = "score channels once (l1, l2, bn, taylor, ...) and cut to the target"
+    metrics: ClassVar[tuple[str, ...]] = ("macs", "params", "latency")
 
     def run(self, model: nn.Module, config: OneShotConfig, context: Context) -> Result:
-        return prune_oneshot(model, context.inputs, config)
+        return prune_oneshot(model, context.inputs, config, latency=context.latency)
 

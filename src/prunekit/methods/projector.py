@@ -57,6 +57,10 @@ class Projector:
                  group_ids: Iterable[str] | None = None, base: float | None = None) -> None:
         ids = None if group_ids is None else set(group_ids)
         self.graph, self.budget = graph, budget
+        if budget.metric == "latency":
+            self._latency = budget.require_latency()
+            if self._latency.graph.fingerprint != graph.fingerprint:
+                raise TargetError("the latency model was built for another architecture")
         self.groups = [g for g in graph.prunable_groups if ids is None or g.id in ids]
         if not self.groups:
             raise TargetError("no prunable group to allocate over")
@@ -71,12 +75,15 @@ class Projector:
 
     # --------------------------------------------------------------- measuring
     def value(self, keep: np.ndarray) -> float:
+        """The budget's cost of ``keep``: MACs, params, or predicted seconds."""
+        if self.budget.metric == "latency":
+            return self._latency.predict(keep)
         from .allocate import metric_value
         return float(metric_value(self.graph.cost_of_mask(keep), self.budget.metric))
 
     def ratio(self, keep: np.ndarray) -> float:
         """The cost of ``keep`` as the fraction the target counts."""
-        return (self.value(keep) - self.offset) / max(self.base - self.offset, 1.0)
+        return (self.value(keep) - self.offset) / max(self.base - self.offset, 1e-12)
 
     def fits(self, keep: np.ndarray) -> bool:
         return self.ratio(keep) <= self.budget.target

@@ -29,7 +29,8 @@ NEEDS = ("calibration", "train", "labelled")
 @dataclass(frozen=True)
 class MethodConfig:
     """The budget every method meets. ``target``: fraction of the original ``metric``
-    ("macs" or "params") to keep, in (0, 1]; ``round_to``: kept widths are multiples of
+    ("macs", "params", or "latency" for methods that declare it, measured by the context's
+    latency model) to keep, in (0, 1]; ``round_to``: kept widths are multiples of
     it (or the whole group); ``min_width``: no group keeps fewer channels; ``ignore``:
     fnmatch patterns of modules the graph leaves alone; ``groups``: fnmatch patterns of
     the group ids to prune (empty: every prunable group); ``seed``: every random choice.
@@ -179,7 +180,9 @@ class Context:
     candidates by their error. ``folder``: where a method keeps its work (logs,
     checkpoints, the front); with ``resume`` a killed run continues from it.
     ``executor``/``workers``: where candidate evaluations run ("inprocess" or "ray").
-    ``progress``: show progress bars (on a terminal)."""
+    ``progress``: show progress bars (on a terminal). ``latency``: the
+    :class:`prunekit.latency.LatencyModel` a ``metric="latency"`` budget is measured
+    with."""
 
     example: Any
     calibration: torch.Tensor | Sequence[torch.Tensor] | None = None
@@ -192,6 +195,7 @@ class Context:
     executor: str = "inprocess"
     workers: int = 2
     progress: bool = False
+    latency: Any = None
 
     def __post_init__(self) -> None:
         if self.executor not in ("inprocess", "ray"):
@@ -246,6 +250,7 @@ class MethodBase:
     parallel: ClassVar[bool] = False
     resumable: ClassVar[bool] = False
     summary: ClassVar[str] = ""
+    metrics: ClassVar[tuple[str, ...]] = ("macs", "params")
 
     def test_config(self, **overrides: Any) -> MethodConfig:
         return self.config(**overrides)
@@ -319,6 +324,12 @@ def prepare(method: Method, config: MethodConfig, context: Context,
         raise TargetError(f"method {method.name} takes a {method.config.__name__}, got a "
                           f"{type(config).__name__}")
     context.require(method)
+    metrics = getattr(method, "metrics", ("macs", "params"))
+    if config.metric not in metrics:
+        raise TargetError(f"method {method.name} does not take metric {config.metric!r} "
+                          f"(it takes {', '.join(metrics)})")
+    if config.metric == "latency":
+        config.budget(latency=context.latency).require_latency()
     check = getattr(method, "check", None)
     if check is not None:
         check(config, context, model)

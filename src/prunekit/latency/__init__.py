@@ -1,0 +1,11 @@
+"""Latency models per device and backend: per-layer tables measured on the machine the
+model will run on, cached on disk, calibrated and validated on whole-model measurements.
+Imported on demand (``import prunekit`` does not load it)."""
+
+from .model import LatencyModel, batched
+from .table import LayerTable, cache_dir
+from .target import BACKENDS, DEVICES, Target
+from .timers import OrtTimer, Timer, TorchTimer, timer_for
+
+__all__ = ["BACKENDS", "DEVICES", "LatencyModel", "LayerTable", "OrtTimer", "Target", "Timer",
+           "TorchTimer", "batched", "cache_dir", "timer_for"]

@@ -1,0 +1,196 @@
+"""A latency model of one model on one target, and its validation.
+
+    predicted(keep) = alpha * sum_layers table_l(kept in_l, kept out_l)
+                      + beta * activation_elements(keep) + gamma
+
+The conv/linear layers are timed standalone at candidate widths (:mod:`.table`): that is
+where the widths act, bilinearly in (cin, cout). Everything else (norms, activations,
+adds, pooling; fused away by ONNX Runtime, separate kernels in eager PyTorch) scales with
+the size of the tensors it touches, ``activation_elements``, plus a fixed per-op
+overhead no width changes. ``alpha``, ``beta`` and ``gamma`` (non-negative) are fitted
+by least squares on whole-model measurements of the dense model and of uniformly
+thinned plans, so the sum of standalone timings is corrected for what running inside
+the whole model changes (caches, fusion, dispatch). :meth:`LatencyModel.validate`
+compares prediction and measurement on any plans."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..graph import ChannelGraph
+from ..graph.profile import Layer
+from .table import LayerTable, signature
+from .target import Target
+from .timers import Timer, timer_for
+
+__all__ = ["LatencyModel", "batched"]
+
+
+def batched(inputs: Sequence[Any], batch: int) -> tuple[Any, ...]:
+    """The example inputs with their batch dim (dim 0) repeated to ``batch``."""
+    out = []
+    for x in inputs:
+        if isinstance(x, torch.Tensor) and x.dim() > 0:
+            reps = -(-batch // x.shape[0])
+            x = x.repeat(reps, *([1] * (x.dim() - 1)))[:batch]
+        out.append(x)
+    return tuple(out)
+
+
+@dataclass
+class _Entry:
+    layer: Layer
+    table: LayerTable
+
+
+class LatencyModel:
+    """Predicted seconds of ``graph``'s model under any unit mask, on ``target``."""
+
+    def __init__(self, graph: ChannelGraph, target: Target, timer: Timer | None = None,
+                 cache: str | os.PathLike[str] | None = None, points: int = 6) -> None:
+        self.graph, self.target = graph, target
+        self.timer = timer if timer is not None else timer_for(target)
+        tables: dict[str, LayerTable] = {}
+        self.entries: list[_Entry] = []
+        for layer in graph.layers():
+            mod = graph.traced.get_submodule(layer.module)
+            sig = signature(layer, mod, target.batch)
+            key = repr(sorted(sig.items()))
+            if key not in tables:
+                tables[key] = LayerTable(sig, target, self.timer, cache, points)
+            self.entries.append(_Entry(layer, tables[key]))
+        self.tables = list(tables.values())
+        self.acts = [(a.coeff * target.batch // max(1, _example_batch(graph)), a.factors)
+                     for a in graph.activations()]
+        self.coef = np.array([1.0, 0.0, 0.0])     # alpha, beta, gamma (before calibration)
+        self.calibration: list[dict[str, float]] = []
+
+    # ------------------------------------------------------------- building
+    def measure_tables(self, progress: bool = False) -> int:
+        """Time every grid point not in the cache; returns how many were timed."""
+        todo = sum(t.missing() for t in self.tables)
+        bar = None
+        if progress and todo:
+            from ..progress import bar as make_bar
+            bar = make_bar(total=todo, desc=f"latency table ({self.target.backend})",
+                           unit="point")
+        before = sum(t.measured for t in self.tables)
+        for t in self.tables:
+            t.fill((lambda: bar.update(1)) if bar is not None else (lambda: None))
+        if bar is not None:
+            bar.close()
+        return sum(t.measured for t in self.tables) - before
+
+    def calibrate(self, model: nn.Module, plans: Sequence[np.ndarray] | None = None) -> None:
+        """Fit alpha, beta, gamma on whole-model measurements of ``model`` pruned to each
+        keep mask of ``plans`` (default: dense and uniform keeps of 3/4, 1/2, 1/4)."""
+        masks = list(plans) if plans is not None else [self.uniform(f) for f in
+                                                       (1.0, 0.75, 0.5, 0.25)]
+        rows, y = [], []
+        for keep in masks:
+            rows.append(self.features(keep))
+            y.append(self.measure(model, keep))
+        A, b = np.array(rows), np.array(y)
+        from scipy.optimize import nnls
+        scale = np.maximum(np.abs(A).max(axis=0), 1e-12)
+        coef, _ = nnls(A / scale, b)
+        self.coef = coef / scale
+        if self.coef[0] == 0:               # degenerate fit: keep the tables' own sum
+            self.coef = np.array([1.0, 0.0, max(0.0, float(np.min(b - A[:, 0])))])
+        self.calibration = [{"measured": float(m), "predicted": self.predict(k)}
+                            for m, k in zip(b, masks)]
+
+    # ------------------------------------------------------------- predicting
+    def widths(self, keep: np.ndarray, e: _Entry) -> tuple[int, int]:
+        lay = e.layer
+        dim = 1 if lay.kind == "conv" else -1
+        cin = int(keep[lay.in_units].sum()) if lay.in_units is not None else lay.in_shape[dim]
+        cout = int(keep[lay.out_units].sum()) if lay.out_units is not None \
+            else lay.out_shape[dim]
+        return cin, cout
+
+    def features(self, keep: np.ndarray) -> np.ndarray:
+        """(sum of the layers' table latencies, activation elements, 1) under ``keep``."""
+        layers = sum(e.table.interp(*self.widths(keep, e)) for e in self.entries)
+        acts = sum(c * float(np.prod([keep[f].sum() for f in fs])) for c, fs in self.acts)
+        return np.array([layers, acts, 1.0])
+
+    def predict(self, keep: np.ndarray | None = None) -> float:
+        """Predicted seconds per batch under ``keep`` (default: dense)."""
+        if keep is None:
+            keep = np.ones(self.graph.n_units, dtype=bool)
+        return float(self.features(keep) @ self.coef)
+
+    def layer_seconds(self, keep: np.ndarray) -> list[tuple[str, int, int, float]]:
+        """Per layer: module, widths and exact measured seconds under ``keep``."""
+        return [(e.layer.module, *self.widths(keep, e), e.table.seconds(*self.widths(keep, e)))
+                for e in self.entries]
+
+    # ------------------------------------------------------------- rounding
+    def round_widths(self, keep: np.ndarray, groups: Sequence[Any], priority: np.ndarray,
+                     window: int = 8, fits: Any = None) -> np.ndarray:
+        """Latency-aware rounding: each group's kept count raised to the width within
+        ``window`` above it whose layers measure fastest on the target (the staircase of
+        the hardware's favourite multiples, timed exactly, not interpolated); ties go to
+        the wider. ``fits(keep)``: a change that breaks the budget is not made."""
+        keep = keep.copy()
+        for g in groups:
+            touching = [e for e in self.entries if _touches(e.layer, g.units)]
+            if not touching:
+                continue
+            gone = np.nonzero(~keep[g.units])[0]
+            back = g.units[gone[np.argsort(-priority[g.units[gone]], kind="stable")]]
+            best, best_s = 0, None
+            for extra in range(0, min(window - 1, len(back)) + 1):
+                trial = keep.copy()
+                trial[back[:extra]] = True
+                sec = sum(e.table.seconds(*self.widths(trial, e)) for e in touching)
+                if best_s is None or sec <= best_s * (1 + 1e-3):
+                    best, best_s = extra, min(sec, best_s) if best_s is not None else sec
+            if best:
+                trial = keep.copy()
+                trial[back[:best]] = True
+                if fits is None or fits(trial):
+                    keep = trial
+        return keep
+
+    # ------------------------------------------------------------- measuring
+    def uniform(self, fraction: float) -> np.ndarray:
+        """Keep the first ``fraction`` of every prunable group's units (at least one)."""
+        keep = np.ones(self.graph.n_units, dtype=bool)
+        for g in self.graph.prunable_groups:
+            idx = np.nonzero(g.prunable)[0]
+            n = int(np.ceil(fraction * g.width)) - int((~g.prunable).sum())
+            keep[g.units[idx[max(n, 0 if (~g.prunable).any() else 1):]]] = False
+        return keep
+
+    def measure(self, model: nn.Module, keep: np.ndarray) -> float:
+        """Measured seconds per batch of ``model`` pruned to ``keep``, on the target."""
+        pruned = self.graph.apply(model, self.graph.plan_of_mask(keep), verify=False)
+        inputs = batched(self.graph.inputs.tensors(), self.target.batch)
+        return float(self.timer.time(pruned.eval(), inputs))
+
+    def validate(self, model: nn.Module, plans: dict[str, np.ndarray]) -> list[dict[str, Any]]:
+        """Predicted against measured seconds for each named keep mask."""
+        rows = []
+        for name, keep in plans.items():
+            p, m = self.predict(keep), self.measure(model, keep)
+            rows.append({"plan": name, "predicted_ms": 1e3 * p, "measured_ms": 1e3 * m,
+                         "error": p / m - 1.0 if m > 0 else float("nan")})
+        return rows
+
+
+def _touches(layer: Layer, units: np.ndarray) -> bool:
+    return any(u is not None and np.isin(u, units).any()
+               for u in (layer.in_units, layer.out_units))
+
+
+def _example_batch(graph: ChannelGraph) -> int:
+    ts = graph.inputs.tensors() if graph.inputs is not None else []
+    return int(ts[0].shape[0]) if ts and ts[0].dim() else 1

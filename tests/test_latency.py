@@ -1,0 +1,266 @@
+"""Latency models with a synthetic timer (no timed assertions): the table's cache key and
+invalidation, the allocator meeting a latency budget, staircase rounding, calibration,
+bad targets refused, and the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from prunekit import ChannelGraph
+from prunekit.errors import TargetError
+from prunekit.latency import LatencyModel, LayerTable, Target
+from prunekit.latency.table import signature
+from prunekit.methods import OneShotConfig, prune_oneshot
+from prunekit.models import CifarResNet
+
+X = torch.randn(1, 3, 16, 16)
+
+
+def _conv_cost(m: nn.Module, x: torch.Tensor, staircase: float, hot: float) -> float:
+    """Seconds of one conv/linear: its MACs (1 ns each), widths off multiples of 8 paying
+    a full multiple of 8 times ``staircase`` (SIMD lanes), layers at 16x16 and above
+    ``hot`` times as much per MAC (a high-resolution stage bound by memory)."""
+    if isinstance(m, nn.Conv2d):
+        lanes = -(-m.out_channels // 8) * 8 * (staircase if m.out_channels % 8 else 1.0) \
+            if staircase > 1 else m.out_channels
+        per_group_in = m.in_channels / m.groups
+        positions = int(np.prod(x.shape[2:])) / int(np.prod(m.stride))
+        return 1e-9 * lanes * per_group_in * x.shape[0] * positions * \
+            int(np.prod(m.kernel_size)) * (hot if positions >= 256 else 1.0)
+    if isinstance(m, nn.Linear):
+        return 1e-9 * m.in_features * m.out_features * x.shape[0]
+    return 0.0
+
+
+class SyntheticTimer:
+    """Deterministic 'measurements': a layer costs :func:`_conv_cost`; a whole model the
+    sum over its layers (on their real inputs) plus a fixed 1 ms."""
+
+    def __init__(self, staircase: float = 1.0, hot: float = 1.0) -> None:
+        self.calls, self.staircase, self.hot = 0, staircase, hot
+
+    def time(self, module: nn.Module, inputs) -> float:
+        self.calls += 1
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            return _conv_cost(module, inputs[0], self.staircase, self.hot)
+        total = [1e-3]
+        hooks = [m.register_forward_pre_hook(
+            lambda m, a: total.append(_conv_cost(m, a[0], self.staircase, self.hot)))
+            for m in module.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+        try:
+            with torch.no_grad():
+                module.eval()(*inputs)
+        finally:
+            for h in hooks:
+                h.remove()
+        return float(sum(total))
+
+
+@pytest.fixture
+def resnet():
+    model = CifarResNet(8, widths=(16, 32, 64)).eval()
+    return model, ChannelGraph.build(model, X)
+
+
+def _model(resnet, tmp_path, **machine):
+    model, graph = resnet
+    lm = LatencyModel(graph, Target(batch=4, threads=1), SyntheticTimer(**machine), tmp_path)
+    lm.measure_tables()
+    lm.calibrate(model)
+    return lm
+
+
+def test_tables_are_cached_and_reused(resnet, tmp_path):
+    model, graph = resnet
+    first = LatencyModel(graph, Target(batch=4, threads=1), SyntheticTimer(), tmp_path)
+    assert first.measure_tables() > 0
+    files = sorted(p.name for p in tmp_path.iterdir())
+    again = LatencyModel(graph, Target(batch=4, threads=1), SyntheticTimer(), tmp_path)
+    assert again.measure_tables() == 0 and again.timer.calls == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == files
+    doc = json.loads((tmp_path / files[0]).read_text())
+    assert {"target", "layer", "points"} <= set(doc) and doc["target"]["batch"] == 4
+
+
+@pytest.mark.parametrize("change", [{"batch": 8}, {"threads": 2}, {"backend": "onnxruntime"}])
+def test_a_changed_target_measures_afresh(resnet, tmp_path, change):
+    pytest.importorskip("onnxruntime") if change.get("backend") else None
+    model, graph = resnet
+    LatencyModel(graph, Target(batch=4, threads=1), SyntheticTimer(), tmp_path).measure_tables()
+    before = set(tmp_path.iterdir())
+    other = LatencyModel(graph, Target(**{"batch": 4, "threads": 1, **change}),
+                         SyntheticTimer(), tmp_path)
+    assert other.measure_tables() > 0 and set(tmp_path.iterdir()) > before
+
+
+def test_a_changed_library_version_measures_afresh(resnet, tmp_path, monkeypatch):
+    model, graph = resnet
+    LatencyModel(graph, Target(batch=4, threads=1), SyntheticTimer(), tmp_path).measure_tables()
+    monkeypatch.setattr(torch, "__version__", "0.0.0-other")
+    other = LatencyModel(graph, Target(batch=4, threads=1), SyntheticTimer(), tmp_path)
+    assert other.measure_tables() > 0
+
+
+def test_a_corrupt_cache_file_is_measured_again(resnet, tmp_path):
+    model, graph = resnet
+    lm = LatencyModel(graph, Target(batch=4, threads=1), SyntheticTimer(), tmp_path)
+    lm.measure_tables()
+    for p in tmp_path.iterdir():
+        p.write_text("{not json")
+    again = LatencyModel(graph, Target(batch=4, threads=1), SyntheticTimer(), tmp_path)
+    assert again.measure_tables() == lm.measure_tables() + sum(
+        len(t.grid_in) * len(t.grid_out) for t in lm.tables)
+
+
+def test_calibrated_prediction_matches_the_synthetic_machine(resnet, tmp_path):
+    model, graph = resnet
+    lm = _model(resnet, tmp_path)
+    for f in (1.0, 0.6, 0.3):
+        keep = lm.uniform(f)
+        assert lm.predict(keep) == pytest.approx(lm.measure(model, keep), rel=0.1)
+
+
+@pytest.mark.parametrize("allocation", ["uniform", "global", "marginal"])
+def test_allocator_meets_a_latency_budget(resnet, tmp_path, allocation):
+    model, graph = resnet
+    lm = _model(resnet, tmp_path)
+    res = prune_oneshot(model, X, OneShotConfig(target=0.5, metric="latency",
+                                                allocation=allocation), latency=lm)
+    ratio = lm.predict(graph.keep_mask(res.plan)) / lm.predict()
+    assert 0.5 * 0.97 <= ratio <= 0.5 and res.plan.meta["achieved"] == pytest.approx(ratio,
+                                                                                   abs=1e-5)
+
+
+def test_marginal_allocation_keeps_more_macs_at_equal_latency(resnet, tmp_path):
+    model, graph = resnet
+    lm = _model(resnet, tmp_path, hot=8.0)     # the 16x16 stage: 8x the seconds per MAC
+    macs = {a: prune_oneshot(model, X, OneShotConfig(target=0.5, metric="latency",
+                                                     allocation=a), latency=lm).after.macs
+            for a in ("global", "marginal")}
+    assert macs["marginal"] >= macs["global"]
+
+
+def test_rounding_picks_the_faster_width_on_the_staircase(resnet, tmp_path):
+    model, graph = resnet
+    lm = _model(resnet, tmp_path, staircase=2.0)
+    g = graph.group("layer3.0.conv1")                  # 64 wide, read only by layer3.0.conv2
+    keep = np.ones(graph.n_units, dtype=bool)
+    keep[g.units[13:]] = False                         # 13 kept: off the multiple of 8
+    rounded = lm.round_widths(keep, [g], np.zeros(graph.n_units))
+    assert rounded[g.units].sum() == 16                # the staircase's step is faster
+    on_step = keep.copy()
+    on_step[g.units[:16]] = True
+    assert lm.round_widths(on_step, [g], np.zeros(graph.n_units))[g.units].sum() == 16
+
+
+def test_rounding_never_breaks_the_budget(resnet, tmp_path):
+    model, graph = resnet
+    lm = _model(resnet, tmp_path, staircase=2.0)
+    g = graph.group("layer3.0.conv1")
+    keep = np.ones(graph.n_units, dtype=bool)
+    keep[g.units[13:]] = False
+    assert lm.round_widths(keep, [g], np.zeros(graph.n_units),
+                           fits=lambda k: False)[g.units].sum() == 13
+
+
+@pytest.mark.parametrize("kw, match", [({"device": "tpu"}, "device"),
+                                       ({"backend": "tensorrt"}, "backend"),
+                                       ({"batch": 0}, "batch"), ({"threads": True}, "threads")])
+def test_bad_targets_refused(kw, match):
+    with pytest.raises(TargetError, match=match):
+        Target(**kw)
+
+
+def test_cuda_refused_without_a_gpu():
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(TargetError, match="no GPU"):
+        Target(device="cuda").check_available()
+
+
+def test_latency_budget_needs_a_model_and_a_method_that_takes_it(resnet):
+    from prunekit.methods import Context, get_method
+    from prunekit.methods.protocol import prepare
+    from prunekit.methods.submodular import SubmodularConfig
+    model, _ = resnet
+    with pytest.raises(TargetError, match="latency model"):
+        prepare(get_method("oneshot"), OneShotConfig(metric="latency"), Context(X), model)
+    with pytest.raises(TargetError, match="does not take metric 'latency'"):
+        prepare(get_method("submodular"), SubmodularConfig(metric="latency"),
+                Context(X, calibration=X), model)
+
+
+def test_signature_names_what_latency_depends_on(resnet):
+    model, graph = resnet
+    layer = next(lay for lay in graph.layers() if lay.module == "layer2.0.conv1")
+    sig = signature(layer, model.get_submodule(layer.module), 32)
+    assert sig["stride"] == [2, 2] and sig["input"] == [32, -1, 16, 16]
+    assert sig["cin"] == 16 and sig["cout"] == 32
+
+
+def test_grouped_conv_table_runs_along_whole_groups(tmp_path):
+    model = nn.Sequential(nn.Conv2d(3, 16, 1), nn.ReLU(), nn.Conv2d(16, 16, 3, groups=4),
+                          nn.ReLU(), nn.Conv2d(16, 4, 1)).eval()
+    graph = ChannelGraph.build(model, X)
+    layer = next(lay for lay in graph.layers() if lay.module == "2")
+    tb = LayerTable(signature(layer, model[2], 2), Target(batch=2, threads=1),
+                    SyntheticTimer(), tmp_path)
+    tb.fill()
+    assert tb.grid_in == [16] and len(tb.grid_out) > 1
+    assert tb.seconds(9, 8) == tb.seconds(16, 8)       # input follows the kept groups
+    assert tb.seconds(16, 8) < tb.seconds(16, 16)
+
+
+# ------------------------------------------------------------------ command line
+def test_cli_latency_builds_validates_and_writes(tmp_path, capsys, monkeypatch):
+    from prunekit.cli import main
+    monkeypatch.setenv("PRUNEKIT_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "lat"
+    assert main(["latency", "--model", "resnet20", "--batch", "2", "--threads", "1",
+                 "--target", "0.7", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "predicted (ms)" in printed and "marginal/latency" in printed
+    doc = json.loads((out / "latency.json").read_text())
+    assert doc["target"]["batch"] == 2 and doc["tables"] and doc["validation"]
+    assert {r["plan"] for r in doc["validation"]} >= {"dense", "global/macs"}
+    assert (out / "latency.png").is_file() and any((tmp_path / "cache" / "latency").iterdir())
+
+
+def test_cli_prune_to_a_latency_target_reports_speedups(tmp_path, capsys, monkeypatch):
+    from prunekit.cli import main
+    monkeypatch.setenv("PRUNEKIT_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "run"
+    assert main(["prune", "--model", "resnet20", "--metric", "latency", "--target", "0.7",
+                 "--batch", "2", "--threads", "1", "--set", "allocation=marginal",
+                 "--out", str(out)]) == 0
+    assert "speed-up on torch/cpu" in capsys.readouterr().out
+    report = json.loads((out / "metrics.json").read_text())["latency"]
+    assert report["requested"] == pytest.approx(1 / 0.7)
+    assert report["predicted"] > 1 and report["measured"] > 0
+    plan = json.loads((out / "plan.json").read_text())
+    assert plan["meta"]["metric"] == "latency"
+
+
+@pytest.mark.parametrize("args, match", [
+    (["latency", "--backend", "tensorrt"], "backend must be one of"),
+    (["latency", "--device", "tpu"], "device must be one of"),
+    (["prune", "--device", "cpu"], "only apply with --metric latency"),
+    (["prune", "--metric", "latency", "--method", "submodular", "--data", "DATA"],
+     "does not take metric 'latency'"),
+])
+def test_cli_refuses_bad_latency_options(tmp_path, capsys, args, match):
+    from prunekit.cli import main
+    if "DATA" in args:
+        from fixtures import canonical
+        canonical(tmp_path / "data", n_train=20, n_test=10)
+        args = [a if a != "DATA" else str(tmp_path / "data") for a in args]
+    code = main([*args, "--model", "resnet20", "--out", str(tmp_path / "o")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert match in err and "Traceback" not in err
+    assert not (tmp_path / "o").exists()
