@@ -186,13 +186,24 @@ def test_cuda_refused_without_a_gpu():
 def test_latency_budget_needs_a_model_and_a_method_that_takes_it(resnet):
     from prunekit.methods import Context, get_method
     from prunekit.methods.protocol import prepare
-    from prunekit.methods.submodular import SubmodularConfig
+    from prunekit.methods.emo import EmoConfig
     model, _ = resnet
     with pytest.raises(TargetError, match="latency model"):
         prepare(get_method("oneshot"), OneShotConfig(metric="latency"), Context(X), model)
     with pytest.raises(TargetError, match="does not take metric 'latency'"):
-        prepare(get_method("submodular"), SubmodularConfig(metric="latency"),
+        prepare(get_method("emo"), EmoConfig(metric="latency"),
                 Context(X, calibration=X), model)
+
+
+def test_submodular_meets_a_latency_budget(resnet, tmp_path):
+    from prunekit.methods.submodular import SubmodularConfig, prune_submodular
+    model, graph = resnet
+    lm = _model(resnet, tmp_path)
+    res = prune_submodular(model, X, torch.randn(16, 3, 16, 16),
+                           SubmodularConfig(target=0.6, metric="latency", calib_batch_size=8),
+                           latency=lm)
+    ratio = lm.predict(graph.keep_mask(res.plan)) / lm.predict()
+    assert 0.6 * 0.97 <= ratio <= 0.6
 
 
 def test_signature_names_what_latency_depends_on(resnet):
@@ -250,7 +261,7 @@ def test_cli_prune_to_a_latency_target_reports_speedups(tmp_path, capsys, monkey
     (["latency", "--backend", "tensorrt"], "backend must be one of"),
     (["latency", "--device", "tpu"], "device must be one of"),
     (["prune", "--device", "cpu"], "only apply with --metric latency"),
-    (["prune", "--metric", "latency", "--method", "submodular", "--data", "DATA"],
+    (["prune", "--metric", "latency", "--method", "emo", "--data", "DATA"],
      "does not take metric 'latency'"),
 ])
 def test_cli_refuses_bad_latency_options(tmp_path, capsys, args, match):

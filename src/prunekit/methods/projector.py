@@ -59,8 +59,12 @@ class Projector:
         self.graph, self.budget = graph, budget
         if budget.metric == "latency":
             self._latency = budget.require_latency()
-            if self._latency.graph.fingerprint != graph.fingerprint:
-                raise TargetError("the latency model was built for another architecture")
+            other = self._latency.graph
+            if other is not graph and (other.fingerprint != graph.fingerprint or
+                                       other.n_units != graph.n_units or
+                                       other.options != graph.options):
+                raise TargetError("the latency model was built on another graph (another "
+                                  "architecture or other graph options); build it on this one")
         self.groups = [g for g in graph.prunable_groups if ids is None or g.id in ids]
         if not self.groups:
             raise TargetError("no prunable group to allocate over")

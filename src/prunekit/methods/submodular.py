@@ -97,12 +97,12 @@ class SubmodularConfig(MethodConfig):
 
 # ------------------------------------------------------------------ allocation
 def _counts(graph: ChannelGraph, infos: list[GroupInfo], config: SubmodularConfig,
-            curves: dict[str, np.ndarray] | None) -> dict[str, int]:
+            curves: dict[str, np.ndarray] | None, latency: Any = None) -> dict[str, int]:
     """Kept units per group that meet the budget. ``curves[gid][j]``: the group's loss
     (sensitivity: 1 - F; output: KL of the network's outputs) when it keeps j + 1 of its
     prunable units, NaN where not measured."""
     budget = Budget(config.target, config.metric, config.round_to, config.min_width,
-                    scope=config.scope)
+                    scope=config.scope, latency=latency)
     ids = {i.gid for i in infos}
     if config.allocation == "uniform" or curves is None:
         plan = allocate(graph, np.zeros(graph.n_units), budget, "uniform", {}, ids)
@@ -151,8 +151,8 @@ def _equal_change(graph: ChannelGraph, infos: list[GroupInfo], budget: Budget,
 
 
 # ------------------------------------------------------------------ the method
-def _eligible(graph: ChannelGraph, infos: list[GroupInfo],
-              config: SubmodularConfig) -> list[GroupInfo]:
+def _eligible(graph: ChannelGraph, infos: list[GroupInfo], config: SubmodularConfig,
+              latency: Any = None) -> list[GroupInfo]:
     """The groups to prune: the closed ones (every use a conv/linear consumer, so
     reweighting is exact), and the open ones with consumers under ``open_groups``
     "select", or under "auto" when the closed ones alone cannot reach the target (a
@@ -165,7 +165,7 @@ def _eligible(graph: ChannelGraph, infos: list[GroupInfo],
         return either
     from .projector import Projector
     budget = Budget(config.target, config.metric, config.round_to, config.min_width,
-                    scope=config.scope)
+                    scope=config.scope, latency=latency)
     floor = Projector(graph, budget, group_ids={i.gid for i in closed}).floor()
     return closed if floor <= config.target * (1 + budget.tolerance) else either
 
@@ -199,9 +199,13 @@ def _select(config: SubmodularConfig, info: GroupInfo, width: int, prunable: np.
 def prune_submodular(model: nn.Module, example_inputs: Sequence[Any] | torch.Tensor,
                      data: torch.Tensor | Iterable[Any],
                      config: SubmodularConfig = SubmodularConfig(), *,
-                     graph: ChannelGraph | None = None, progress: bool = False) -> Result:
+                     graph: ChannelGraph | None = None, progress: bool = False,
+                     latency: Any = None) -> Result:
     """Prune ``model`` (left untouched) with ``data`` (unlabeled calibration images: a tensor
-    or batches; labels in (x, y) batches are ignored)."""
+    or batches; labels in (x, y) batches are ignored). ``latency``: the
+    :class:`prunekit.latency.LatencyModel` of ``metric="latency"`` (its graph is used)."""
+    if graph is None and latency is not None:
+        graph = latency.graph
     graph = graph or ChannelGraph.build(model, example_inputs, ignore=config.ignore)
     batches = as_batches(data, config.calib_batch_size)
     check_batches(example_inputs, batches, "prune_submodular")
@@ -210,7 +214,7 @@ def prune_submodular(model: nn.Module, example_inputs: Sequence[Any] | torch.Ten
     if not chosen:
         raise TargetError(f"no prunable group matches {list(config.groups)}")
     infos_all = analyse(graph, chosen)
-    infos = _eligible(graph, infos_all, config)
+    infos = _eligible(graph, infos_all, config, latency)
     if not infos:
         raise TargetError("no selected group can be pruned by this method: "
                           + "; ".join(f"{i.gid}: {i.reason}" for i in infos_all[:3]))
@@ -225,7 +229,7 @@ def prune_submodular(model: nn.Module, example_inputs: Sequence[Any] | torch.Ten
     if config.variant == "asym":
         st.ref = Reference(st.original, names, batches, config.cache_activations)
     curves = _curves(st, infos) if config.allocation != "uniform" else None
-    counts = _counts(graph, infos, config, curves)
+    counts = _counts(graph, infos, config, curves, latency)
     if config.selector == "actgrad":
         st.scores = actgrad_scores(st.original, infos, {i.gid: graph.group(i.gid).width
                                                         for i in infos}, batches)
@@ -240,7 +244,7 @@ def prune_submodular(model: nn.Module, example_inputs: Sequence[Any] | torch.Ten
                  "consumers": [c.name for c in i.consumers], "intercept": []}
                 for i in infos_all if i not in infos]
     meta = {"method": "submodular", "config": config.to_dict(),
-            "achieved": _ratio(graph, st.keep, config, [i.gid for i in infos])}
+            "achieved": _ratio(graph, st.keep, config, [i.gid for i in infos], latency)}
     plan = _plan(graph, st.keep, meta)
     pruned = graph.apply(st.work, plan)
     return Result(pruned, plan, graph, graph.cost(), graph.cost(plan), history, config=config)
@@ -255,10 +259,11 @@ class Submodular(MethodBase):
     needs: ClassVar[frozenset[str]] = frozenset({"calibration"})
     summary: ClassVar[str] = ("greedy channel selection + least-squares reweighting from a few "
                               "hundred unlabeled images, no fine-tuning")
+    metrics: ClassVar[tuple[str, ...]] = ("macs", "params", "latency")
 
     def run(self, model: nn.Module, config: SubmodularConfig, context: Context) -> Result:
         return prune_submodular(model, context.inputs, context.calibration, config,
-                                progress=context.progress)
+                                progress=context.progress, latency=context.latency)
 
     def test_config(self, **overrides: Any) -> SubmodularConfig:
         return SubmodularConfig(**{"calib_batch_size": 8, **overrides})
@@ -395,7 +400,7 @@ def _plan(graph: ChannelGraph, keep: np.ndarray, meta: dict | None = None) -> Pl
 
 
 def _ratio(graph: ChannelGraph, keep: np.ndarray, config: SubmodularConfig,
-           ids: list[str]) -> float:
+           ids: list[str], latency: Any = None) -> float:
     from .projector import Projector
-    budget = Budget(config.target, config.metric, scope=config.scope)
+    budget = Budget(config.target, config.metric, scope=config.scope, latency=latency)
     return round(Projector(graph, budget, group_ids=ids).ratio(keep), 6)
