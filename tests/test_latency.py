@@ -275,3 +275,25 @@ def test_cli_refuses_bad_latency_options(tmp_path, capsys, args, match):
     err = capsys.readouterr().err
     assert match in err and "Traceback" not in err
     assert not (tmp_path / "o").exists()
+
+
+def test_keyword_inputs_are_timed_as_the_model_takes_them(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    from prunekit.latency import Bound
+    cfg = transformers.LlamaConfig(vocab_size=50, hidden_size=32, intermediate_size=64,
+                                   num_hidden_layers=1, num_attention_heads=4,
+                                   num_key_value_heads=2)
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(cfg).eval()
+    ex = {"input_ids": torch.randint(0, 50, (1, 8)), "use_cache": False}
+    graph = ChannelGraph.build(model, ex)
+    bound = Bound(model, graph.inputs)
+    (ids,) = bound.tensors(3)
+    assert ids.shape == (3, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(bound(ids).logits, model(input_ids=ids, use_cache=False).logits)
+    lm = LatencyModel(graph, Target(batch=3, threads=1), SyntheticTimer(), tmp_path)
+    lm.measure_tables()
+    lm.calibrate(model)
+    res = prune_oneshot(model, ex, OneShotConfig(target=0.8, metric="latency"), latency=lm)
+    assert lm.predict(graph.keep_mask(res.plan)) / lm.predict() <= 0.8

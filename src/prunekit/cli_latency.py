@@ -43,10 +43,9 @@ def latency_model(cfg: dict, model: torch.nn.Module, s: Any, ignore=()):
 
 def speedups(lm: Any, model: torch.nn.Module, result: Any, target: float) -> dict[str, Any]:
     """Requested, predicted and measured speed-ups of ``result`` over ``model``."""
-    from .latency import batched
+    from .latency import time_model
     dense = lm.measure(model, np.ones(lm.graph.n_units, dtype=bool))
-    inputs = batched(lm.graph.inputs.tensors(), lm.target.batch)
-    pruned = lm.timer.time(result.model.eval(), inputs)
+    pruned = time_model(lm.timer, lm.graph, result.model, lm.target.batch)
     keep = lm.graph.keep_mask(result.plan)
     return {"target": lm.target.to_dict(), "requested": 1.0 / target,
             "predicted": lm.predict() / lm.predict(keep), "measured": dense / pruned,

@@ -29,7 +29,7 @@ from .table import LayerTable, signature
 from .target import Target
 from .timers import Timer, timer_for
 
-__all__ = ["LatencyModel", "batched"]
+__all__ = ["Bound", "LatencyModel", "batched", "time_model"]
 
 
 def batched(inputs: Sequence[Any], batch: int) -> tuple[Any, ...]:
@@ -41,6 +41,36 @@ def batched(inputs: Sequence[Any], batch: int) -> tuple[Any, ...]:
             x = x.repeat(reps, *([1] * (x.dim() - 1)))[:batch]
         out.append(x)
     return tuple(out)
+
+
+class Bound(nn.Module):
+    """``model`` called the way its example inputs call it (positional tensors, keyword
+    arguments, constants), taking only the tensors, in order: what a timer (and an ONNX
+    export) runs."""
+
+    def __init__(self, model: nn.Module, example: Any) -> None:
+        super().__init__()
+        from torch.utils._pytree import tree_flatten
+        self.model = model
+        self._flat, self._spec = tree_flatten((tuple(example.args), dict(example.kwargs)))
+        self._pos = [i for i, v in enumerate(self._flat) if isinstance(v, torch.Tensor)]
+
+    def tensors(self, batch: int) -> tuple[torch.Tensor, ...]:
+        return batched([self._flat[i] for i in self._pos], batch)
+
+    def forward(self, *tensors: torch.Tensor) -> Any:
+        from torch.utils._pytree import tree_unflatten
+        flat = list(self._flat)
+        for i, t in zip(self._pos, tensors):
+            flat[i] = t
+        args, kwargs = tree_unflatten(flat, self._spec)
+        return self.model(*args, **kwargs)
+
+
+def time_model(timer: Timer, graph: ChannelGraph, model: nn.Module, batch: int) -> float:
+    """Measured seconds of ``model`` on ``graph``'s example inputs at ``batch``."""
+    bound = Bound(model.eval(), graph.inputs)
+    return float(timer.time(bound, bound.tensors(batch)))
 
 
 @dataclass
@@ -173,8 +203,7 @@ class LatencyModel:
     def measure(self, model: nn.Module, keep: np.ndarray) -> float:
         """Measured seconds per batch of ``model`` pruned to ``keep``, on the target."""
         pruned = self.graph.apply(model, self.graph.plan_of_mask(keep), verify=False)
-        inputs = batched(self.graph.inputs.tensors(), self.target.batch)
-        return float(self.timer.time(pruned.eval(), inputs))
+        return time_model(self.timer, self.graph, pruned, self.target.batch)
 
     def validate(self, model: nn.Module, plans: dict[str, np.ndarray]) -> list[dict[str, Any]]:
         """Predicted against measured seconds for each named keep mask."""

@@ -13,6 +13,7 @@ from typing import Protocol, Sequence
 import torch
 from torch import nn
 
+from ..errors import TargetError
 from .target import Target
 
 __all__ = ["Timer", "TorchTimer", "OrtTimer", "timer_for"]
@@ -67,18 +68,15 @@ class OrtTimer:
 
     def session(self, module: nn.Module, inputs: Sequence[torch.Tensor]):
         import onnxruntime as ort
-        buf = io.BytesIO()
         names = [f"input{i}" for i in range(len(inputs))]
-        with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
-            torch.onnx.export(module.eval(), tuple(inputs), buf, input_names=names,
-                              opset_version=18, dynamo=False)
+        data = _export(module.eval(), tuple(inputs), names)
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = self.target.threads
         opts.inter_op_num_threads = 1
         opts.log_severity_level = 3
         providers = ["CUDAExecutionProvider"] if self.target.device == "cuda" else \
             ["CPUExecutionProvider"]
-        sess = ort.InferenceSession(buf.getvalue(), opts, providers=providers)
+        sess = ort.InferenceSession(data, opts, providers=providers)
         return sess, {n: x.detach().cpu().numpy() for n, x in zip(names, inputs)}
 
     def time(self, module: nn.Module, inputs: Sequence[torch.Tensor]) -> float:
@@ -91,6 +89,27 @@ class OrtTimer:
             sess.run(None, feed)
             out.append(time.perf_counter() - t)
         return statistics.median(out)
+
+
+def _export(module: nn.Module, inputs: tuple, names: list[str]) -> bytes:
+    """ONNX bytes of ``module``: the TorchScript-based exporter, else torch.export's
+    (``dynamo=True``, needs onnxscript); a module neither exports is refused, naming it."""
+    import warnings
+    errors = []
+    for dynamo in (False, True):
+        buf = io.BytesIO()
+        try:
+            with torch.no_grad(), warnings.catch_warnings(), \
+                    contextlib.redirect_stdout(io.StringIO()):
+                warnings.simplefilter("ignore")
+                torch.onnx.export(module, inputs, buf, input_names=names, opset_version=18,
+                                  dynamo=dynamo)
+            return buf.getvalue()
+        except Exception as exc:      # both exporters raise many kinds; report them
+            errors.append(f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
+    inner = getattr(module, "model", module)
+    raise TargetError(f"backend onnxruntime cannot time {type(inner).__name__}: it does not "
+                      f"export to ONNX ({'; '.join(errors)}); use --backend torch")
 
 
 def timer_for(target: Target) -> Timer:
