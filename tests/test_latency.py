@@ -33,22 +33,22 @@ def _conv_cost(m: nn.Module, x: torch.Tensor, staircase: float, hot: float) -> f
         return 1e-9 * lanes * per_group_in * x.shape[0] * positions * \
             int(np.prod(m.kernel_size)) * (hot if positions >= 256 else 1.0)
     if isinstance(m, nn.Linear):
-        return 1e-9 * m.in_features * m.out_features * x.shape[0]
+        return 1e-9 * m.in_features * m.out_features * (x.numel() // x.shape[-1])
     return 0.0
 
 
 class SyntheticTimer:
     """Deterministic 'measurements': a layer costs :func:`_conv_cost`; a whole model the
-    sum over its layers (on their real inputs) plus a fixed 1 ms."""
+    sum over its layers (on their real inputs) plus ``fixed`` seconds."""
 
-    def __init__(self, staircase: float = 1.0, hot: float = 1.0) -> None:
-        self.calls, self.staircase, self.hot = 0, staircase, hot
+    def __init__(self, staircase: float = 1.0, hot: float = 1.0, fixed: float = 1e-3) -> None:
+        self.calls, self.staircase, self.hot, self.fixed = 0, staircase, hot, fixed
 
     def time(self, module: nn.Module, inputs) -> float:
         self.calls += 1
         if isinstance(module, (nn.Conv2d, nn.Linear)):
             return _conv_cost(module, inputs[0], self.staircase, self.hot)
-        total = [1e-3]
+        total = [self.fixed]
         hooks = [m.register_forward_pre_hook(
             lambda m, a: total.append(_conv_cost(m, a[0], self.staircase, self.hot)))
             for m in module.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
@@ -228,7 +228,25 @@ def test_grouped_conv_table_runs_along_whole_groups(tmp_path):
 
 
 # ------------------------------------------------------------------ command line
-def test_cli_latency_builds_validates_and_writes(tmp_path, capsys, monkeypatch):
+@pytest.fixture
+def synthetic_machine(monkeypatch):
+    """The command line's timers replaced by the synthetic machine (deterministic)."""
+    import prunekit.latency.model as model_mod
+    monkeypatch.setattr(model_mod, "timer_for", lambda target: SyntheticTimer())
+
+
+def test_real_timers_time_a_layer():
+    layer, x = nn.Conv2d(8, 8, 3), torch.randn(2, 8, 8, 8)
+    from prunekit.latency import TorchTimer
+    assert TorchTimer(Target(threads=1, reps=2, warmup=1)).time(layer, (x,)) > 0
+    pytest.importorskip("onnxruntime")
+    from prunekit.latency import OrtTimer
+    assert OrtTimer(Target(backend="onnxruntime", threads=1, reps=2, warmup=1)).time(
+        layer, (x,)) > 0
+
+
+def test_cli_latency_builds_validates_and_writes(tmp_path, capsys, monkeypatch,
+                                                 synthetic_machine):
     from prunekit.cli import main
     monkeypatch.setenv("PRUNEKIT_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "lat"
@@ -242,7 +260,8 @@ def test_cli_latency_builds_validates_and_writes(tmp_path, capsys, monkeypatch):
     assert (out / "latency.png").is_file() and any((tmp_path / "cache" / "latency").iterdir())
 
 
-def test_cli_prune_to_a_latency_target_reports_speedups(tmp_path, capsys, monkeypatch):
+def test_cli_prune_to_a_latency_target_reports_speedups(tmp_path, capsys, monkeypatch,
+                                                         synthetic_machine):
     from prunekit.cli import main
     monkeypatch.setenv("PRUNEKIT_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "run"
@@ -292,7 +311,7 @@ def test_keyword_inputs_are_timed_as_the_model_takes_them(tmp_path):
     assert ids.shape == (3, 8)
     with torch.no_grad():
         torch.testing.assert_close(bound(ids).logits, model(input_ids=ids, use_cache=False).logits)
-    lm = LatencyModel(graph, Target(batch=3, threads=1), SyntheticTimer(), tmp_path)
+    lm = LatencyModel(graph, Target(batch=3, threads=1), SyntheticTimer(fixed=1e-6), tmp_path)
     lm.measure_tables()
     lm.calibrate(model)
     res = prune_oneshot(model, ex, OneShotConfig(target=0.8, metric="latency"), latency=lm)
