@@ -140,6 +140,8 @@ def _base(cmd: str, ws: Path, out: Path) -> list:
                      "--data", ws / "data", "--out", out],
         "export": ["export", *model, "--checkpoint", ws / "r20.pt", "--out", out],
         "info": ["info", *model, "--checkpoint", ws / "r20.pt"],
+        "latency": ["latency", *model, "--checkpoint", ws / "r20.pt", "--out", out,
+                    "--batch", "1", "--threads", "1"],
     }[cmd]
 
 

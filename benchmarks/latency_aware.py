@@ -1,0 +1,183 @@
+"""Latency-aware pruning (issue 24): ask for 1/2 and 1/3 of the measured latency and get it.
+
+Per model and backend (eager PyTorch, ONNX Runtime; CPU), one process, random weights
+(speed does not depend on them): the latency model is built (per-layer tables, cached)
+and calibrated, then at each latency target:
+
+- **ours**: one-shot L1, ``metric="latency"``, ``allocation="marginal"`` (greedy
+  importance per second saved), staircase rounding;
+- **macs**: the same method asked for the same fraction of the *MACs* (global
+  allocation): what a user gets who takes MACs for time;
+- **torch-pruning**: Torch-Pruning 1.6.1 L1, ``round_to=8``, its ratio bisected to ours'
+  MACs (speed at equal MACs); not for the ViT (its attention needs per-model setup).
+
+Every plan's latency is measured on the target (median of ``--reps`` runs after
+warm-up) and predicted by the model. Rows are saved as they finish; a re-run skips
+them (``--fresh`` starts over). ``--report`` renders the markdown.
+
+    python benchmarks/latency_aware.py --out benchmarks/results/latency_aware.json
+    python benchmarks/latency_aware.py --report benchmarks/results/latency_aware.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from common import invocation
+from prunekit import ChannelGraph
+from prunekit.conformance import measured_cost
+from prunekit.latency import LatencyModel, Target, time_model
+from prunekit.methods import OneShotConfig, prune_oneshot
+from prunekit.outputs import write_text
+
+MODELS = {   # name: (builder, input size, batch)
+    "resnet56": (lambda: __import__("prunekit.models", fromlist=["x"]).CifarResNet(56),
+                 (3, 32, 32), 64),
+    "tv:resnet50": (lambda: __import__("torchvision").models.resnet50(), (3, 224, 224), 8),
+    "tv:mobilenet_v2": (lambda: __import__("torchvision").models.mobilenet_v2(),
+                        (3, 224, 224), 8),
+    "timm:vit_small_patch16_224": (
+        lambda: __import__("timm").create_model("vit_small_patch16_224", pretrained=False),
+        (3, 224, 224), 8),
+}
+
+
+def tp_at_macs(model: nn.Module, x: torch.Tensor, frac: float) -> nn.Module | None:
+    """Torch-Pruning L1, round_to=8, its global ratio bisected to ``frac`` of the MACs
+    (option-A ResNets: block-inner convs only, it cannot prune their shortcuts)."""
+    import torch_pruning as tp
+    from prunekit.methods.projector import bisect
+    base = measured_cost(model, (x,))[1]
+    made: dict[float, nn.Module] = {}
+    option_a = hasattr(model, "layer1") and hasattr(model, "linear")
+
+    def fits(ratio: float) -> bool:
+        work = made[ratio] = copy.deepcopy(model)
+        last = [m for m in work.modules() if isinstance(m, nn.Linear)][-1:]
+        ignored = last + ([m for n, m in work.named_modules() if isinstance(m, nn.Conv2d)
+                           and not n.endswith("conv1") or n == "conv1"] if option_a else [])
+        tp.pruner.MetaPruner(work, x, importance=tp.importance.MagnitudeImportance(p=1),
+                             pruning_ratio=ratio, ignored_layers=ignored, round_to=8).step()
+        return measured_cost(work, (x,))[1] / base <= frac
+    ratio = bisect(fits, 0.0, 0.95, steps=10)
+    return made[ratio] if ratio in made and fits(ratio) else None   # None: unreachable
+
+
+def row_for(lm: LatencyModel, model: nn.Module, x: torch.Tensor, target: float) -> dict:
+    g = lm.graph
+    dense = lm.measure(model, np.ones(g.n_units, dtype=bool))
+    base_macs = g.cost().macs
+    out = {"target": target, "requested": 1 / target, "dense_ms": 1e3 * dense}
+    ours = prune_oneshot(model, x, OneShotConfig(target=target, metric="latency",
+                                                 allocation="marginal"), latency=lm)
+    macs = prune_oneshot(model, x, OneShotConfig(target=target, metric="macs"), graph=g)
+    for name, res in (("ours", ours), ("macs", macs)):
+        keep = g.keep_mask(res.plan)
+        m = lm.measure(model, keep)
+        out[name] = {"macs": res.after.macs / base_macs, "measured": dense / m,
+                     "predicted": lm.predict() / lm.predict(keep), "ms": 1e3 * m}
+    if not type(model).__name__.startswith("VisionTransformer"):
+        tp_model = tp_at_macs(model, x, out["ours"]["macs"])
+        if tp_model is None:
+            out["torch-pruning"] = {"error": "cannot reach ours' MACs"}
+        else:
+            m = time_model(lm.timer, g, tp_model, lm.target.batch)
+            out["torch-pruning"] = {"macs": measured_cost(tp_model, (x,))[1] /
+                                    measured_cost(model, (x,))[1], "measured": dense / m,
+                                    "ms": 1e3 * m}
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", nargs="+", default=list(MODELS))
+    ap.add_argument("--backends", nargs="+", default=["torch", "onnxruntime"])
+    ap.add_argument("--targets", nargs="+", type=float, default=[0.5, 1 / 3])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--reps", type=int, default=10)
+    ap.add_argument("--out", default="benchmarks/results/latency_aware.json")
+    ap.add_argument("--md", default="benchmarks/latency_aware.md")
+    ap.add_argument("--fresh", action="store_true")
+    ap.add_argument("--report", metavar="JSON")
+    args = ap.parse_args()
+    if args.report:
+        write_text(Path(args.md), render(json.loads(Path(args.report).read_text())))
+        return
+    torch.manual_seed(0)
+    path = Path(args.out)
+    doc = {} if args.fresh or not path.is_file() else json.loads(path.read_text())
+    doc.update(machine=f"{platform.machine()}, {platform.processor() or 'cpu'}",
+               torch=torch.__version__, command=invocation(), threads=args.threads)
+    rows = doc.setdefault("rows", [])
+    done = {(r["model"], r["backend"], round(r["target"], 4)) for r in rows}
+    for name in args.models:
+        build, shape, batch = MODELS[name]
+        model = build().eval()
+        x = torch.randn(1, *shape)
+        graph = ChannelGraph.build(model, x)
+        for backend in args.backends:
+            todo = [t for t in args.targets if (name, backend, round(t, 4)) not in done]
+            if not todo:
+                continue
+            t0 = time.perf_counter()
+            lm = LatencyModel(graph, Target(backend=backend, batch=batch, threads=args.threads,
+                                            reps=args.reps))
+            lm.measure_tables(progress=True)
+            lm.calibrate(model)
+            built = time.perf_counter() - t0
+            for t in todo:
+                try:
+                    row = row_for(lm, model, x, t)
+                except Exception as exc:     # an unreachable target, an export failure
+                    row = {"target": t, "error": f"{type(exc).__name__}: {exc}"}
+                row.update(model=name, backend=backend, batch=batch, build_s=round(built, 1),
+                           calibration=lm.calibration)
+                rows.append(row)
+                print(json.dumps({k: v for k, v in row.items() if k != "calibration"}),
+                      flush=True)
+                write_text(path, json.dumps(doc, indent=1))
+    write_text(Path(args.md), render(doc))
+
+
+def render(doc: dict) -> str:
+    lines = ["# Latency-aware pruning: requested against measured speed-up", "",
+             f"**Machine:** {doc['machine']}, {doc['threads']} threads, torch {doc['torch']}. "
+             "Random weights; one-shot L1 for ours (latency budget, marginal allocation) "
+             "and for the MACs-targeted plan (global allocation); Torch-Pruning L1 "
+             "round_to=8 at ours' MACs.", "", "```bash", doc["command"],
+             "python benchmarks/latency_aware.py --report benchmarks/results/latency_aware.json",
+             "```", "",
+             "| model | backend | batch | requested | ours: measured (predicted) | ours MACs | "
+             "MACs-targeted: measured (MACs) | Torch-Pruning at ours' MACs |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in doc["rows"]:
+        head = f"| {r['model']} | {r['backend']} | {r['batch']} | {1 / r['target']:.2f}x |"
+        if "error" in r:
+            lines.append(head + f" {r['error'][:80]} | | | |")
+            continue
+        o, m, tp = r["ours"], r["macs"], r.get("torch-pruning")
+        tp_cell = "—" if tp is None else tp["error"] if "error" in tp else \
+            f"{tp['measured']:.2f}x ({tp['macs']:.2f})"
+        lines.append(head + f" **{o['measured']:.2f}x** ({o['predicted']:.2f}x) | "
+                     f"{o['macs']:.2f} | {m['measured']:.2f}x ({m['macs']:.2f}) | {tp_cell} |")
+    ok = [r for r in doc["rows"] if "error" not in r]
+    if ok:
+        within = sum(abs(r["ours"]["measured"] / r["requested"] - 1) <= 0.05 for r in ok)
+        pred = [abs(r["ours"]["predicted"] / r["ours"]["measured"] - 1) for r in ok]
+        lines += ["", f"Measured speed-up within 5% of the requested one: **{within} of "
+                  f"{len(ok)}** rows. Predicted against measured speed-up: median error "
+                  f"{100 * float(np.median(pred)):.1f}%, largest {100 * max(pred):.1f}%."]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
