@@ -316,3 +316,36 @@ def test_keyword_inputs_are_timed_as_the_model_takes_them(tmp_path):
     lm.calibrate(model)
     res = prune_oneshot(model, ex, OneShotConfig(target=0.8, metric="latency"), latency=lm)
     assert lm.predict(graph.keep_mask(res.plan)) / lm.predict() <= 0.8
+
+
+def test_polynomial_is_the_prediction_where_layers_are_bilinear(resnet, tmp_path):
+    from prunekit.methods.soft_cost import SoftCost
+    model, graph = resnet
+    lm = _model(resnet, tmp_path)                    # synthetic layers: exactly bilinear
+    soft = SoftCost(graph, polynomial=lm.polynomial())
+    for keep in (lm.uniform(1.0), lm.uniform(0.5), lm.mixed(3)):
+        got = float(soft(torch.as_tensor(keep, dtype=torch.float64)))
+        assert got == pytest.approx(lm.predict(keep), rel=1e-6)
+
+
+def test_lapp_meets_a_latency_budget(resnet, tmp_path):
+    from prunekit.data import CIFAR_NORM, Batches
+    from prunekit.methods.lapp import LappConfig
+    from prunekit.methods.lapp_method import train_lapp
+    from prunekit.train import TrainConfig
+    model, graph = resnet
+    lm = _model(resnet, tmp_path / "cache")
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 255, (64, 16, 16, 3)).astype(np.uint8)
+    y = rng.integers(0, 10, 64)
+    train = Batches(x, y, 16, CIFAR_NORM, train=True, drop_last=True)
+    cfg = LappConfig(target=0.6, metric="latency", prune_epochs=1, threshold_lr=0.1)
+    res = train_lapp(model, X, train, None, cfg,
+                     TrainConfig(epochs=2, lr=0.05, channels_last=False), tmp_path / "run",
+                     progress=False, latency=lm)
+    ratio = lm.predict(graph.keep_mask(res.plan)) / lm.predict()
+    assert 0.6 * 0.97 <= ratio <= 0.6
+    with pytest.raises(TargetError, match="bypass"):
+        train_lapp(CifarResNet(8, widths=(16, 32, 64)), X, train, None,
+                   LappConfig(metric="latency", bypass=True), TrainConfig(epochs=1),
+                   tmp_path / "b", latency=lm)

@@ -160,6 +160,41 @@ class LatencyModel:
             keep = np.ones(self.graph.n_units, dtype=bool)
         return float(self.features(keep) @ self.coef)
 
+    def polynomial(self) -> Any:
+        """The prediction as a polynomial in kept counts (a
+        :class:`prunekit.graph.cost.CostPolynomial` with float coefficients, for methods
+        that need a differentiable cost): each layer's table fitted by least squares as
+        a + b*cin + c*cout + d*cin*cout, the activation terms as they are."""
+        from ..graph.cost import CostPolynomial
+        alpha, beta, gamma = (float(c) for c in self.coef)
+        terms: list[tuple[float, list[np.ndarray]]] = [(gamma, [])]
+        for e in self.entries:
+            a, b, c, d = _bilinear(e.table)
+            lay = e.layer
+            dim = 1 if lay.kind == "conv" else -1
+            fin, fout = lay.in_units, lay.out_units
+            cin = 1.0 if fin is not None else float(lay.in_shape[dim])
+            cout = 1.0 if fout is not None else float(lay.out_shape[dim])
+            if e.table.sig["kind"] == "conv" and e.table.sig["groups"] > 1:
+                fin, cin = None, float(e.table.sig["cin"])      # runs along the output only
+            ins = [fin] if fin is not None else []
+            outs = [fout] if fout is not None else []
+            terms += [(alpha * a, []), (alpha * b * cin, ins), (alpha * c * cout, outs),
+                      (alpha * d * cin * cout, ins + outs)]
+        terms += [(beta * coeff, list(fs)) for coeff, fs in self.acts]
+        coeffs, offsets, flat, owner, pos = [], [], [], [], 0
+        for t, (coef, fs) in enumerate(terms):
+            coeffs.append(coef)
+            for f in fs:
+                offsets.append(pos)
+                owner.append(t)
+                flat.append(np.asarray(f, dtype=np.int64))
+                pos += len(f)
+        return CostPolynomial(np.asarray(coeffs, dtype=np.float64),
+                              np.asarray(offsets, dtype=np.int64),
+                              np.concatenate(flat) if flat else np.zeros(0, dtype=np.int64),
+                              np.asarray(owner, dtype=np.int64))
+
     def layer_seconds(self, keep: np.ndarray) -> list[tuple[str, int, int, float]]:
         """Per layer: module, widths and exact measured seconds under ``keep``."""
         return [(e.layer.module, *self.widths(keep, e), e.table.seconds(*self.widths(keep, e)))
@@ -226,6 +261,15 @@ class LatencyModel:
             rows.append({"plan": name, "predicted_ms": 1e3 * p, "measured_ms": 1e3 * m,
                          "error": p / m - 1.0 if m > 0 else float("nan")})
         return rows
+
+
+def _bilinear(table: LayerTable) -> tuple[float, float, float, float]:
+    """a, b, c, d of seconds ~ a + b*cin + c*cout + d*cin*cout over the table's grid."""
+    pts = [(a, b, table.points[(a, b)]) for a in table.grid_in for b in table.grid_out]
+    A = np.array([[1.0, a, b, a * b] for a, b, _ in pts])
+    y = np.array([v for _, _, v in pts])
+    coef, *_ = np.linalg.lstsq(A, y, rcond=None)
+    return tuple(float(c) for c in coef)
 
 
 def _touches(layer: Layer, units: np.ndarray) -> bool:

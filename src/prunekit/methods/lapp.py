@@ -62,12 +62,15 @@ class Lapp(nn.Module, Callback):
     """Scores, thresholds, masks and the cost constraint of one model (see module doc)."""
 
     def __init__(self, model: nn.Module, graph: ChannelGraph, config: LappConfig,
-                 base_cost: float, phase_end: float = 1.0) -> None:
+                 base_cost: float, phase_end: float = 1.0, latency: Any = None) -> None:
         nn.Module.__init__(self)
         self.config, self.graph, self.base = config, graph, float(base_cost)
         self.phase_end = phase_end          # fraction of the whole schedule that prunes
         self.bypass = has_bypass(model)     # what a saved plan records, whatever the config
-        self.cost = SoftCost(graph, config.metric)
+        self.latency = config.budget(latency=latency).require_latency() \
+            if config.metric == "latency" else None
+        self.cost = SoftCost(graph, config.metric, self.latency.polynomial()
+                             if self.latency is not None else None)
         self.groups: list[Any] = []
         self.members: list[list[Member]] = []
         self.skipped: dict[str, str] = {}
@@ -388,7 +391,7 @@ class Lapp(nn.Module, Callback):
         for g, m in zip(self.groups, margins):
             priority[g.units] = m
         pj = Projector(self.graph, Budget(c.target, c.metric, c.round_to, c.min_width,
-                                          tolerance=c.tolerance),
+                                          tolerance=c.tolerance, latency=self.latency),
                        priority, [g.id for g in self.groups], base=self.base)
 
         def keep_at(delta: float) -> np.ndarray:

@@ -29,12 +29,15 @@ __all__ = ["LappMethod", "train_lapp"]
 
 def train_lapp(model: nn.Module, example_inputs: Sequence[Any] | torch.Tensor, train: Any,
                test: Any, config: LappConfig, train_config: TrainConfig,
-               out_dir: str | Path, progress: bool = True, resume: bool = False) -> Result:
+               out_dir: str | Path, progress: bool = True, resume: bool = False,
+               latency: Any = None) -> Result:
     """Train ``model`` (in place until the prune, from scratch or pretrained) with LAPP, then
     train the physically pruned model to the end of the schedule. Logs of both phases go to
     ``out_dir/prune`` and ``out_dir/train``; the model as pruned is saved in
     ``out_dir/pruned-at-freeze``. ``resume``: a run killed in the second phase continues
-    from its last epoch; one killed in the pruning phase restarts that phase."""
+    from its last epoch; one killed in the pruning phase restarts that phase. ``latency``:
+    the :class:`prunekit.latency.LatencyModel` of ``metric="latency"`` (its polynomial
+    surrogate is the differentiable cost, its prediction the budget at the freeze)."""
     from ..io import load_pruned, save_pruned
     if isinstance(example_inputs, torch.Tensor):
         example_inputs = (example_inputs,)
@@ -43,6 +46,9 @@ def train_lapp(model: nn.Module, example_inputs: Sequence[Any] | torch.Tensor, t
             first = next(iter(data), None)
             check_batches(example_inputs, [] if first is None else [first],
                           f"train_lapp ({name} data)", labels=True)
+    if config.metric == "latency" and config.bypass:
+        raise TargetError("a latency budget with the bypass is not supported (the latency "
+                          "model is measured without the bypass branches); use bypass=False")
     base = ChannelGraph.build(model, example_inputs).cost()
     if config.bypass and add_bypass(model, config.bypass_scale) == 0:
         raise TargetError(f"{type(model).__name__} has no bypass slot (bypass_shape); "
@@ -57,8 +63,10 @@ def train_lapp(model: nn.Module, example_inputs: Sequence[Any] | torch.Tensor, t
         from ..inputs import read_json
         hist = read_json(out / "prune" / "history.json", "pruning-phase log")
     else:
-        lapp = Lapp(model, graph, config, metric_value(base, config.metric),
-                    phase_end=phase / train_config.epochs)
+        base_value = config.budget(latency=latency).require_latency().predict() \
+            if config.metric == "latency" else metric_value(base, config.metric)
+        lapp = Lapp(model, graph, config, base_value, phase_end=phase / train_config.epochs,
+                    latency=latency)
         lapp.verify(model, example_inputs)
         hist = fit(model, train, test, train_config, out / "prune", progress=progress,
                    callback=lapp, epochs=(0, first))
@@ -85,6 +93,7 @@ class LappMethod(MethodBase):
     config: ClassVar[type] = LappConfig
     needs: ClassVar[frozenset[str]] = frozenset({"train"})
     resumable: ClassVar[bool] = True
+    metrics: ClassVar[tuple[str, ...]] = ("macs", "params", "latency")
     summary: ClassVar[str] = ("LAPP: learnable per-layer thresholds under the budget, pruning "
                               "progressively while training")
 
@@ -105,11 +114,12 @@ class LappMethod(MethodBase):
         if context.folder is None:
             with tempfile.TemporaryDirectory(prefix="prunekit-lapp-") as tmp:
                 result = train_lapp(model, context.inputs, context.train, context.test, config,
-                                    tc, tmp, progress=context.progress)
+                                    tc, tmp, progress=context.progress,
+                                    latency=context.latency)
         else:
             result = train_lapp(model, context.inputs, context.train, context.test, config,
                                 tc, context.folder, progress=context.progress,
-                                resume=context.resume)
+                                resume=context.resume, latency=context.latency)
             _plots(result, Path(context.folder))
         result.config = config
         return result

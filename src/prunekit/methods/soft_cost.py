@@ -9,6 +9,8 @@ gradient says how much each unit's keep value costs.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 from torch import nn
@@ -17,9 +19,13 @@ from ..graph import ChannelGraph
 
 
 class SoftCost(nn.Module):
-    def __init__(self, graph: ChannelGraph, metric: str = "macs") -> None:
+    """``metric``'s cost polynomial of ``graph``, or ``polynomial`` when given (a latency
+    model's, :meth:`prunekit.latency.LatencyModel.polynomial`)."""
+
+    def __init__(self, graph: ChannelGraph, metric: str = "macs", polynomial: Any = None
+                 ) -> None:
         super().__init__()
-        prod = graph.cost_polynomial(metric)
+        prod = polynomial if polynomial is not None else graph.cost_polynomial(metric)
         n_f = len(prod.offsets)
         lengths = np.diff(np.append(prod.offsets, len(prod.flat))).astype(np.int64)
         per_term = np.bincount(prod.owner, minlength=len(prod.coeffs)) if n_f else \
