@@ -186,13 +186,27 @@ def test_cuda_refused_without_a_gpu():
 def test_latency_budget_needs_a_model_and_a_method_that_takes_it(resnet):
     from prunekit.methods import Context, get_method
     from prunekit.methods.protocol import prepare
-    from prunekit.methods.emo import EmoConfig
+    from prunekit.methods.spaces_method import SpacesConfig
     model, _ = resnet
     with pytest.raises(TargetError, match="latency model"):
         prepare(get_method("oneshot"), OneShotConfig(metric="latency"), Context(X), model)
     with pytest.raises(TargetError, match="does not take metric 'latency'"):
-        prepare(get_method("emo"), EmoConfig(metric="latency"),
+        prepare(get_method("space"), SpacesConfig(metric="latency"),
                 Context(X, calibration=X), model)
+
+
+def test_emo_searches_a_latency_objective(resnet, tmp_path):
+    from prunekit.methods import Context, prune
+    from prunekit.methods.emo import EmoConfig
+    model, graph = resnet
+    lm = _model(resnet, tmp_path)
+    cfg = EmoConfig(target=0.6, metric="latency", pop_size=4, generations=1, chain_points=4,
+                    parts=2)
+    res = prune(model, cfg, Context(X, calibration=torch.randn(16, 3, 16, 16), latency=lm))
+    ratio = lm.predict(graph.keep_mask(res.plan)) / lm.predict()
+    assert 0.6 * 0.97 <= ratio <= 0.6
+    costs = [p.cost_ratio for p in res.front]
+    assert min(costs) < 0.9 and max(costs) == pytest.approx(1.0, abs=0.02)
 
 
 def test_submodular_meets_a_latency_budget(resnet, tmp_path):
@@ -280,7 +294,7 @@ def test_cli_prune_to_a_latency_target_reports_speedups(tmp_path, capsys, monkey
     (["latency", "--backend", "tensorrt"], "backend must be one of"),
     (["latency", "--device", "tpu"], "device must be one of"),
     (["prune", "--device", "cpu"], "only apply with --metric latency"),
-    (["prune", "--metric", "latency", "--method", "emo", "--data", "DATA"],
+    (["prune", "--metric", "latency", "--method", "space", "--data", "DATA"],
      "does not take metric 'latency'"),
 ])
 def test_cli_refuses_bad_latency_options(tmp_path, capsys, args, match):

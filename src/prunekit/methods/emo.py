@@ -89,13 +89,16 @@ class EmoSearch:
     def __init__(self, model: nn.Module, example: torch.Tensor,
                  data: torch.Tensor | list[torch.Tensor], config: EmoConfig = EmoConfig(), *,
                  executor: str = "inprocess", workers: int = 2,
-                 checkpoint: str | os.PathLike[str] | None = None) -> None:
+                 checkpoint: str | os.PathLike[str] | None = None, latency: Any = None) -> None:
         from .executor import InProcess, RayExecutor
         batches = list(data.split(128)) if isinstance(data, torch.Tensor) else list(data)
         check_batches(example, batches, "EmoSearch")
+        if config.metric == "latency" and executor != "inprocess":
+            raise TargetError("a latency objective runs in-process (the latency model is "
+                              "measured here); use executor='inprocess'")
         self.config = config
         args = (model, example, batches, config)
-        self.local = Evaluator(*args)
+        self.local = Evaluator(*args, latency=latency)
         self.exec = InProcess(lambda: self.local) if executor == "inprocess" else \
             RayExecutor(Evaluator, args, workers=workers)
         self.ckpt = Path(checkpoint) if checkpoint else None
@@ -252,7 +255,7 @@ class EmoSearch:
             keep = self.local.keep(w)
             cost = self.local.graph.cost_of_mask(keep)
             rows.append({"widths": w, "macs": cost.macs, "params": cost.params,
-                         "cost_ratio": round(self.local._value(cost) / self.local.base, 6),
+                         "cost_ratio": round(self.local.cost_value(keep) / self.local.base, 6),
                          "impairment": measured[repr(sorted(w.items()))]})
         F_ = np.array([[r["cost_ratio"], r["impairment"]] for r in rows])
         keep_idx = sorted(non_dominated(F_).tolist(), key=lambda i: -rows[i]["cost_ratio"])

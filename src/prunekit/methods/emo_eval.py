@@ -27,9 +27,12 @@ class Evaluator:
     """Everything an evaluation needs; built once per worker from picklable parts."""
 
     def __init__(self, model: nn.Module, example: torch.Tensor, batches: list[torch.Tensor],
-                 config: EmoConfig) -> None:
+                 config: EmoConfig, latency: Any = None) -> None:
         self.model, self.config = model.eval(), config
-        self.graph = ChannelGraph.build(self.model, example, ignore=config.ignore)
+        self.latency = config.budget(latency=latency).require_latency() \
+            if config.metric == "latency" else None
+        self.graph = self.latency.graph if self.latency is not None else \
+            ChannelGraph.build(self.model, example, ignore=config.ignore)
         ids = [g.id for g in self.graph.prunable_groups
                if not config.groups or any(fnmatch(g.id, p) for p in config.groups)]
         self.segments = split(self.graph, config.parts, ids)
@@ -41,9 +44,8 @@ class Evaluator:
         self.batches = batches
         self.feats = features(self.graph, self.model, self.segments, batches)
         self.planner = WidthPlanner(self.graph, self.model, config.criterion, config.seed)
-        self.base = self._value(self.graph.cost())
-        self.full = {s.index: self._value(self.graph.layers_cost(list(s.groups)))
-                     for s in self.segments if s.groups}
+        self.base = self.cost_value(np.ones(self.graph.n_units, dtype=bool))
+        self.full = {s.index: self._full(s) for s in self.segments if s.groups}
         self._dense_targets()
 
     def _dense_targets(self) -> None:
@@ -67,8 +69,24 @@ class Evaluator:
             self.chain_ref.append(x)
         self.whole_ref = x
 
-    def _value(self, cost) -> float:
-        return float(metric_value(cost, self.config.metric))
+    def cost_value(self, keep: np.ndarray) -> float:
+        """The budget's cost of ``keep``: MACs or params, or predicted seconds."""
+        if self.latency is not None:
+            return self.latency.predict(keep)
+        return float(metric_value(self.graph.cost_of_mask(keep), self.config.metric))
+
+    def _full(self, seg: Segment) -> float:
+        """The cost of the sub-network's layers at full width (for latency: what removing
+        every prunable channel of its groups would save, the prediction being no sum of
+        per-layer terms alone)."""
+        if self.latency is None:
+            return float(metric_value(self.graph.layers_cost(list(seg.groups)),
+                                      self.config.metric))
+        keep = np.ones(self.graph.n_units, dtype=bool)
+        for gid in seg.groups:
+            g = self.graph.group(gid)
+            keep[g.units[g.prunable]] = False
+        return max(self.base - self.cost_value(keep), 1e-12)
 
     def keep(self, widths: dict[str, int]) -> np.ndarray:
         return self.planner.keep(widths)
@@ -92,7 +110,7 @@ class Evaluator:
         for x, y in zip(self.feats[s], self.seg_ref[s]):
             e, r = _sq_err(runner.run(seg, x), y)
             err, ref = err + e, ref + r
-        inside = self.full[s] - (self.base - self._value(self.graph.cost_of_mask(keep)))
+        inside = self.full[s] - (self.base - self.cost_value(keep))
         return round(inside / self.full[s], 6), round(err / max(ref, 1e-30), 6)
 
     def whole(self, widths: dict[str, int]) -> float:

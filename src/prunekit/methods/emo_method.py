@@ -28,6 +28,7 @@ class Emo(MethodBase):
     needs: ClassVar[frozenset[str]] = frozenset({"calibration"})
     resumable: ClassVar[bool] = True
     parallel: ClassVar[bool] = True
+    metrics: ClassVar[tuple[str, ...]] = ("macs", "params", "latency")
     summary: ClassVar[str] = ("EMO-DIR: NSGA-II per sub-network on unlabeled images, global "
                               "ranking, a Pareto front of plans")
 
@@ -35,7 +36,8 @@ class Emo(MethodBase):
         folder = context.folder
         search = EmoSearch(model, context.inputs[0], calibration_batches(context), config,
                            executor=context.executor, workers=context.workers,
-                           checkpoint=folder / "checkpoint" if folder else None)
+                           checkpoint=folder / "checkpoint" if folder else None,
+                           latency=context.latency)
         try:
             found = search.run(progress=context.progress)
         finally:
@@ -65,7 +67,7 @@ def choose(search: EmoSearch, found: EmoResult, config: EmoConfig):
     pick = max(under, key=lambda i: front[i]["cost_ratio"]) if under else \
         min(range(len(front)), key=lambda i: front[i]["cost_ratio"])
     local = search.local
-    pj = Projector(local.graph, config.budget(), local.planner.scores,
+    pj = Projector(local.graph, config.budget(latency=local.latency), local.planner.scores,
                    group_ids=set(front[pick]["widths"]))
     keep = pj.scale_widths(front[pick]["widths"], local.planner.keep)
     meta = {"method": "emo", "config": config.to_dict(), "front_point": pick,

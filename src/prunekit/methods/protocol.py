@@ -323,13 +323,13 @@ def prepare(method: Method, config: MethodConfig, context: Context,
     if type(config) is not method.config:
         raise TargetError(f"method {method.name} takes a {method.config.__name__}, got a "
                           f"{type(config).__name__}")
-    context.require(method)
     metrics = getattr(method, "metrics", ("macs", "params"))
     if config.metric not in metrics:
         raise TargetError(f"method {method.name} does not take metric {config.metric!r} "
                           f"(it takes {', '.join(metrics)})")
     if config.metric == "latency":
         config.budget(latency=context.latency).require_latency()
+    context.require(method)
     check = getattr(method, "check", None)
     if check is not None:
         check(config, context, model)
