@@ -186,13 +186,40 @@ def test_cuda_refused_without_a_gpu():
 def test_latency_budget_needs_a_model_and_a_method_that_takes_it(resnet):
     from prunekit.methods import Context, get_method
     from prunekit.methods.protocol import prepare
-    from prunekit.methods.spaces_method import SpacesConfig
+    from prunekit.methods.protocol import MethodBase, MethodConfig
+
+    class _MacsOnly(MethodBase):        # a plugin that declares no latency support
+        name = "test-macs-only"
+        config = type("MacsOnlyConfig", (MethodConfig,), {})
+
+        def run(self, model, config, context):
+            raise AssertionError("never reached")
     model, _ = resnet
     with pytest.raises(TargetError, match="latency model"):
         prepare(get_method("oneshot"), OneShotConfig(metric="latency"), Context(X), model)
     with pytest.raises(TargetError, match="does not take metric 'latency'"):
-        prepare(get_method("space"), SpacesConfig(metric="latency"),
-                Context(X, calibration=X), model)
+        prepare(_MacsOnly(), _MacsOnly.config(metric="latency"), Context(X), model)
+
+
+def test_pruning_spaces_draw_a_latency_band(resnet, tmp_path):
+    from prunekit.methods import Context, prune
+    from prunekit.methods.spaces_method import SpacesConfig
+    model, graph = resnet
+    lm = _model(resnet, tmp_path)
+    x = torch.randn(32, 3, 16, 16)
+    y = torch.randint(0, 10, (32,))
+    cfg = SpacesConfig(target=0.6, metric="latency", band=0.1, samples=8, steps=1,
+                       step_batch=4, held=8)
+    res = prune(model, cfg, Context(X, labelled=(x, y), latency=lm))
+    assert all(0.5 <= p.cost_ratio <= 0.7 for p in res.front)
+    ratio = lm.predict(graph.keep_mask(res.plan)) / lm.predict()
+    assert 0.6 * 0.97 <= ratio <= 0.6
+
+
+def test_spaces_config_of_version_1_reads_batch_as_step_batch():
+    from prunekit.methods.spaces_method import SpacesConfig
+    cfg = SpacesConfig.from_dict({"method": "space", "version": 1, "batch": 16})
+    assert cfg.step_batch == 16 and SpacesConfig.from_json(cfg.to_json()) == cfg
 
 
 def test_emo_searches_a_latency_objective(resnet, tmp_path):
@@ -294,15 +321,10 @@ def test_cli_prune_to_a_latency_target_reports_speedups(tmp_path, capsys, monkey
     (["latency", "--backend", "tensorrt"], "backend must be one of"),
     (["latency", "--device", "tpu"], "device must be one of"),
     (["prune", "--device", "cpu"], "only apply with --metric latency"),
-    (["prune", "--metric", "latency", "--method", "space", "--data", "DATA"],
-     "does not take metric 'latency'"),
+    (["prune", "--metric", "latency", "--threads", "0"], "threads must be"),
 ])
 def test_cli_refuses_bad_latency_options(tmp_path, capsys, args, match):
     from prunekit.cli import main
-    if "DATA" in args:
-        from fixtures import canonical
-        canonical(tmp_path / "data", n_train=20, n_test=10)
-        args = [a if a != "DATA" else str(tmp_path / "data") for a in args]
     code = main([*args, "--model", "resnet20", "--out", str(tmp_path / "o")])
     assert code == 2
     err = capsys.readouterr().err

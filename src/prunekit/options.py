@@ -62,7 +62,7 @@ SPECS: dict[str, Spec] = {
     "parts": _i(1), "pop_size": _i(4), "generations": _i(0), "chain_points": _i(2),
     "feature_steps": _i(0), "executor": Spec("str"), "workers": _i(1),
     "param": Spec("str"), "regime": Spec("range", 0, 1, lo_open=True), "samples": _i(1),
-    "steps": _i(1), "held": _i(1), "pool": _i(1),
+    "steps": _i(1), "held": _i(1), "pool": _i(1), "step_batch": _i(1),
     "teacher": _PATH, "teacher_checkpoint": _PATH,
     "checkpoints": Spec("strs", nullable=True), "bn_batches": _i(0),
     "resume": _FLAG, "distill": _FLAG, "list": _FLAG, "all": _FLAG, "overwrite": _FLAG,

@@ -78,7 +78,12 @@ class MethodConfig:
         if not isinstance(version, int) or version > cls.VERSION:
             raise TargetError(f"{cls.__name__} version {version!r} is newer than this "
                               f"prunekit's ({cls.VERSION}); upgrade prunekit")
-        return cls(**coerce_fields(cls, data))
+        return cls(**coerce_fields(cls, cls.migrate(data, version)))
+
+    @classmethod
+    def migrate(cls, data: dict[str, Any], version: int) -> dict[str, Any]:
+        """``data`` of an older ``version`` in this version's fields (a renamed field)."""
+        return data
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict())

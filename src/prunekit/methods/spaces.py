@@ -55,13 +55,16 @@ class Space:
     sub-networks with groups, else groups)."""
 
     param: str = "stage"
-    regime: tuple[float, float] = (0.45, 0.55)  # MACs / dense
+    regime: tuple[float, float] = (0.45, 0.55)  # MACs (or predicted latency) / dense
     min_ratio: float = 0.1
     rho_band: tuple[float, float] | None = None  # MACs per parameter (refinement)
     criterion: str = "l1"
     parts: int = 3
+    metric: str = "macs"        # what the regime bounds: "macs", or "latency" (predicted)
 
     def __post_init__(self) -> None:
+        if self.metric not in ("macs", "latency"):
+            raise TargetError(f"a space's regime bounds macs or latency, got {self.metric!r}")
         if self.param not in PARAMS:
             raise TargetError(f"param must be one of {PARAMS}, got {self.param!r}")
         if self.parts < 1:
@@ -104,8 +107,10 @@ class Sampler:
     """Draws subnetworks of a model from a :class:`Space`."""
 
     def __init__(self, model: nn.Module, example: torch.Tensor, space: Space,
-                 graph: ChannelGraph | None = None) -> None:
-        self.space = space
+                 graph: ChannelGraph | None = None, latency: Any = None) -> None:
+        self.space, self.latency = space, latency
+        if graph is None and latency is not None:
+            graph = latency.graph
         self.graph = graph or ChannelGraph.build(model, example)
         ids = [g.id for g in self.graph.prunable_groups]
         self.units = [[g] for g in ids]
@@ -132,14 +137,25 @@ class Sampler:
 
     def describe(self, ratios: Sequence[float]) -> dict[str, Any]:
         w = self.widths(ratios)
-        cost = self.graph.cost_of_mask(self.keep(w))
-        return {"ratios": [round(float(r), 6) for r in ratios], "widths": w,
-                "macs": cost.macs, "params": cost.params,
-                "macs_ratio": cost.macs / self.dense_macs, "rho": cost.macs / cost.params}
+        keep = self.keep(w)
+        cost = self.graph.cost_of_mask(keep)
+        d = {"ratios": [round(float(r), 6) for r in ratios], "widths": w,
+             "macs": cost.macs, "params": cost.params,
+             "macs_ratio": cost.macs / self.dense_macs, "rho": cost.macs / cost.params}
+        if self.latency is not None:
+            d["latency_ratio"] = self.latency.predict(keep) / self.latency.predict()
+        d["cost_ratio"] = d["macs_ratio"] if self.space.metric == "macs" else \
+            self._latency_ratio(d)
+        return d
+
+    def _latency_ratio(self, d: dict[str, Any]) -> float:
+        if "latency_ratio" not in d:
+            raise TargetError("a latency regime needs a latency model (Sampler(latency=...))")
+        return d["latency_ratio"]
 
     def accepts(self, d: dict[str, Any]) -> bool:
         lo, hi = self.space.regime
-        ok = lo <= d["macs_ratio"] <= hi
+        ok = lo <= d["cost_ratio"] <= hi
         if ok and self.space.rho_band is not None:
             ok = self.space.rho_band[0] <= d["rho"] <= self.space.rho_band[1]
         return ok

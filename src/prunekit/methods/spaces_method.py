@@ -22,9 +22,10 @@ from .spaces import (PARAMS, Sampler, Space, best_rho, evaluate_samples, held_ou
 
 @dataclass(frozen=True)
 class SpacesConfig(MethodConfig):
-    """``regime``: the MACs band (fractions of the dense model) the populations are drawn
+    """``regime``: the MACs band (fractions of the dense model; with ``metric="latency"``
+    the band of predicted latency) the populations are drawn
     from; None: ``target`` +- ``band``. ``samples`` subnetworks per space, each fine-tuned
-    ``steps`` SGD steps (``step_lr``, batches of ``batch``) on the labelled data less
+    ``steps`` SGD steps (``step_lr``, batches of ``step_batch``) on the labelled data less
     ``held`` held-out images, which score it. The returned plan is the refined space's
     winner, its widths scaled onto the target; ``Result.front`` holds every refined
     sample with its error."""
@@ -38,8 +39,16 @@ class SpacesConfig(MethodConfig):
     samples: int = 64
     steps: int = 50
     step_lr: float = 0.01
-    batch: int = 64
+    step_batch: int = 64
     held: int = 2000
+    VERSION: ClassVar[int] = 2      # 2: ``batch`` renamed ``step_batch``
+
+    @classmethod
+    def migrate(cls, data: dict[str, Any], version: int) -> dict[str, Any]:
+        if version < 2 and "batch" in data:
+            data = {**data, "step_batch": data["batch"]}
+            del data["batch"]
+        return data
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -47,9 +56,9 @@ class SpacesConfig(MethodConfig):
             raise TargetError(f"param must be one of {PARAMS} and criterion one of {CRITERIA}")
         if self.samples < 8:
             raise TargetError(f"samples must be >= 8, got {self.samples}")
-        if self.steps < 0 or self.batch < 1 or self.held < 1 or not 0 < self.band < 1 \
+        if self.steps < 0 or self.step_batch < 1 or self.held < 1 or not 0 < self.band < 1 \
                 or self.step_lr <= 0:
-            raise TargetError("steps >= 0, batch >= 1, held >= 1, band in (0, 1) and "
+            raise TargetError("steps >= 0, step_batch >= 1, held >= 1, band in (0, 1) and "
                               "step_lr > 0 are required")
         self.space()   # validates the regime
 
@@ -57,7 +66,8 @@ class SpacesConfig(MethodConfig):
         lo, hi = self.regime or (max(0.01, self.target - self.band),
                                  min(1.0, self.target + self.band))
         return Space(param=self.param, regime=(lo, hi), min_ratio=self.min_ratio,
-                     criterion=self.criterion, parts=self.parts)
+                     criterion=self.criterion, parts=self.parts,
+                     metric="latency" if self.metric == "latency" else "macs")
 
 
 @register
@@ -65,6 +75,7 @@ class Spaces(MethodBase):
     """Populations of subnetworks in a cost regime; the refined space's winner."""
 
     name: ClassVar[str] = "space"
+    metrics: ClassVar[tuple[str, ...]] = ("macs", "params", "latency")
     config: ClassVar[type] = SpacesConfig
     needs: ClassVar[frozenset[str]] = frozenset({"labelled"})
     resumable: ClassVar[bool] = True
@@ -84,25 +95,28 @@ class Spaces(MethodBase):
         space = config.space()
         example = context.inputs[0]
         args = (model, example, space, fit_part, held, config.steps, config.step_lr,
-                config.batch, config.seed)
+                config.step_batch, config.seed)
         folder = Path(context.folder) if context.folder is not None else None
         pop = _Population(folder, config, context)
-        sampler = Sampler(model, example, space)   # one graph for both spaces
+        sampler = Sampler(model, example, space, latency=context.latency)  # one graph
         graph, planner = sampler.graph, sampler.planner
         initial = pop.evaluate("initial", sampler, args)
         analysis = best_rho(initial, seed=config.seed)
         refined_space = refine(space, analysis)
-        refined = pop.evaluate("refined", Sampler(model, example, refined_space, graph=graph),
+        refined = pop.evaluate("refined", Sampler(model, example, refined_space, graph=graph,
+                                                  latency=context.latency),
                                (model, example, refined_space, *args[3:]))
         winner = search(refined)
         if folder is not None:
             _report(folder, space, refined_space, analysis, winner, initial, refined)
-        pj = Projector(graph, config.budget(), planner.scores, group_ids=set(winner["widths"]))
+        pj = Projector(graph, config.budget(latency=context.latency), planner.scores,
+                       group_ids=set(winner["widths"]))
         keep = pj.scale_widths(winner["widths"], planner.keep)
         plan = graph.plan_of_mask(np.asarray(keep, dtype=bool), {
             "method": "space", "config": config.to_dict(), "winner": winner,
             "achieved": round(pj.ratio(keep), 6)})
-        front = [FrontPoint(planner.plan(r["widths"]), float(r["macs_ratio"]),
+        front = [FrontPoint(planner.plan(r["widths"]), float(r.get("cost_ratio",
+                                                                   r["macs_ratio"])),
                             {"error": float(r["error"]), "rho": float(r["rho"])})
                  for r in refined]
         history = [{"space": name, **r} for name, rows in (("initial", initial),
@@ -112,7 +126,7 @@ class Spaces(MethodBase):
                       history, front, config)
 
     def test_config(self, **overrides: Any) -> SpacesConfig:
-        return SpacesConfig(**{"samples": 8, "steps": 1, "batch": 4, "held": 8, "band": 0.2,
+        return SpacesConfig(**{"samples": 8, "steps": 1, "step_batch": 4, "held": 8, "band": 0.2,
                                "param": "group", **overrides})
 
 
