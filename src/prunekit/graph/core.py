@@ -12,7 +12,8 @@ from torch import nn
 
 from ..errors import PlanError, PlanMismatchError
 from ..plan import Plan
-from . import attention, rules_extra, rules_index, rules_layers, rules_norm, rules_sdpa, rules_shape  # noqa: F401
+from . import (attention, rules_extra, rules_index, rules_layers, rules_norm,  # noqa: F401
+               rules_reduce, rules_reshape, rules_sdpa, rules_shape)
 from .builder import Builder, Source
 from .layout import UnionFind
 from .trace import Inputs, as_inputs, trace_modes
