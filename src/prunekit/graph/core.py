@@ -370,8 +370,8 @@ class ChannelGraph:
 
     def producers(self) -> list["Producer"]:
         """Every block of elements the capture created, in creation order, with the unit of
-        each element (:class:`~prunekit.graph.builder.Producer` records)."""
-        from .builder import Producer
+        each element (:class:`~prunekit.graph.entries.Producer` records)."""
+        from .entries import Producer
         return [Producer(s.name, s.kind, self.unit_of[s.ids]) for s in self._b.sources]
 
     def normalisations(self) -> list["Normalisation"]:
