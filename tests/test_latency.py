@@ -385,3 +385,18 @@ def test_lapp_meets_a_latency_budget(resnet, tmp_path):
         train_lapp(CifarResNet(8, widths=(16, 32, 64)), X, train, None,
                    LappConfig(metric="latency", bypass=True), TrainConfig(epochs=1),
                    tmp_path / "b", latency=lm)
+
+
+def test_a_biased_model_still_meets_the_measured_target(resnet, tmp_path):
+    from prunekit.latency import meet_measured
+    model, graph = resnet
+    lm = _model(resnet, tmp_path)
+    lm.coef = lm.coef * np.array([1.0, 1.0, 0.0]) + np.array([0.0, 0.0, 4e-3])  # wrong fixed cost
+    cfg = OneShotConfig(target=0.5, metric="latency", allocation="marginal")
+    res, rounds = meet_measured(lm, model, lambda c: prune_oneshot(model, X, c, latency=lm), cfg)
+    first, last = rounds[0]["measured"], rounds[-1]["measured"]
+    assert abs(first / 0.5 - 1) > 0.03                    # the prediction alone misses
+    assert abs(last / 0.5 - 1) <= 0.03 and len(rounds) > 1
+    measured = lm.measure(model, graph.keep_mask(res.plan)) / lm.measure(
+        model, np.ones(graph.n_units, dtype=bool))
+    assert measured == pytest.approx(last)

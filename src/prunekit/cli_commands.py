@@ -138,8 +138,16 @@ def cmd_prune(cfg: dict) -> int:
                        "only apply with --metric latency")
     prepare(method, config, ctx, model)
     if not getattr(method, "resumable", False):
-        result = method.run(model, config, ctx)
+        rounds = None
+        if ctx.latency is not None and getattr(method, "rerun", False):
+            from .latency import meet_measured
+            result, rounds = meet_measured(ctx.latency, model,
+                                           lambda c: method.run(model, c, ctx), config)
+        else:
+            result = method.run(model, config, ctx)
         extra = speedups(ctx.latency, model, result, config.target) if ctx.latency else None
+        if extra is not None and rounds:
+            extra["rounds"] = rounds
         return _finish(cfg, out, model, result.model, result.plan, arrays, s, report=extra)
     resume, block = work_folder(out, method.name, cfg)
     with block as work:

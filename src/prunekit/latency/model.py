@@ -119,11 +119,11 @@ class LatencyModel:
 
     def calibrate(self, model: nn.Module, plans: Sequence[np.ndarray] | None = None) -> None:
         """Fit alpha, beta, gamma on whole-model measurements of ``model`` pruned to each
-        keep mask of ``plans`` (default: dense, uniform keeps of 3/4, 1/2 and 1/4, and four
-        seeded random plans whose groups keep different fractions, so layers and other
+        keep mask of ``plans`` (default: dense, uniform keeps of 3/4, 1/2, 1/4 and 1/10,
+        and four seeded random plans whose groups keep different fractions, so layers and other
         ops are told apart where widths differ from layer to layer)."""
         masks = list(plans) if plans is not None else \
-            [self.uniform(f) for f in (1.0, 0.75, 0.5, 0.25)] + \
+            [self.uniform(f) for f in (1.0, 0.75, 0.5, 0.25, 0.1)] + \
             [self.mixed(seed) for seed in range(4)]
         rows, y = [], []
         for keep in masks:
@@ -240,11 +240,11 @@ class LatencyModel:
 
     def mixed(self, seed: int) -> np.ndarray:
         """Every prunable group keeps its first fraction f_g of units, f_g drawn uniformly
-        from [0.2, 1] (seeded)."""
+        from [0.05, 1] (seeded)."""
         rng = np.random.default_rng(seed)
         keep = np.ones(self.graph.n_units, dtype=bool)
         for g in self.graph.prunable_groups:
-            part = self.uniform(float(rng.uniform(0.2, 1.0)))
+            part = self.uniform(float(rng.uniform(0.05, 1.0)))
             keep[g.units] = part[g.units]
         return keep
 

@@ -61,7 +61,8 @@ def _grid(full: int, points: int, tracked: bool) -> list[int]:
     if not tracked or full <= 1:
         return [full]
     w = np.round(np.linspace(1.0 / points, 1.0, points) * full).astype(int)
-    return sorted(set(np.clip(w, 1, full).tolist()))
+    small = max(1, full // 16)          # a thin width, so thin plans are not extrapolated
+    return sorted(set(np.clip(w, 1, full).tolist()) | {small})
 
 
 def build_layer(sig: dict[str, Any], cin: int, cout: int) -> tuple[nn.Module, torch.Tensor]:

@@ -75,6 +75,7 @@ class OneShot(MethodBase):
     config: ClassVar[type] = OneShotConfig
     summary: ClassVar[str] = "score channels once (l1, l2, bn, taylor, ...) and cut to the target"
     metrics: ClassVar[tuple[str, ...]] = ("macs", "params", "latency")
+    rerun: ClassVar[bool] = True
 
     def run(self, model: nn.Module, config: OneShotConfig, context: Context) -> Result:
         return prune_oneshot(model, context.inputs, config, latency=context.latency)

@@ -1,0 +1,60 @@
+"""Meeting a latency target as measured, not only as predicted: run a method, measure its
+plan on the target, and run it again at a corrected target until the measured fraction
+of the dense latency is within ``tolerance`` of the one asked for (or ``rounds`` runs)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any, Callable
+
+import numpy as np
+from torch import nn
+
+from .model import LatencyModel, time_model
+
+__all__ = ["meet_measured"]
+
+
+def meet_measured(lm: LatencyModel, model: nn.Module, run: Callable[[Any], Any], config: Any,
+                  tolerance: float = 0.03, rounds: int = 4) -> tuple[Any, list[dict]]:
+    """``run(config)`` -> a Result whose ``plan`` is on ``lm.graph``; ``config.target`` is
+    the fraction of the dense model's *measured* latency wanted. The target handed to the
+    method is corrected by the secant through the (asked, measured) pairs so far (first
+    step: scaled by asked / measured), never above 1. Returns the result closest to the
+    target from below when none is within the tolerance (else the closest), and the log
+    of the rounds."""
+    want = float(config.target)
+    dense = lm.measure(model, np.ones(lm.graph.n_units, dtype=bool))
+    tried: list[tuple[float, float]] = []
+    log: list[dict] = []
+    best = None
+    asked = want
+    for i in range(rounds):
+        res = run(replace(config, target=asked))
+        got = time_model(lm.timer, lm.graph, res.model, lm.target.batch) / dense
+        log.append({"round": i, "asked": asked, "measured": got,
+                    "predicted": lm.predict(lm.graph.keep_mask(res.plan)) / lm.predict()})
+        tried.append((asked, got))
+        under = got <= want * (1 + tolerance)
+        score = (not under, abs(got / want - 1))
+        if best is None or score < best[0]:
+            best = (score, res)
+        if abs(got / want - 1) <= tolerance:
+            break
+        asked = _next(tried, want)
+        if asked is None:
+            break
+    return best[1], log
+
+
+def _next(tried: list[tuple[float, float]], want: float) -> float | None:
+    """The next target to ask for: secant through the last two (asked, measured) pairs,
+    else a proportional step; None when it would repeat a target already asked."""
+    (a1, m1) = tried[-1]
+    if len(tried) > 1 and tried[-2][1] != m1:
+        a0, m0 = tried[-2]
+        nxt = a1 + (want - m1) * (a1 - a0) / (m1 - m0)
+    else:
+        nxt = a1 * want / max(m1, 1e-9)
+    nxt = float(min(1.0, max(1e-3, nxt)))
+    return None if any(abs(nxt - a) < 1e-4 for a, _ in tried) else nxt
