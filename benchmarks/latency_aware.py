@@ -12,8 +12,9 @@ and calibrated, then at each latency target:
 - **torch-pruning**: Torch-Pruning 1.6.1 L1, ``round_to=8``, its ratio bisected to ours'
   MACs (speed at equal MACs); not for the ViT (its attention needs per-model setup).
 
-Every plan's latency is measured on the target (median of ``--reps`` runs after
-warm-up) and predicted by the model. Rows are saved as they finish; a re-run skips
+Every plan's latency is measured on the target relative to the dense model's (the
+median of three alternating measurements of each, each the median of ``--reps`` runs
+after warm-up) and predicted by the model. Rows are saved as they finish; a re-run skips
 them (``--fresh`` starts over). ``--report`` renders the markdown.
 
     python benchmarks/latency_aware.py --out benchmarks/results/latency_aware.json
@@ -36,7 +37,7 @@ from torch import nn
 from common import invocation
 from prunekit import ChannelGraph
 from prunekit.conformance import measured_cost
-from prunekit.latency import LatencyModel, Target, meet_measured, time_model
+from prunekit.latency import LatencyModel, Target, meet_measured, measured_ratio, time_model
 from prunekit.methods import OneShotConfig, prune_oneshot
 from prunekit.outputs import write_text
 
@@ -75,7 +76,7 @@ def tp_at_macs(model: nn.Module, x: torch.Tensor, frac: float) -> nn.Module | No
 
 def row_for(lm: LatencyModel, model: nn.Module, x: torch.Tensor, target: float) -> dict:
     g = lm.graph
-    dense = lm.measure(model, np.ones(g.n_units, dtype=bool))
+    dense = time_model(lm.timer, g, model, lm.target.batch)
     base_macs = g.cost().macs
     out = {"target": target, "requested": 1 / target, "dense_ms": 1e3 * dense}
     ours, rounds = meet_measured(
@@ -85,18 +86,18 @@ def row_for(lm: LatencyModel, model: nn.Module, x: torch.Tensor, target: float) 
     macs = prune_oneshot(model, x, OneShotConfig(target=target, metric="macs"), graph=g)
     for name, res in (("ours", ours), ("macs", macs)):
         keep = g.keep_mask(res.plan)
-        m = lm.measure(model, keep)
-        out[name] = {"macs": res.after.macs / base_macs, "measured": dense / m,
-                     "predicted": lm.predict() / lm.predict(keep), "ms": 1e3 * m}
+        r = measured_ratio(lm, model, res.model)
+        out[name] = {"macs": res.after.macs / base_macs, "measured": 1 / r,
+                     "predicted": lm.predict() / lm.predict(keep), "ms": 1e3 * dense * r}
     if not type(model).__name__.startswith("VisionTransformer"):
         tp_model = tp_at_macs(model, x, out["ours"]["macs"])
         if tp_model is None:
             out["torch-pruning"] = {"error": "cannot reach ours' MACs"}
         else:
-            m = time_model(lm.timer, g, tp_model, lm.target.batch)
+            r = measured_ratio(lm, model, tp_model)
             out["torch-pruning"] = {"macs": measured_cost(tp_model, (x,))[1] /
-                                    measured_cost(model, (x,))[1], "measured": dense / m,
-                                    "ms": 1e3 * m}
+                                    measured_cost(model, (x,))[1], "measured": 1 / r,
+                                    "ms": 1e3 * dense * r}
     return out
 
 

@@ -43,13 +43,13 @@ def latency_model(cfg: dict, model: torch.nn.Module, s: Any, ignore=()):
 
 def speedups(lm: Any, model: torch.nn.Module, result: Any, target: float) -> dict[str, Any]:
     """Requested, predicted and measured speed-ups of ``result`` over ``model``."""
-    from .latency import time_model
-    dense = lm.measure(model, np.ones(lm.graph.n_units, dtype=bool))
-    pruned = time_model(lm.timer, lm.graph, result.model, lm.target.batch)
+    from .latency import measured_ratio, time_model
+    dense = time_model(lm.timer, lm.graph, model, lm.target.batch)
+    ratio = measured_ratio(lm, model, result.model)
     keep = lm.graph.keep_mask(result.plan)
     return {"target": lm.target.to_dict(), "requested": 1.0 / target,
-            "predicted": lm.predict() / lm.predict(keep), "measured": dense / pruned,
-            "dense_ms": 1e3 * dense, "pruned_ms": 1e3 * pruned}
+            "predicted": lm.predict() / lm.predict(keep), "measured": 1.0 / ratio,
+            "dense_ms": 1e3 * dense, "pruned_ms": 1e3 * dense * ratio}
 
 
 def validation_plans(lm: Any, model: torch.nn.Module, s: Any, target: float

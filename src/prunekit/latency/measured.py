@@ -12,7 +12,20 @@ from torch import nn
 
 from .model import LatencyModel, time_model
 
-__all__ = ["meet_measured"]
+__all__ = ["meet_measured", "measured_ratio"]
+
+
+def measured_ratio(lm: LatencyModel, dense: nn.Module, pruned: nn.Module,
+                   pairs: int = 3) -> float:
+    """``pruned``'s latency over ``dense``'s on the target: the median over ``pairs``
+    alternating measurements of each (each the timer's median), so a drift of the
+    machine's speed during the measurement cancels."""
+    ratios = []
+    for _ in range(pairs):
+        a = time_model(lm.timer, lm.graph, dense, lm.target.batch)
+        b = time_model(lm.timer, lm.graph, pruned, lm.target.batch)
+        ratios.append(b / a)
+    return float(np.median(ratios))
 
 
 def meet_measured(lm: LatencyModel, model: nn.Module, run: Callable[[Any], Any], config: Any,
@@ -24,14 +37,13 @@ def meet_measured(lm: LatencyModel, model: nn.Module, run: Callable[[Any], Any],
     target from below when none is within the tolerance (else the closest), and the log
     of the rounds."""
     want = float(config.target)
-    dense = lm.measure(model, np.ones(lm.graph.n_units, dtype=bool))
     tried: list[tuple[float, float]] = []
     log: list[dict] = []
     best = None
     asked = want
     for i in range(rounds):
         res = run(replace(config, target=asked))
-        got = time_model(lm.timer, lm.graph, res.model, lm.target.batch) / dense
+        got = measured_ratio(lm, model, res.model)
         log.append({"round": i, "asked": asked, "measured": got,
                     "predicted": lm.predict(lm.graph.keep_mask(res.plan)) / lm.predict()})
         tried.append((asked, got))
