@@ -89,7 +89,8 @@ def test_tables_are_cached_and_reused(resnet, tmp_path):
 
 @pytest.mark.parametrize("change", [{"batch": 8}, {"threads": 2}, {"backend": "onnxruntime"}])
 def test_a_changed_target_measures_afresh(resnet, tmp_path, change):
-    pytest.importorskip("onnxruntime") if change.get("backend") else None
+    if change.get("backend"):
+        pytest.importorskip("onnxruntime")
     model, graph = resnet
     LatencyModel(graph, Target(batch=4, threads=1), SyntheticTimer(), tmp_path).measure_tables()
     before = set(tmp_path.iterdir())
@@ -142,7 +143,7 @@ def test_marginal_allocation_keeps_more_macs_at_equal_latency(resnet, tmp_path):
     macs = {a: prune_oneshot(model, X, OneShotConfig(target=0.5, metric="latency",
                                                      allocation=a), latency=lm).after.macs
             for a in ("global", "marginal")}
-    assert macs["marginal"] >= macs["global"]
+    assert macs["marginal"] > macs["global"]
 
 
 def test_rounding_picks_the_faster_width_on_the_staircase(resnet, tmp_path):

@@ -329,21 +329,24 @@ function_rule(torch.movedim, torch.moveaxis)(_movedim)
 method_rule("movedim", "moveaxis")(_movedim)
 
 
+def _input_and_shape(b: Builder, node: fx.Node) -> tuple[Layout | None, Any]:
+    """The first argument's layout and the output's shape, (None, None) unless both known."""
+    lay, out_shape = b.layout(node.args[0]), b.shape(node)
+    return (lay, out_shape) if isinstance(lay, Layout) and out_shape is not None else \
+        (None, None)
+
+
 def _expand(b: Builder, node: fx.Node, _mod: Any) -> Any:
-    lay = b.layout(node.args[0])
-    out_shape = b.shape(node)
-    if not isinstance(lay, Layout) or out_shape is None:
-        return b.unknown(node)
-    return merge_elementwise(b, node, [lay])
+    lay, _ = _input_and_shape(b, node)
+    return b.unknown(node) if lay is None else merge_elementwise(b, node, [lay])
 
 
 method_rule("expand", "expand_as")(_expand)
 
 
 def _repeat(b: Builder, node: fx.Node, _mod: Any) -> Any:
-    lay = b.layout(node.args[0])
-    out_shape = b.shape(node)
-    if not isinstance(lay, Layout) or out_shape is None:
+    lay, out_shape = _input_and_shape(b, node)
+    if lay is None:
         return b.unknown(node)
     off = len(out_shape) - len(lay.shape)
     blocks = []

@@ -20,7 +20,7 @@ from typing import Any, Sequence
 import torch
 import torch.fx as fx
 from torch import nn
-from torch.utils._pytree import tree_flatten
+from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from ..errors import ExampleInputError, TraceError
 
@@ -55,6 +55,14 @@ class Inputs:
 
     def call(self, model: nn.Module) -> Any:
         return model(*self.args, **self.kwargs)
+
+    def with_tensors(self, tensors: Sequence[torch.Tensor]) -> "Inputs":
+        """These inputs with their tensor leaves (in :meth:`tensors`' order) replaced."""
+        flat, spec = tree_flatten((self.args, self.kwargs))
+        new = iter(tensors)
+        args, kwargs = tree_unflatten([next(new) if isinstance(v, torch.Tensor) else v
+                                       for v in flat], spec)
+        return Inputs(tuple(args), dict(kwargs))
 
     def shapes(self) -> list[Any]:
         return [tuple(t.shape) for t in self.tensors()]

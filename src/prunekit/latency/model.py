@@ -50,21 +50,13 @@ class Bound(nn.Module):
 
     def __init__(self, model: nn.Module, example: Any) -> None:
         super().__init__()
-        from torch.utils._pytree import tree_flatten
-        self.model = model
-        self._flat, self._spec = tree_flatten((tuple(example.args), dict(example.kwargs)))
-        self._pos = [i for i, v in enumerate(self._flat) if isinstance(v, torch.Tensor)]
+        self.model, self.example = model, example
 
     def tensors(self, batch: int) -> tuple[torch.Tensor, ...]:
-        return batched([self._flat[i] for i in self._pos], batch)
+        return batched(self.example.tensors(), batch)
 
     def forward(self, *tensors: torch.Tensor) -> Any:
-        from torch.utils._pytree import tree_unflatten
-        flat = list(self._flat)
-        for i, t in zip(self._pos, tensors):
-            flat[i] = t
-        args, kwargs = tree_unflatten(flat, self._spec)
-        return self.model(*args, **kwargs)
+        return self.example.with_tensors(tensors).call(self.model)
 
 
 def time_model(timer: Timer, graph: ChannelGraph, model: nn.Module, batch: int) -> float:
@@ -130,7 +122,12 @@ class LatencyModel:
             rows.append(self.features(keep))
             y.append(self.measure(model, keep))
         A, b = np.array(rows), np.array(y)
-        from scipy.optimize import nnls
+        try:
+            from scipy.optimize import nnls
+        except ImportError:
+            from ..errors import TargetError
+            raise TargetError("calibrating a latency model needs scipy "
+                              "(pip install 'prunekit[latency]')") from None
         scale = np.maximum(np.abs(A).max(axis=0), 1e-12)
         coef, _ = nnls(A / scale, b)
         self.coef = coef / scale
@@ -195,11 +192,6 @@ class LatencyModel:
                               np.concatenate(flat) if flat else np.zeros(0, dtype=np.int64),
                               np.asarray(owner, dtype=np.int64))
 
-    def layer_seconds(self, keep: np.ndarray) -> list[tuple[str, int, int, float]]:
-        """Per layer: module, widths and exact measured seconds under ``keep``."""
-        return [(e.layer.module, *self.widths(keep, e), e.table.seconds(*self.widths(keep, e)))
-                for e in self.entries]
-
     # ------------------------------------------------------------- rounding
     def round_widths(self, keep: np.ndarray, groups: Sequence[Any], priority: np.ndarray,
                      window: int = 8, fits: Any = None) -> np.ndarray:
@@ -231,21 +223,22 @@ class LatencyModel:
     # ------------------------------------------------------------- measuring
     def uniform(self, fraction: float) -> np.ndarray:
         """Keep the first ``fraction`` of every prunable group's units (at least one)."""
-        keep = np.ones(self.graph.n_units, dtype=bool)
-        for g in self.graph.prunable_groups:
-            idx = np.nonzero(g.prunable)[0]
-            n = int(np.ceil(fraction * g.width)) - int((~g.prunable).sum())
-            keep[g.units[idx[max(n, 0 if (~g.prunable).any() else 1):]]] = False
-        return keep
+        return self._first(lambda: fraction)
 
     def mixed(self, seed: int) -> np.ndarray:
         """Every prunable group keeps its first fraction f_g of units, f_g drawn uniformly
         from [0.05, 1] (seeded)."""
         rng = np.random.default_rng(seed)
+        return self._first(lambda: float(rng.uniform(0.05, 1.0)))
+
+    def _first(self, fraction: Any) -> np.ndarray:
+        """Each prunable group keeps its first ``fraction()`` of units (frozen ones kept,
+        at least one)."""
         keep = np.ones(self.graph.n_units, dtype=bool)
         for g in self.graph.prunable_groups:
-            part = self.uniform(float(rng.uniform(0.05, 1.0)))
-            keep[g.units] = part[g.units]
+            idx = np.nonzero(g.prunable)[0]
+            n = int(np.ceil(fraction() * g.width)) - int((~g.prunable).sum())
+            keep[g.units[idx[max(n, 0 if (~g.prunable).any() else 1):]]] = False
         return keep
 
     def measure(self, model: nn.Module, keep: np.ndarray) -> float:
