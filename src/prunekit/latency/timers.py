@@ -16,7 +16,7 @@ from torch import nn
 from ..errors import TargetError
 from .target import Target
 
-__all__ = ["Timer", "TorchTimer", "OrtTimer", "timer_for"]
+__all__ = ["Timer", "TorchTimer", "OrtTimer", "retain_memory", "timer_for"]
 
 
 class Timer(Protocol):
@@ -34,11 +34,35 @@ def _threads(n: int):
         torch.set_num_threads(before)
 
 
+_RETAINED = False
+
+
+def retain_memory() -> bool:
+    """Make glibc's allocator keep freed memory (no ``mmap`` per large block, no trimming
+    back to the OS), so repeated calls reuse warm pages as a serving process does.
+    Process-wide and applied once; False where the allocator is not glibc's."""
+    global _RETAINED
+    if not _RETAINED:
+        import ctypes
+        import ctypes.util
+        try:
+            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+            m_trim_threshold, m_mmap_threshold = -1, -3
+            _RETAINED = bool(libc.mallopt(m_mmap_threshold, 1 << 30)) and \
+                bool(libc.mallopt(m_trim_threshold, (1 << 31) - 1))
+        except (OSError, AttributeError):
+            _RETAINED = False
+    return _RETAINED
+
+
 class TorchTimer:
-    """Eager PyTorch, in inference mode, on ``target.device``."""
+    """Eager PyTorch, in inference mode, on ``target.device`` (on CPU with
+    :func:`retain_memory` unless the target says otherwise)."""
 
     def __init__(self, target: Target) -> None:
         self.target = target
+        if target.device == "cpu" and target.retain_memory:
+            retain_memory()
 
     def time(self, module: nn.Module, inputs: Sequence[torch.Tensor]) -> float:
         dev = torch.device(self.target.device)
