@@ -401,3 +401,48 @@ def test_a_biased_model_still_meets_the_measured_target(resnet, tmp_path):
     measured = lm.measure(model, graph.keep_mask(res.plan)) / lm.measure(
         model, np.ones(graph.n_units, dtype=bool))
     assert measured == pytest.approx(last)
+
+
+def test_secant_steps_stay_inside_the_bracket():
+    from prunekit.latency.measured import _next
+    # noisy pairs: the raw secant through the last two would leave (0.2, 0.3)
+    tried = [(0.3, 0.55), (0.2, 0.45), (0.25, 0.549)]
+    nxt = _next(tried, 0.5)
+    assert 0.2 < nxt < 0.25
+    assert _next([(0.4, 0.8)], 0.5, floor=0.3) > 0.3          # never below a refused target
+
+
+def test_a_refused_target_falls_back_between_the_floor_and_the_last_success(
+        resnet, tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from prunekit.errors import UnreachableTargetError
+    from prunekit.latency import measured as measured_mod
+    model, graph = resnet
+    lm = _model(resnet, tmp_path)
+    asked = []
+
+    def run(c):                        # this method cannot go below 0.3 of its cost
+        asked.append(c.target)
+        if c.target < 0.3:
+            raise UnreachableTargetError(f"target {c.target} unreachable")
+        plan = prune_oneshot(model, X, c.__class__(target=0.5), graph=graph).plan
+        return SimpleNamespace(plan=plan, model=c.target)
+    # measured latency = asked + 0.1: the secant asks 0.25 for 0.35, below the floor
+    monkeypatch.setattr(measured_mod, "measured_ratio", lambda lm, m, pruned: pruned + 0.1)
+    res, rounds = measured_mod.meet_measured(lm, model, run, OneShotConfig(target=0.35),
+                                             rounds=6)
+    refused = [r["asked"] for r in rounds if r.get("unreachable")]
+    assert refused, rounds
+    later = asked[asked.index(refused[0]) + 1:]
+    assert later and all(refused[0] < a for a in later)
+    assert res.model == min(a for a in asked if a >= 0.3)        # the closest it could get
+    with pytest.raises(UnreachableTargetError):           # refused on the first round: raised
+        measured_mod.meet_measured(lm, model, run, OneShotConfig(target=0.1))
+
+
+def test_retain_memory_is_in_the_key_of_eager_cpu_only():
+    assert Target(retain_memory=False).key() != Target().key()
+    assert "retain_memory" not in Target(backend="onnxruntime").key()
+    with pytest.raises(TargetError, match="retain_memory"):
+        Target(retain_memory="yes")

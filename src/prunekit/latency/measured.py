@@ -36,13 +36,22 @@ def meet_measured(lm: LatencyModel, model: nn.Module, run: Callable[[Any], Any],
     step: scaled by asked / measured), never above 1. Returns the result closest to the
     target from below when none is within the tolerance (else the closest), and the log
     of the rounds."""
+    from ..errors import UnreachableTargetError
     want = float(config.target)
     tried: list[tuple[float, float]] = []
     log: list[dict] = []
     best = None
-    asked = want
+    asked, floor = want, 0.0
     for i in range(rounds):
-        res = run(replace(config, target=asked))
+        try:
+            res = run(replace(config, target=asked))
+        except UnreachableTargetError:
+            if best is None and not tried:
+                raise
+            log.append({"round": i, "asked": asked, "unreachable": True})
+            floor = asked                  # the method's own floor lies above this
+            asked = (asked + min(a for a, _ in tried)) / 2
+            continue
         got = measured_ratio(lm, model, res.model)
         log.append({"round": i, "asked": asked, "measured": got,
                     "predicted": lm.predict(lm.graph.keep_mask(res.plan)) / lm.predict()})
@@ -53,20 +62,27 @@ def meet_measured(lm: LatencyModel, model: nn.Module, run: Callable[[Any], Any],
             best = (score, res)
         if abs(got / want - 1) <= tolerance:
             break
-        asked = _next(tried, want)
+        asked = _next(tried, want, floor)
         if asked is None:
             break
     return best[1], log
 
 
-def _next(tried: list[tuple[float, float]], want: float) -> float | None:
+def _next(tried: list[tuple[float, float]], want: float, floor: float = 0.0) -> float | None:
     """The next target to ask for: secant through the last two (asked, measured) pairs,
-    else a proportional step; None when it would repeat a target already asked."""
+    else a proportional step, kept inside the bracket of asked targets that measured
+    below and above ``want`` (bisected when the step leaves it: measurements are noisy)
+    and above ``floor`` (a target the method refused); None when it would repeat a
+    target already asked."""
     (a1, m1) = tried[-1]
     if len(tried) > 1 and tried[-2][1] != m1:
         a0, m0 = tried[-2]
         nxt = a1 + (want - m1) * (a1 - a0) / (m1 - m0)
     else:
         nxt = a1 * want / max(m1, 1e-9)
-    nxt = float(min(1.0, max(1e-3, nxt)))
+    lo = max([a for a, m in tried if m < want] + [floor])
+    hi = min([a for a, m in tried if m > want] + [1.0])
+    if not lo < nxt < hi:
+        nxt = (lo + hi) / 2 if lo < hi else nxt
+    nxt = float(min(1.0, max(1e-3, floor + 1e-4, nxt)))
     return None if any(abs(nxt - a) < 1e-4 for a, _ in tried) else nxt
