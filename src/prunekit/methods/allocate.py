@@ -120,7 +120,8 @@ def _global_order(pj, order: list[np.ndarray], scores: np.ndarray) -> np.ndarray
 def _marginal_order(pj, order: list[np.ndarray], scores: np.ndarray) -> np.ndarray:
     """Which group each removal takes a unit from, greedily by normalised importance per
     cost saved (at most ``width - min_width`` per group), until the budget is met."""
-    step = [max(pj.budget.round_to, int(np.ceil(len(o) / 32))) for o in order]
+    r = pj.round_to
+    step = [-(-max(r, int(np.ceil(len(o) / 32))) // r) * r for o in order]
     norm = []
     for g, o in zip(pj.groups, order):
         s = scores[g.units[o]]

@@ -4,7 +4,8 @@ meets the budget", written once.
 A method describes a monotone family of keep masks, ``family(t)``, fewer units kept
 as ``t`` grows (a removal fraction, a score threshold, a loss level, a width scale);
 the projector shapes each mask (every group keeps at least ``min_width`` and a
-multiple of ``round_to`` channels, or all of them; the best units by ``priority``
+multiple of ``round_to`` channels (and of a latency model's fitted alignment), or all
+of them; the best units by ``priority``
 come back first), bisects ``t`` to the largest mask whose cost is within the target,
 and then fills back: while the cost is under the target by more than half the
 tolerance, the best removed units (``round_to`` at a time) return as long as the
@@ -15,6 +16,7 @@ the benchmarks.
 
 from __future__ import annotations
 
+import math
 from typing import Callable, Iterable
 
 import numpy as np
@@ -65,6 +67,9 @@ class Projector:
                                        other.options != graph.options):
                 raise TargetError("the latency model was built on another graph (another "
                                   "architecture or other graph options); build it on this one")
+        # widths move in multiples of round_to, and of the latency model's alignment
+        self.round_to = budget.round_to if budget.metric != "latency" else \
+            math.lcm(budget.round_to, int(getattr(self._latency, "align", 1)))
         self.groups = [g for g in graph.prunable_groups if ids is None or g.id in ids]
         if not self.groups:
             raise TargetError("no prunable group to allocate over")
@@ -95,7 +100,7 @@ class Projector:
     # --------------------------------------------------------------- shaping
     def kept_count(self, width: int, kept: int) -> int:
         """``kept`` raised to ``min_width`` and to a multiple of ``round_to`` (or ``width``)."""
-        r = self.budget.round_to
+        r = self.round_to
         kept = max(kept, min(self.budget.min_width, width))
         return min(width, -(-kept // r) * r)
 
@@ -151,7 +156,7 @@ class Projector:
         """Return removed units, best first and ``round_to`` at a time per group, while the
         cost stays within the target; only when the cost is under it by more than half
         the tolerance; at most ``max_steps`` returns (one cost evaluation each)."""
-        target, tol, r = self.budget.target, self.budget.tolerance, self.budget.round_to
+        target, tol, r = self.budget.target, self.budget.tolerance, self.round_to
         keep = keep.copy()
         if self.ratio(keep) >= target - tol / 2:
             return keep
