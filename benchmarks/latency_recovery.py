@@ -167,9 +167,9 @@ def main() -> None:
             hb = hand_built(net)
             a.update(macs=measured_cost(net, (x,))[1] / measured_cost(model, (x,))[1],
                      params=sum(p.numel() for p in net.parameters()),
-                     measured=1 / measured_ratio(lm, model, net),
-                     hand_built=1 / measured_ratio(lm, model, hb),
-                     pruned_over_hand=measured_ratio(lm, hb, net))
+                     measured=1 / measured_ratio(lm, model, net, pairs=15),
+                     hand_built=1 / measured_ratio(lm, model, hb, pairs=15),
+                     pruned_over_hand=measured_ratio(lm, hb, net, pairs=15))
             if name != "torch-pruning":
                 a["predicted"] = lm.predict() / lm.predict(
                     graph.keep_mask(Plan.load(plans / f"{name}.json")))
