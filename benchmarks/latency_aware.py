@@ -10,7 +10,9 @@ and calibrated, then at each latency target:
 - **macs**: the same method asked for the same fraction of the *MACs* (global
   allocation): what a user gets who takes MACs for time;
 - **torch-pruning**: Torch-Pruning 1.6.1 L1, ``round_to=8``, its ratio bisected to ours'
-  MACs (speed at equal MACs); not for the ViT (its attention needs per-model setup).
+  MACs (speed at equal MACs); not for the ViT (its attention needs per-model setup). On
+  option-A ResNet-56 it prunes the block-inner convs only (its result crashes otherwise)
+  and cannot reach ours' MACs, so ``resnet56-B`` (1x1-conv shortcuts) is run as well.
 
 Every plan's latency is measured on the target relative to the dense model's (the
 median of three alternating measurements of each, each the median of ``--reps`` runs
@@ -44,6 +46,8 @@ from prunekit.outputs import write_text
 MODELS = {   # name: (builder, input size, batch)
     "resnet56": (lambda: __import__("prunekit.models", fromlist=["x"]).CifarResNet(56),
                  (3, 32, 32), 64),
+    "resnet56-B": (lambda: __import__("prunekit.models", fromlist=["x"]).CifarResNet(
+        56, option="B"), (3, 32, 32), 64),
     "tv:resnet50": (lambda: __import__("torchvision").models.resnet50(), (3, 224, 224), 8),
     "tv:mobilenet_v2": (lambda: __import__("torchvision").models.mobilenet_v2(),
                         (3, 224, 224), 8),
@@ -60,7 +64,8 @@ def tp_at_macs(model: nn.Module, x: torch.Tensor, frac: float) -> nn.Module | No
     from prunekit.methods.projector import bisect
     base = measured_cost(model, (x,))[1]
     made: dict[float, nn.Module] = {}
-    option_a = hasattr(model, "layer1") and hasattr(model, "linear")
+    from prunekit.models.cifar_resnet import PadShortcut
+    option_a = any(isinstance(m, PadShortcut) for m in model.modules())
 
     def fits(ratio: float) -> bool:
         work = made[ratio] = copy.deepcopy(model)
@@ -144,7 +149,7 @@ def main() -> None:
                 except Exception as exc:     # an unreachable target, an export failure
                     row = {"target": t, "error": f"{type(exc).__name__}: {exc}"}
                 row.update(model=name, backend=backend, batch=batch, build_s=round(built, 1),
-                           calibration=lm.calibration)
+                           calibration=lm.calibration, align=lm.align, fit=lm.fit)
                 rows.append(row)
                 print(json.dumps({k: v for k, v in row.items() if k != "calibration"}),
                       flush=True)
@@ -161,18 +166,20 @@ def render(doc: dict) -> str:
              "python benchmarks/latency_aware.py --report benchmarks/results/latency_aware.json",
              "```", "",
              "| model | backend | batch | requested | ours: measured (predicted) | ours MACs | "
-             "MACs-targeted: measured (MACs) | Torch-Pruning at ours' MACs |",
-             "|---|---|---|---|---|---|---|---|"]
+             "widths on multiples of | MACs-targeted: measured (MACs) | "
+             "Torch-Pruning at ours' MACs |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in doc["rows"]:
         head = f"| {r['model']} | {r['backend']} | {r['batch']} | {1 / r['target']:.2f}x |"
         if "error" in r:
-            lines.append(head + f" {r['error'][:80]} | | | |")
+            lines.append(head + f" {r['error'][:80]} | | | | |")
             continue
         o, m, tp = r["ours"], r["macs"], r.get("torch-pruning")
         tp_cell = "—" if tp is None else tp["error"] if "error" in tp else \
             f"{tp['measured']:.2f}x ({tp['macs']:.2f})"
         lines.append(head + f" **{o['measured']:.2f}x** ({o['predicted']:.2f}x) | "
-                     f"{o['macs']:.2f} | {m['measured']:.2f}x ({m['macs']:.2f}) | {tp_cell} |")
+                     f"{o['macs']:.2f} | {r.get('align', 1)} | {m['measured']:.2f}x "
+                     f"({m['macs']:.2f}) | {tp_cell} |")
     ok = [r for r in doc["rows"] if "error" not in r]
     if ok:
         within = sum(abs(r["ours"]["measured"] / r["requested"] - 1) <= 0.05 for r in ok)
