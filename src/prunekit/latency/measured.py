@@ -11,7 +11,7 @@ import numpy as np
 from torch import nn
 
 from .model import Bound, LatencyModel, time_model
-from .timers import _median_of
+from .timers import median_seconds
 
 __all__ = ["meet_measured", "measured_ratio"]
 
@@ -34,8 +34,8 @@ def measured_ratio(lm: LatencyModel, dense: nn.Module, pruned: nn.Module,
             timer.runner(b, b.tensors(batch)) as run_b:
         ratios = []
         for _ in range(pairs):
-            ta = _median_of(run_a, reps)
-            ratios.append(_median_of(run_b, reps) / ta)
+            ta = median_seconds(run_a, reps)
+            ratios.append(median_seconds(run_b, reps) / ta)
     return float(np.median(ratios))
 
 

@@ -16,7 +16,7 @@ from torch import nn
 from ..errors import TargetError
 from .target import Target
 
-__all__ = ["Timer", "TorchTimer", "OrtTimer", "retain_memory", "timer_for"]
+__all__ = ["Timer", "TorchTimer", "OrtTimer", "median_seconds", "retain_memory", "timer_for"]
 
 
 class Timer(Protocol):
@@ -24,7 +24,8 @@ class Timer(Protocol):
         """Median seconds of one call of ``module(*inputs)``."""
 
 
-def _median_of(run: Callable[[], None], reps: int) -> float:
+def median_seconds(run: Callable[[], None], reps: int) -> float:
+    """Median wall-clock seconds of ``reps`` calls of ``run``."""
     out = []
     for _ in range(reps):
         t = time.perf_counter()
@@ -64,7 +65,21 @@ def retain_memory() -> bool:
     return _RETAINED
 
 
-class TorchTimer:
+class _Timed:
+    """A timer from its ``runner``: the median of ``target.reps`` runs after warm-up."""
+
+    target: Target
+
+    def runner(self, module: nn.Module, inputs: Sequence[torch.Tensor]
+               ) -> contextlib.AbstractContextManager[Callable[[], None]]:
+        raise NotImplementedError
+
+    def time(self, module: nn.Module, inputs: Sequence[torch.Tensor]) -> float:
+        with self.runner(module, inputs) as run:
+            return median_seconds(run, self.target.reps)
+
+
+class TorchTimer(_Timed):
     """Eager PyTorch, in inference mode, on ``target.device`` (on CPU with
     :func:`retain_memory` unless the target says otherwise)."""
 
@@ -91,12 +106,8 @@ class TorchTimer:
                 run()
             yield run
 
-    def time(self, module: nn.Module, inputs: Sequence[torch.Tensor]) -> float:
-        with self.runner(module, inputs) as run:
-            return _median_of(run, self.target.reps)
 
-
-class OrtTimer:
+class OrtTimer(_Timed):
     """ONNX Runtime: the module exported (opset 18) and run in an InferenceSession with
     ``target.threads`` intra-op threads and full graph optimisation (conv + BN + ReLU
     fused, as deployment runs it)."""
@@ -128,10 +139,6 @@ class OrtTimer:
         for _ in range(self.target.warmup):
             run()
         yield run
-
-    def time(self, module: nn.Module, inputs: Sequence[torch.Tensor]) -> float:
-        with self.runner(module, inputs) as run:
-            return _median_of(run, self.target.reps)
 
 
 def _export(module: nn.Module, inputs: tuple, names: list[str]) -> bytes:
