@@ -15,9 +15,8 @@ compares prediction and measurement on any plans.
 
 Widths off the backend's favourite multiple cost more inside the whole model than
 standalone: ONNX Runtime's CPU convolutions run in a channel-blocked layout and fall
-back to plain layout, with reorders around them, when a width is off the block (a
-MobileNetV2 block at 97 channels measured 2.8x its time at 96, where the depthwise conv
-alone was 1.7x). So calibration also fits ``penalty * misaligned(keep, b)``, the
+back to plain layout, with reorders around them, when a width is off the block. So
+calibration also fits ``penalty * misaligned(keep, b)``, the
 activation elements whose channel count is off a multiple ``b`` of 4, 8 or 16, and
 keeps the ``b`` that explains the measurements best, if any explains them markedly
 better than none (:attr:`LatencyModel.align`). Budgets under such a model keep widths

@@ -30,8 +30,7 @@ class Target:
     handing it back to the operating system after every call. With glibc's defaults,
     each large activation is a fresh ``mmap`` whose pages fault in on first touch and are
     unmapped when freed, so every forward pass pays page faults in proportion to its
-    activation memory: measured here, dense ResNet-56 at batch 64 ran 2x slower and half
-    of its time was system time. A serving process (jemalloc, tcmalloc, or a warmed
+    activation memory. A serving process (jemalloc, tcmalloc, or a warmed
     arena) does not pay that, and a speed-up measured with it is biased toward plans that
     shrink activations. It is set with ``mallopt`` for the whole process (where glibc is
     the allocator; elsewhere nothing changes) and is part of the cache key."""
