@@ -58,25 +58,38 @@ MODELS = {   # name: (builder, input size, batch)
 
 
 def tp_at_macs(model: nn.Module, x: torch.Tensor, frac: float) -> nn.Module | None:
-    """Torch-Pruning L1, round_to=8, its global ratio bisected to ``frac`` of the MACs
-    (option-A ResNets: block-inner convs only, it cannot prune their shortcuts)."""
+    """Torch-Pruning L1, round_to=8, at ``frac`` of the MACs (option-A ResNets: block-inner
+    convs only, it cannot prune their shortcuts). Its ratio is scanned on a grid first: with
+    round_to=8 it leaves a network whole above some ratio, so MACs are not monotone in
+    it. The first grid ratio at or below ``frac`` is then bisected against the one
+    before it. None: no ratio reaches ``frac``."""
     import torch_pruning as tp
-    from prunekit.methods.projector import bisect
-    base = measured_cost(model, (x,))[1]
-    made: dict[float, nn.Module] = {}
     from prunekit.models.cifar_resnet import PadShortcut
+    base = measured_cost(model, (x,))[1]
     option_a = any(isinstance(m, PadShortcut) for m in model.modules())
 
-    def fits(ratio: float) -> bool:
-        work = made[ratio] = copy.deepcopy(model)
+    def pruned(ratio: float) -> tuple[nn.Module, float]:
+        work = copy.deepcopy(model)
         last = [m for m in work.modules() if isinstance(m, nn.Linear)][-1:]
         ignored = last + ([m for n, m in work.named_modules() if isinstance(m, nn.Conv2d)
                            and not n.endswith("conv1") or n == "conv1"] if option_a else [])
         tp.pruner.MetaPruner(work, x, importance=tp.importance.MagnitudeImportance(p=1),
                              pruning_ratio=ratio, ignored_layers=ignored, round_to=8).step()
-        return measured_cost(work, (x,))[1] / base <= frac
-    ratio = bisect(fits, 0.0, 0.95, steps=10)
-    return made[ratio] if ratio in made and fits(ratio) else None   # None: unreachable
+        return work, measured_cost(work, (x,))[1] / base
+    grid = [r / 20 for r in range(0, 20)]
+    hit = next((i for i, r in enumerate(grid[1:], 1) if pruned(r)[1] <= frac), None)
+    if hit is None:
+        return None
+    lo, hi = grid[hit - 1], grid[hit]
+    best = pruned(hi)
+    for _ in range(6):
+        mid = (lo + hi) / 2
+        work, got = pruned(mid)
+        if got <= frac:
+            hi, best = mid, (work, got)
+        else:
+            lo = mid
+    return best[0]
 
 
 def row_for(lm: LatencyModel, model: nn.Module, x: torch.Tensor, target: float) -> dict:

@@ -42,10 +42,10 @@ class SyntheticTimer:
     sum over its layers (on their real inputs) plus ``fixed`` seconds."""
 
     def __init__(self, staircase: float = 1.0, hot: float = 1.0, fixed: float = 1e-3,
-                 context: float = 0.0) -> None:
+                 context: float = 0.0, block: int = 8) -> None:
         self.calls, self.staircase, self.hot, self.fixed = 0, staircase, hot, fixed
-        self.context = context    # seconds per output element of a conv off multiples of 8,
-        #                           paid only inside a whole model (layout reorders)
+        self.context = context    # seconds per output element of a conv off multiples of
+        self.block = block        # block, paid only inside a whole model (layout reorders)
 
     def time(self, module: nn.Module, inputs) -> float:
         self.calls += 1
@@ -56,7 +56,7 @@ class SyntheticTimer:
             lambda m, a: total.append(_conv_cost(m, a[0], self.staircase, self.hot)))
             for m in module.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
         hooks += [m.register_forward_hook(
-            lambda m, a, y: total.append(self.context * y.numel() * bool(m.out_channels % 8)))
+            lambda m, a, y: total.append(self.context * y.numel() * bool(m.out_channels % self.block)))
             for m in module.modules() if isinstance(m, nn.Conv2d)]
         try:
             with torch.no_grad():
@@ -460,7 +460,7 @@ def test_a_misalignment_paid_only_in_context_is_fitted_and_budgets_keep_multiple
     plain = _model(resnet, tmp_path / "plain")
     assert plain.align == 1 and plain.penalty == 0
     lm = _model(resnet, tmp_path / "ctx", context=2e-8)
-    assert lm.align in (4, 8) and lm.penalty > 0          # 8 is the truth; 4 is nested
+    assert lm.align == 8 and lm.penalty > 0               # not 4 (nested) nor 16
     res = prune_oneshot(model, X, OneShotConfig(target=0.5, metric="latency",
                                                 allocation="marginal"), latency=lm)
     keep = graph.keep_mask(res.plan)
@@ -476,3 +476,9 @@ def test_a_misalignment_paid_only_in_context_is_fitted_and_budgets_keep_multiple
     with_penalty = abs(lm.predict(odd) / truth - 1)
     lm.penalty = 0.0
     assert with_penalty < abs(lm.predict(odd) / truth - 1)
+
+
+@pytest.mark.parametrize("block", [4, 16])
+def test_the_fitted_multiple_is_the_backends_block_not_a_nested_one(resnet, tmp_path, block):
+    lm = _model(resnet, tmp_path, context=2e-8, block=block)
+    assert lm.align == block and lm.penalty > 0, lm.fit

@@ -126,15 +126,20 @@ class LatencyModel:
         """Fit alpha, beta, gamma (and the misalignment penalty, see the module) on
         whole-model measurements of ``model`` pruned to each keep mask of ``plans``
         (default: dense; uniform keeps of 3/4, 1/2, 1/4 and 1/10; the same at 1/2 and 1/4
-        with widths on multiples of 16; and four seeded random plans whose groups keep
+        with widths on multiples of 16; four seeded random plans whose groups keep
         different fractions, so layers and other ops are told apart where widths differ
-        from layer to layer). Each plan is measured relative to the dense model
+        from layer to layer; and two more random plans on exact multiples of each of
+        :data:`ALIGNMENTS`, so nested multiples are told apart: a backend that blocks by
+        16 is slow on multiples of 8 that are not of 16, one that blocks by 4 is not).
+        Among the multiples whose penalty halves the residual, the one with the least
+        residual is kept. Each plan is measured relative to the dense model
         (:func:`~prunekit.latency.measured_ratio`, five alternating pairs) and scaled by
         one dense measurement, so the machine's drift does not pass for a width effect."""
         masks = list(plans) if plans is not None else \
             [self.uniform(f) for f in (1.0, 0.75, 0.5, 0.25, 0.1)] + \
             [self.uniform(f, align=16) for f in (0.5, 0.25)] + \
-            [self.mixed(seed) for seed in range(4)]
+            [self.mixed(seed) for seed in range(4)] + \
+            [self.mixed(100 * a + seed, align=a) for a in ALIGNMENTS for seed in range(2)]
         from .measured import measured_ratio
         dense = self.measure(model, np.ones(self.graph.n_units, dtype=bool))
         rows, y = [], []
@@ -153,7 +158,7 @@ class LatencyModel:
             c, r = _nnls(np.hstack([A, extra]), b)
             self.fit[f"rss_align{align}"] = r
             if c[3] > 0 and c[0] > 0 and r < 0.5 * self.fit["rss"] and \
-                    (self.align == 1 or r < 0.8 * self.fit[f"rss_align{self.align}"]):
+                    (self.align == 1 or r < self.fit[f"rss_align{self.align}"]):
                 self.coef, self.align, self.penalty = c[:3], align, float(c[3])
         if self.coef[0] == 0:               # degenerate fit: keep the tables' own sum
             self.coef = np.array([1.0, 0.0, max(0.0, float(np.min(b - A[:, 0])))])
@@ -270,11 +275,11 @@ class LatencyModel:
         their count raised to a multiple of ``align`` (at most the group's width)."""
         return self._first(lambda: fraction, align)
 
-    def mixed(self, seed: int) -> np.ndarray:
+    def mixed(self, seed: int, align: int = 1) -> np.ndarray:
         """Every prunable group keeps its first fraction f_g of units, f_g drawn uniformly
-        from [0.05, 1] (seeded)."""
+        from [0.05, 1] (seeded), the count raised to a multiple of ``align``."""
         rng = np.random.default_rng(seed)
-        return self._first(lambda: float(rng.uniform(0.05, 1.0)))
+        return self._first(lambda: float(rng.uniform(0.05, 1.0)), align)
 
     def _first(self, fraction: Any, align: int = 1) -> np.ndarray:
         """Each prunable group keeps its first ``fraction()`` of units (frozen ones kept,
