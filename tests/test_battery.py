@@ -142,6 +142,9 @@ def _base(cmd: str, ws: Path, out: Path) -> list:
         "info": ["info", *model, "--checkpoint", ws / "r20.pt"],
         "latency": ["latency", *model, "--checkpoint", ws / "r20.pt", "--out", out,
                     "--batch", "1", "--threads", "1"],
+        "compress": ["compress", *model, "--checkpoint", ws / "r20.pt", "--data", ws / "data",
+                     "--out", out, "--calib", "8", "--set", "holdout=6", "--set",
+                     "batch_size=8", "--set", "bn_batches=1", "--batch", "1", "--threads", "1"],
     }[cmd]
 
 
@@ -368,7 +371,7 @@ def test_export_never_writes_onto_its_input(case, ws):
 
 
 @pytest.mark.parametrize("cmd", ["train", "average", "prune", "reweight", "space", "finetune",
-                                 "export"])
+                                 "export", "compress"])
 def test_an_existing_output_is_kept_without_overwrite(case, ws, tmp_path, cmd):
     out = tmp_path / ("o.onnx" if cmd == "export" else "o")
     if cmd == "export":
@@ -398,7 +401,7 @@ def test_an_output_under_a_file_is_refused(case, ws, tmp_path):
 
 
 @pytest.mark.parametrize("cmd", ["train", "average", "prune", "reweight", "space", "finetune",
-                                 "export"])
+                                 "export", "compress"])
 def test_a_second_run_on_the_same_output_is_refused(case, ws, tmp_path, cmd):
     out = tmp_path / ("o.onnx" if cmd == "export" else "o")
     with outputs.OutputLock(out):
@@ -439,7 +442,7 @@ def _full_after(budget: int):
 @pytest.mark.parametrize("cmd,budget", [
     ("prune", 0), ("prune", 20_000), ("prune", 150_000), ("train", 0), ("train", 50_000),
     ("average", 100), ("reweight", 2_000), ("finetune", 1_000), ("export", 0),
-    ("space", 0)])
+    ("space", 0), ("compress", 0)])
 def test_a_full_disk_is_one_line_and_leaves_nothing(case, ws, tmp_path, monkeypatch, cmd,
                                                     budget):
     monkeypatch.setattr(outputs, "_write_all", _full_after(budget))
@@ -599,6 +602,7 @@ STAGES = {   # (command, extra arguments, module, function, after) -> kept for -
                              "pop_size=4", "--set", "generations=1", "--set", "parts=1",
                              "--set", "chain_points=2"],
                    "prunekit.methods.emo", "EmoSearch.run", 0),
+    "compress-recovery": ("compress", ["--epochs", "2"], "prunekit.train.engine", "_epoch", 1),
 }
 
 
@@ -616,7 +620,8 @@ def test_a_signal_at_any_stage_leaves_nothing_partial(case, ws, tmp_path, monkey
     monkeypatch.setattr(owner, attr, _killer(sig, after)(getattr(owner, attr)))
     out = tmp_path / ("o.onnx" if cmd == "export" else "o")
     argv = [*_base(cmd, ws, out), *[ws / "data" if a == "DATA" else a for a in extra]]
-    kept = str(out) if stage == "train-later-epoch" else None
+    kept = {"train-later-epoch": str(out),     # what holds the work --resume continues
+            "compress-recovery": str(out.parent / f".{out.name}.compress-work")}.get(stage)
     case(argv, "interrupted" if sig == signal.SIGINT else "terminated by SIGTERM",
          rc=130 if sig == signal.SIGINT else 143, kept=kept)
 

@@ -73,6 +73,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true",
                    help=f"continue a killed run ({keeps})")
     _method_flags(p, sorted(_methods()))
+    p = sub.add_parser("compress", help="the whole job: select channels, re-estimate batch "
+                       "norms, recover by distillation within a time budget, evaluate, export")
+    _common(p)
+    p.add_argument("--target", type=float, help="fraction of the metric to keep, in (0, 1] (0.5)")
+    p.add_argument("--metric", choices=["macs", "params", "latency"],
+                   help="what the target counts (macs; latency: measured on this machine)")
+    p.add_argument("--method", choices=["auto", "submodular", "oneshot"],
+                   help="selection (auto: submodular with reweighting when there is data, "
+                   "else one-shot L1)")
+    p.add_argument("--budget-minutes", type=float,
+                   help="minutes of recovery training (the schedule is sized to them)")
+    p.add_argument("--epochs", type=int, help="recovery epochs (instead of --budget-minutes)")
+    p.add_argument("--lr", type=float, help="recovery peak learning rate (0.02)")
+    p.add_argument("--calib", type=int, help="unlabeled calibration images (512)")
+    p.add_argument("--resume", action="store_true", help="continue a killed run")
+    _latency_flags(p)
     p = sub.add_parser("reweight", help="re-solve the layers after pruned channels by least "
                        "squares on unlabeled images (recovery for any pruned model)")
     _common(p)
@@ -163,6 +179,8 @@ DEFAULTS: dict[str, Any] = {
     "checkpoints": None, "bn_batches": 0,
     # latency target (prune --metric latency, latency): None = prunekit.latency.Target's
     "device": None, "backend": None, "batch": None, "threads": None,
+    # compress (None: prunekit.pipeline.CompressConfig's default)
+    "budget_minutes": None, "evals": None, "holdout": None, "onnx": None,
 }
 
 
@@ -201,12 +219,16 @@ def resolve(args: argparse.Namespace) -> dict[str, Any]:
         cfg["method"] = "space"
     RESOLVED_OVERRIDES.clear()
     RESOLVED_OVERRIDES.update(overrides)
+    RESOLVED_GIVEN.clear()
+    RESOLVED_GIVEN.update(given)
     return cfg
 
 
 # the options of the last ``resolve`` given on the command line (a resumed run may
 # change these, with a note; any other difference from the saved config is refused)
 RESOLVED_OVERRIDES: set[str] = set()
+# every option of the last ``resolve`` the user set (config file, --set or a flag)
+RESOLVED_GIVEN: set[str] = set()
 
 
 def _read_config(path: str) -> dict[str, Any]:

@@ -13,6 +13,7 @@ import torch
 from .cli_inputs import (batches_of, calibration_of, check_resume, data_of, example_of,
                          labelled_of, model_of, model_or_pruned, out_folder, plot_training,
                          pruned_job, teacher_of, train_config_of, work_folder, write_json)
+from .cli_compress import cmd_compress  # noqa: F401
 from .cli_latency import LATENCY_OPTIONS, cmd_latency, latency_model, speedups  # noqa: F401
 from .errors import CliError, PrunekitError
 

@@ -68,6 +68,8 @@ SPECS: dict[str, Spec] = {
     "resume": _FLAG, "distill": _FLAG, "list": _FLAG, "all": _FLAG, "overwrite": _FLAG,
     "device": _PATH, "backend": _PATH, "batch": _i(1, nullable=True),
     "threads": _i(1, nullable=True),
+    "budget_minutes": _f(0, lo_open=True, nullable=True), "evals": _i(1, nullable=True),
+    "holdout": _i(1, nullable=True), "onnx": Spec("bool", nullable=True),
 }
 
 _TRUE, _FALSE = ("true", "yes", "on"), ("false", "no", "off")
@@ -215,6 +217,11 @@ COMMAND_OPTIONS: dict[str, frozenset[str]] = {
     "info": frozenset({"model", "checkpoint", "pruned", "list", "all"}),
     "latency": frozenset({"model", "checkpoint", "out", "overwrite", "target", "device",
                           "backend", "batch", "threads"}),
+    "compress": _IO | {"resume", "subset", "cutout", "device", "backend", "batch", "threads",
+                       "target", "metric", "method", "round_to", "calib", "bn_batches",
+                       "budget_minutes", "epochs", "lr", "distill_alpha",
+                       "distill_temperature", "weight_decay", "batch_size", "evals",
+                       "holdout", "precision", "seed", "onnx"},
 }
 
 

@@ -5,31 +5,37 @@ of the dense latency is within ``tolerance`` of the one asked for (or ``rounds``
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 from torch import nn
 
-from .model import Bound, LatencyModel, time_model
-from .timers import median_seconds
+from .model import Bound, LatencyModel
+from .timers import Timer, median_seconds
 
-__all__ = ["meet_measured", "measured_ratio"]
+__all__ = ["alternating_ratio", "meet_measured", "measured_ratio"]
 
 
 def measured_ratio(lm: LatencyModel, dense: nn.Module, pruned: nn.Module,
                    pairs: int = 9, reps: int = 3) -> float:
-    """``pruned``'s latency over ``dense``'s on the target: the median over ``pairs``
-    alternating measurements of each (each the median of ``reps`` runs), so a drift of
-    the machine's speed during the measurement cancels. Timers with a ``runner`` (the
-    built-in ones) set each model up once and alternate short blocks of runs."""
-    timer, batch = lm.timer, lm.target.batch
-    if not hasattr(timer, "runner"):
-        ratios = [time_model(timer, lm.graph, pruned, batch) /
-                  time_model(timer, lm.graph, dense, batch) for _ in range(pairs)]
-        return float(np.median(ratios))
+    """``pruned``'s latency over ``dense``'s on ``lm``'s target, on its graph's example
+    inputs at the target's batch: :func:`alternating_ratio`."""
     a, b = Bound(dense.eval(), lm.graph.inputs), Bound(pruned.eval(), lm.graph.inputs)
-    with timer.runner(a, a.tensors(batch)) as run_a, \
-            timer.runner(b, b.tensors(batch)) as run_b:
+    return alternating_ratio(lm.timer, a, b, a.tensors(lm.target.batch), pairs, reps)
+
+
+def alternating_ratio(timer: Timer, dense: nn.Module, pruned: nn.Module,
+                      inputs: Sequence[Any], pairs: int = 9, reps: int = 3) -> float:
+    """``pruned(*inputs)``'s latency over ``dense(*inputs)``'s under ``timer``: the median
+    over ``pairs`` alternating measurements of each (each the median of ``reps`` runs), so
+    a drift of the machine's speed during the measurement cancels. Timers with a
+    ``runner`` (the built-in ones) set each model up once and alternate short blocks of
+    runs; others are timed whole, in turn."""
+    if not hasattr(timer, "runner"):
+        ratios = [timer.time(pruned, inputs) / timer.time(dense, inputs)
+                  for _ in range(pairs)]
+        return float(np.median(ratios))
+    with timer.runner(dense, inputs) as run_a, timer.runner(pruned, inputs) as run_b:
         ratios = []
         for _ in range(pairs):
             ta = median_seconds(run_a, reps)
