@@ -287,6 +287,29 @@ def test_output_allocation_meets_the_budget_and_follows_the_measured_loss(net):
     assert all(abs(v * 4 - round(v * 4)) < 1e-9 for v in kept.values())
 
 
+def test_accuracy_allocation_scores_one_group_curves_on_the_held_out_split(net):
+    from prunekit.methods.protocol import Context, get_method, prepare
+    model, data, graph = net
+    torch.manual_seed(1)
+    held = torch.randn(24, *data.shape[1:])
+    with torch.no_grad():
+        labels = model(held).argmax(1)               # the unpruned network scores 100%
+    cfg = SubmodularConfig(target=0.5, scope="groups", groups=INTERNAL, allocation="accuracy",
+                           calib_batch_size=32, output_points=4)
+    with pytest.raises(TargetError, match="held-out"):
+        prune_submodular(model, data[:1], data, cfg, graph=graph)
+    method = get_method("submodular")
+    with pytest.raises(TargetError, match="labelled"):        # refused before any work
+        prepare(method, cfg, Context(data[:1], calibration=data), model)
+    ctx = Context(data[:1], calibration=data, labelled=(held, labels))
+    prepare(method, cfg, ctx, model)
+    res = method.run(model, cfg, ctx)
+    assert 0.5 - 0.15 <= res.plan.meta["achieved"] <= 0.5 + 0.01
+    kept = {h["group"]: h["kept"] / h["width"] for h in res.history}
+    assert len(set(np.round(list(kept.values()), 3))) > 1  # not uniform
+    assert all(abs(v * 4 - round(v * 4)) < 1e-9 for v in kept.values())
+
+
 def test_monotone_loss_curve():
     from prunekit.methods.submodular import _monotone
     c = _monotone(np.array([np.nan, 0.5, np.nan, 0.7, 0.1, np.nan, 0.0]))

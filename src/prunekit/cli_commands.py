@@ -105,7 +105,7 @@ def cmd_prune(cfg: dict) -> int:
     """Any registered method: its config from the options, its context from what its
     ``needs`` ask (calibration images, training batches, labelled images), its work
     folder beside --out (resumable) for methods that keep one; then :func:`_finish`."""
-    from .methods.protocol import Context, get_method, prepare
+    from .methods.protocol import Context, get_method, needs_of, prepare
     try:
         method = get_method(cfg["method"])
     except PrunekitError as exc:
@@ -116,21 +116,22 @@ def cmd_prune(cfg: dict) -> int:
     if config.metric not in metrics:      # before any data is read
         raise CliError(f"method {method.name} does not take metric {config.metric!r} (it "
                        f"takes {', '.join(metrics)})")
-    trains = "train" in method.needs
+    needs = needs_of(method, config)
+    trains = "train" in needs
     if trains and cfg["finetune_epochs"]:
         raise CliError(f"finetune_epochs is not used by method {method.name} (it trains the "
                        "pruned model to the end of --epochs); remove it")
     out = out_folder(cfg)
-    arrays = data_of(cfg, required=bool(method.needs) or bool(cfg["finetune_epochs"])
+    arrays = data_of(cfg, required=bool(needs) or bool(cfg["finetune_epochs"])
                    or bool(cfg.get("data")))
     ctx = Context(example_of(s), progress=True, executor=cfg["executor"],
                   workers=int(cfg["workers"]))
-    if "calibration" in method.needs:
+    if "calibration" in needs:
         ctx.calibration = calibration_of(arrays, s, cfg)
     if trains:
         ctx.train, ctx.test = batches_of(arrays, s, cfg)
         ctx.train_config = train_config_of(cfg, int(cfg["epochs"]), float(cfg["lr"]))
-    if "labelled" in method.needs:
+    if "labelled" in needs:
         ctx.labelled = labelled_of(arrays, s, cfg)
     if config.metric == "latency" and config.metric in getattr(method, "metrics", ()):
         ctx.latency = latency_model(cfg, model, s, config.ignore)

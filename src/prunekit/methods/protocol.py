@@ -213,12 +213,13 @@ class Context:
         """The example inputs as a tuple of positional arguments."""
         return self.example if isinstance(self.example, tuple) else (self.example,)
 
-    def require(self, method: "Method") -> None:
-        """Refuse, before any work, a context that lacks what ``method.needs``."""
+    def require(self, method: "Method", config: "MethodConfig | None" = None) -> None:
+        """Refuse, before any work, a context that lacks what ``method`` needs (with
+        ``config``: :func:`needs_of`)."""
         missing = {"calibration": self.calibration is None,
                    "train": self.train is None or self.train_config is None,
                    "labelled": self.labelled is None}
-        for need in sorted(method.needs):
+        for need in sorted(needs_of(method, config) if config is not None else method.needs):
             if missing[need]:
                 what = {"calibration": "unlabeled calibration inputs (context.calibration)",
                         "train": "labelled training batches and a TrainConfig "
@@ -296,6 +297,14 @@ def get_method(name: str) -> Method:
     return table[name]
 
 
+def needs_of(method: Method, config: MethodConfig) -> frozenset[str]:
+    """What ``method`` needs from its context to run ``config``: its ``needs``, and what
+    its optional ``needs_for(config)`` adds for settings that need more (submodular's
+    accuracy allocation: labelled images)."""
+    extra = getattr(method, "needs_for", None)
+    return frozenset(method.needs) | (frozenset(extra(config)) if extra else frozenset())
+
+
 def method_name(config_type: type) -> str:
     for name, m in _REGISTRY.items():
         if m.config is config_type:
@@ -336,7 +345,7 @@ def prepare(method: Method, config: MethodConfig, context: Context,
                           f"(it takes {', '.join(metrics)})")
     if config.metric == "latency":
         config.budget(latency=context.latency).require_latency()
-    context.require(method)
+    context.require(method, config)
     check = getattr(method, "check", None)
     if check is not None:
         check(config, context, model)

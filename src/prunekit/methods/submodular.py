@@ -49,7 +49,8 @@ __all__ = ["SubmodularConfig", "Submodular", "prune_submodular", "reweight"]
 
 VARIANTS = ("layer", "seq", "asym")
 SELECTORS = ("greedy", "weightnorm", "random", "actgrad")
-SUB_ALLOCATIONS = ("uniform", "sensitivity", "output")
+SUB_ALLOCATIONS = ("uniform", "sensitivity", "output", "accuracy")
+TIE = 1e-3      # accuracy allocation: points of top-1 per nat of held-out cross-entropy
 OPEN_POLICIES = ("auto", "skip", "select")
 
 
@@ -63,7 +64,13 @@ class SubmodularConfig(MethodConfig):
     reweighting. ``stochastic``: epsilon of stochastic greedy (0 = exact).
     ``intercept``: give the least squares a constant column, so reweighting also re-solves
     each consumer's output offset (into its bias, or into the running mean of the batch
-    norm that alone reads it; consumers with neither keep the plain problem)."""
+    norm that alone reads it; consumers with neither keep the plain problem).
+    ``allocation``: per-group widths ``uniform``, or by the equal-change rule on each
+    group's own pruning curve, measured with that group alone pruned (and reweighted):
+    ``sensitivity`` (1 - F), ``output`` (KL of the network's predictions on calibration
+    images) or ``accuracy`` (the top-1 lost on a labelled held-out split of the training
+    set: Kuzmin et al.'s equal-accuracy rule, as the paper's code allocates; needs
+    ``heldout``, the context's ``labelled``)."""
 
     metric: str = "params"
     scope: str = "network"
@@ -200,10 +207,15 @@ def prune_submodular(model: nn.Module, example_inputs: Sequence[Any] | torch.Ten
                      data: torch.Tensor | Iterable[Any],
                      config: SubmodularConfig = SubmodularConfig(), *,
                      graph: ChannelGraph | None = None, progress: bool = False,
-                     latency: Any = None) -> Result:
+                     latency: Any = None,
+                     heldout: tuple[torch.Tensor, torch.Tensor] | None = None) -> Result:
     """Prune ``model`` (left untouched) with ``data`` (unlabeled calibration images: a tensor
     or batches; labels in (x, y) batches are ignored). ``latency``: the
-    :class:`prunekit.latency.LatencyModel` of ``metric="latency"`` (its graph is used)."""
+    :class:`prunekit.latency.LatencyModel` of ``metric="latency"`` (its graph is used).
+    ``heldout``: labelled (images, labels) for ``allocation="accuracy"``."""
+    if config.allocation == "accuracy" and heldout is None:
+        raise TargetError("allocation accuracy needs a labelled held-out split (heldout=(x, "
+                          "y); the context's labelled)")
     if graph is None and latency is not None:
         graph = latency.graph
     graph = graph or ChannelGraph.build(model, example_inputs, ignore=config.ignore)
@@ -228,7 +240,7 @@ def prune_submodular(model: nn.Module, example_inputs: Sequence[Any] | torch.Ten
                                batches, None, ones=set(st.ic.sinks))
     if config.variant == "asym":
         st.ref = Reference(st.original, names, batches, config.cache_activations)
-    curves = _curves(st, infos) if config.allocation != "uniform" else None
+    curves = _curves(st, infos, heldout) if config.allocation != "uniform" else None
     counts = _counts(graph, infos, config, curves, latency)
     if config.selector == "actgrad":
         st.scores = actgrad_scores(st.original, infos, {i.gid: graph.group(i.gid).width
@@ -261,9 +273,15 @@ class Submodular(MethodBase):
                               "hundred unlabeled images, no fine-tuning")
     metrics: ClassVar[tuple[str, ...]] = ("macs", "params", "latency")
 
+    def needs_for(self, config: SubmodularConfig) -> frozenset[str]:
+        """What ``config`` needs beyond ``needs``: labelled held-out images to allocate by
+        accuracy."""
+        return frozenset({"labelled"}) if config.allocation == "accuracy" else frozenset()
+
     def run(self, model: nn.Module, config: SubmodularConfig, context: Context) -> Result:
         return prune_submodular(model, context.inputs, context.calibration, config,
-                                progress=context.progress, latency=context.latency)
+                                progress=context.progress, latency=context.latency,
+                                heldout=context.labelled)
 
     def test_config(self, **overrides: Any) -> SubmodularConfig:
         return SubmodularConfig(**{"calib_batch_size": 8, **overrides})
@@ -288,16 +306,28 @@ def _modules(model: nn.Module, names: Sequence[str]) -> dict[str, nn.Module]:
     return {n: model.get_submodule(n) for n in names}
 
 
-def _curves(st: _State, infos: list[GroupInfo]) -> dict[str, np.ndarray]:
+def _curves(st: _State, infos: list[GroupInfo],
+            heldout: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[str, np.ndarray]:
     """Per group, on the original activations, the loss after each greedy pick: the
-    consumers' relative input change 1 - F (``sensitivity``), or (``output``) the KL
-    divergence of the network's predictions from the original's when that group alone
-    keeps its first picks and its consumers are reweighted, at ``output_points`` widths."""
+    consumers' relative input change 1 - F (``sensitivity``), or, when that group alone
+    keeps its first picks and its consumers are reweighted, at ``output_points`` widths,
+    the KL divergence of the network's predictions from the original's (``output``) or
+    the top-1 points lost on ``heldout`` (``accuracy``)."""
     curves = {}
     if st.config.allocation == "output":
         x = torch.cat(st.batches)[: st.config.output_images]
         with torch.inference_mode():
             ref = F.log_softmax(st.original(x), dim=1)
+        loss = lambda out: float(F.kl_div(F.log_softmax(out, dim=1), ref,  # noqa: E731
+                                          log_target=True, reduction="batchmean"))
+    elif st.config.allocation == "accuracy":
+        x, y = heldout
+        with torch.inference_mode():
+            ref_out = st.original(x)
+        top, ce = _top1(ref_out, y), float(F.cross_entropy(ref_out, y))
+        # top-1 points lost; ties (a held-out split scores in steps of 100/n points) broken
+        # by the rise in held-out cross-entropy, weighted far below one image's step
+        loss = lambda out: top - _top1(out, y) + TIE * (float(F.cross_entropy(out, y)) - ce)  # noqa: E731,E501
     for info in infos:
         g = st.graph.group(info.gid)
         probs = [_problem(c, st.layer_grams[c.name], st.ic.matrix(st.original, c.name),
@@ -307,7 +337,8 @@ def _curves(st: _State, infos: list[GroupInfo]) -> dict[str, np.ndarray]:
         if st.config.allocation == "sensitivity":
             curves[info.gid] = 1.0 - np.asarray(values)
         else:
-            curves[info.gid] = _output_curve(st, info, np.asarray(picks, dtype=np.int64), x, ref)
+            curves[info.gid] = _output_curve(st, info, np.asarray(picks, dtype=np.int64), x,
+                                             loss)
     return curves
 
 
@@ -326,11 +357,15 @@ def _consumer_weight(c: Consumer, mask: np.ndarray, W: torch.Tensor, gram: Gram 
     return W.masked_fill(drop[:, None], 0.0)
 
 
+def _top1(logits: torch.Tensor, y: torch.Tensor) -> float:
+    return 100.0 * float((logits.argmax(1) == y).float().mean())
+
+
 def _output_curve(st: _State, info: GroupInfo, picks: np.ndarray, x: torch.Tensor,
-                  ref: torch.Tensor) -> np.ndarray:
-    """KL(original || pruned) of the predictions (``ref``: the original's log-probabilities
-    on the images ``x``), with only this group pruned to its first j + 1 ``picks``
-    (reweighted when ``reweight``), at ``output_points`` evenly spaced j; NaN elsewhere."""
+                  loss: Any) -> np.ndarray:
+    """``loss(logits)`` of the network on ``x`` with only this group pruned to its first
+    j + 1 ``picks`` (reweighted when ``reweight``), at ``output_points`` evenly spaced j;
+    NaN elsewhere."""
     cfg, g = st.config, st.graph.group(info.gid)
     net = copy.deepcopy(st.original)
     frozen = np.nonzero(~g.prunable)[0]
@@ -345,8 +380,7 @@ def _output_curve(st: _State, info: GroupInfo, picks: np.ndarray, x: torch.Tenso
             st.ic.write(net, c.name, _consumer_weight(
                 c, mask, st.ic.matrix(st.original, c.name), gram, cfg.ridge))
         with torch.inference_mode():
-            out = F.log_softmax(net(x), dim=1)
-        curve[n - 1] = float(F.kl_div(out, ref, log_target=True, reduction="batchmean"))
+            curve[n - 1] = loss(net(x))
     return curve
 
 

@@ -19,7 +19,10 @@ METRICS = ("macs", "params", "latency")
 class CompressConfig:
     """``target``: fraction of ``metric`` to keep. ``method``: the selection; ``auto`` is
     submodular selection with least-squares reweighting when calibration images are
-    given, one-shot L1 otherwise. ``calib``: calibration images for it.
+    given, one-shot L1 otherwise. ``allocation``: the method's per-group widths (None: its
+    default; under a latency budget one-shot's ``marginal``); submodular's ``accuracy``
+    scores one-group pruning curves on the held-out split (Kuzmin et al.'s equal-accuracy
+    rule). ``calib``: calibration images for the selection.
     ``bn_batches``: training batches over which the pruned model's BatchNorm statistics
     are re-estimated before recovery (0: keep them). Recovery distils from the unpruned
     model for ``budget_minutes`` of training (its schedule sized by timing a few steps on
@@ -36,6 +39,7 @@ class CompressConfig:
     metric: str = "macs"
     method: str = "auto"
     round_to: int = 1
+    allocation: str | None = None
     calib: int = 512
     bn_batches: int = 50
     budget_minutes: float | None = None

@@ -51,16 +51,22 @@ def select(model: nn.Module, example: Any, config: CompressConfig, data: Compres
     """The selected channels: the method's Result, and a record of what ran. Under a latency
     budget a method cheap enough to re-run meets the target as measured
     (:func:`prunekit.latency.meet_measured`)."""
-    from ..methods.protocol import Context, get_method, prepare
+    from ..methods.protocol import Context, get_method, needs_of, prepare
     name = method_for(config, data)
     method = get_method(name)
     fields = {"target": config.target, "metric": config.metric, "round_to": config.round_to,
               "seed": config.seed}
-    if name == "oneshot" and config.metric == "latency":
+    if config.allocation is not None:
+        fields["allocation"] = config.allocation
+    elif name == "oneshot" and config.metric == "latency":
         fields["allocation"] = "marginal"       # importance per second saved
     mcfg = method.config.from_dict(fields)
     ctx = Context(example, calibration=None if data is None else data.calibration,
                   latency=latency, progress=progress)
+    if "labelled" in needs_of(method, mcfg):     # scored on the held-out split, never the test set
+        if data is None or data.heldout is None:
+            raise TargetError(f"allocation {config.allocation} needs the held-out split")
+        ctx.labelled = labelled(data.heldout)
     prepare(method, mcfg, ctx, model)
     record: dict[str, Any] = {"method": name, "config": mcfg.to_dict()}
     if latency is not None and getattr(method, "rerun", False):
@@ -70,6 +76,12 @@ def select(model: nn.Module, example: Any, config: CompressConfig, data: Compres
     else:
         result = method.run(model, mcfg, ctx)
     return result, record
+
+
+def labelled(batches: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """All of ``batches`` as one (inputs, labels) pair."""
+    xs, ys = zip(*batches)
+    return torch.cat(xs), torch.cat(ys)
 
 
 def recalibrate(model: nn.Module, train: Any, batches: int) -> int:
