@@ -216,3 +216,25 @@ def test_bad_input_is_refused_before_any_work(cifar, tmp_path, monkeypatch, caps
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and needle in err[0] and "Traceback" not in err[0], err
     assert sorted(p.name for p in tmp_path.iterdir()) in ([], ["cache"])
+
+
+def test_re_estimated_batch_norms_that_score_worse_are_not_kept(tmp_path, monkeypatch):
+    import sys
+    compress_mod = sys.modules["prunekit.pipeline.compress"]     # the module, not the function
+
+    def spoil(model, train, batches):             # statistics that wreck the held-out score
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.fill_(50.0)
+        return 1
+    monkeypatch.setattr(compress_mod, "recalibrate", spoil)
+    cfg = CompressConfig(target=0.5, bn_batches=1, calib=32)
+    model, data = _model(), _data()
+    with torch.no_grad():                          # labels the unpruned model gets right
+        data.heldout.y = np.concatenate([model(b).argmax(1).numpy() for b, _ in data.heldout])
+    res = compress(model, X, cfg, data, tmp_path / "w", progress=False, say=lambda s: None)
+    bn = res.stages["bn"]
+    assert bn["kept"] is False and bn["heldout_top1_reestimated"] < bn["heldout_top1"]
+    assert bn["heldout_top1"] == res.stages["select"]["heldout_top1"]
+    assert all(float(m.running_mean.abs().max()) < 50 for m in res.model.modules()
+               if isinstance(m, torch.nn.BatchNorm2d))

@@ -85,6 +85,7 @@ class SubmodularConfig(MethodConfig):
     cache_activations: bool = True
     output_points: int = 16           # widths per group measured by allocation="output"
     output_images: int = 128          # calibration images those measurements use
+    accuracy_images: int = 1000       # held-out images allocation="accuracy" scores on
     intercept: bool = False
 
     def __post_init__(self) -> None:
@@ -98,8 +99,9 @@ class SubmodularConfig(MethodConfig):
                 raise TargetError(f"{name} must be one of {allowed}, got {value!r}")
         if not 0 <= self.stochastic < 1 or self.ridge < 0 or self.calib_batch_size < 1:
             raise TargetError("stochastic must be in [0, 1), ridge >= 0, calib_batch_size >= 1")
-        if self.output_points < 2 or self.output_images < 1:
-            raise TargetError("output_points >= 2 and output_images >= 1 are required")
+        if self.output_points < 2 or self.output_images < 1 or self.accuracy_images < 1:
+            raise TargetError("output_points >= 2, output_images >= 1 and accuracy_images "
+                              ">= 1 are required")
 
 
 # ------------------------------------------------------------------ allocation
@@ -321,7 +323,7 @@ def _curves(st: _State, infos: list[GroupInfo],
         loss = lambda out: float(F.kl_div(F.log_softmax(out, dim=1), ref,  # noqa: E731
                                           log_target=True, reduction="batchmean"))
     elif st.config.allocation == "accuracy":
-        x, y = heldout
+        x, y = (t[: st.config.accuracy_images] for t in heldout)
         with torch.inference_mode():
             ref_out = st.original(x)
         top, ce = _top1(ref_out, y), float(F.cross_entropy(ref_out, y))

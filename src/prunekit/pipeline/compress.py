@@ -70,11 +70,20 @@ def compress(model: nn.Module, example: Any, config: CompressConfig,
             "bn" not in stages:
         t = time.perf_counter()
         reset = recalibrate(pruned, data.train, config.bn_batches)
-        _save_stage(work, "bn", pruned, plan, example, stages, {
-            "norms": reset, "batches": config.bn_batches,
-            "seconds": time.perf_counter() - t, **_score(pruned, data)})
+        record = {"norms": reset, "batches": config.bn_batches, **_score(pruned, data)}
+        before = stages["select"].get("heldout_top1")
+        record["kept"] = before is None or record.get("heldout_top1", before) >= before
+        if not record["kept"]:      # the selection's own statistics scored better: kept
+            pruned, plan = _load_stage(work / "select", model, example)
+            record["heldout_top1_reestimated"] = record.pop("heldout_top1")
+            record["heldout_top1"] = before
+        record["seconds"] = time.perf_counter() - t
+        _save_stage(work, "bn", pruned, plan, example, stages, record)
         say(f"batch-norm statistics re-estimated over {config.bn_batches} batches "
-            f"({reset} norms){_fmt(stages['bn'])}")
+            f"({reset} norms)" + ("" if record["kept"] else
+                                 f"; held-out top-1 {record['heldout_top1_reestimated']:.2f}%"
+                                 f" < {before:.2f}% before, the selection's statistics kept")
+            + (_fmt(record) if record["kept"] else ""))
     elif "bn" in stages:
         pruned, plan = _load_stage(work / "bn", model, example)
     result = CompressResult(pruned, plan, stages["select"]["method"], stages)

@@ -24,7 +24,9 @@ class CompressConfig:
     scores one-group pruning curves on the held-out split (Kuzmin et al.'s equal-accuracy
     rule). ``calib``: calibration images for the selection.
     ``bn_batches``: training batches over which the pruned model's BatchNorm statistics
-    are re-estimated before recovery (0: keep them). Recovery distils from the unpruned
+    are re-estimated before recovery (0: keep them; the re-estimated ones are kept only
+    if they score no worse on the held-out split: after reweighting, the statistics the
+    selection left are often the better ones). Recovery distils from the unpruned
     model for ``budget_minutes`` of training (its schedule sized by timing a few steps on
     this machine) or ``epochs`` (one of the two; 0 is refused; neither: no recovery): SGD,
     peak ``lr`` with cosine decay, loss ``(1 - distill_alpha) * CE + distill_alpha * T^2

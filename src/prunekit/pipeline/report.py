@@ -85,8 +85,8 @@ def write_report(folder: Path, config: CompressConfig, result: CompressResult,
     t = metrics["target"]
     s = result.stages
     lines = [f"# prunekit compress: {config.metric} to {config.target:g}", "",
-             f"Selection: **{result.method}**; BatchNorm re-estimated: "
-             f"{'yes' if 'bn' in s else 'no'}; recovery: " + _recovery_text(config, result),
+             f"Selection: **{result.method}**; BatchNorm re-estimated: {_bn_text(s)}; "
+             "recovery: " + _recovery_text(config, result),
              "", _table(metrics), "",
              f"Latency: {t['backend']} on {t['device']}, batch {t['batch']}, {t['threads']} "
              "thread(s); the pruned model's from the median ratio of alternating "
@@ -110,6 +110,16 @@ def write_report(folder: Path, config: CompressConfig, result: CompressResult,
     if notes:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]
     write_text(folder / "report.md", "\n".join(lines) + "\n")
+
+
+def _bn_text(stages: dict) -> str:
+    bn = stages.get("bn")
+    if bn is None:
+        return "no"
+    if bn.get("kept", True):
+        return f"yes ({bn['batches']} batches)"
+    return (f"tried, not kept (held-out top-1 {bn['heldout_top1_reestimated']:.2f}% against "
+            f"{bn['heldout_top1']:.2f}% with the selection's statistics)")
 
 
 def _recovery_text(config: CompressConfig, result: CompressResult) -> str:
