@@ -72,15 +72,23 @@ def tp_at_macs(model: nn.Module, x: torch.Tensor, frac: float) -> nn.Module:
         tp.pruner.MetaPruner(work, x, importance=tp.importance.MagnitudeImportance(p=1),
                              pruning_ratio=ratio, ignored_layers=ignored, round_to=8).step()
         return work
-    lo, hi, best = 0.0, 0.95, None
-    for _ in range(10):
+    def frac_of(net: nn.Module) -> float:
+        return measured_cost(net, (x,))[1] / base
+    # with round_to=8 it leaves the network whole above some ratio: scan, then bisect
+    grid = [r / 20 for r in range(20)]
+    hit = next((i for i in range(1, 20) if frac_of(pruned(grid[i])) <= frac), None)
+    if hit is None:
+        raise SystemExit(f"Torch-Pruning cannot reach {frac} of the MACs")
+    lo, hi = grid[hit - 1], grid[hit]
+    best = pruned(hi)
+    for _ in range(6):
         mid = (lo + hi) / 2
         net = pruned(mid)
-        if measured_cost(net, (x,))[1] / base <= frac:
+        if frac_of(net) <= frac:
             hi, best = mid, net
         else:
             lo = mid
-    return (best if best is not None else pruned(hi)).eval()
+    return best.eval()
 
 
 def run_tp(model, x, config, data, work: Path) -> dict:

@@ -13,6 +13,8 @@ Methods, each with and without least-squares reweighting:
                        uniform per-layer fraction)
   asym-sensitivity     AsymInChange+rw with the per-layer budgets of allocation=
   asym-output          "sensitivity" / "output" (reweighted only)
+  asym-accuracy        ... of allocation="accuracy": Kuzmin et al.'s equal-accuracy rule,
+                       one-layer sweeps scored on 1,000 held-out training images
   asym-intercept,      the three with intercept=True: the least squares gets a
   seq-intercept,       constant column, so reweighting also re-solves each consumer's
   layer-intercept      output offset (into the following BN's running mean; reweighted only)
@@ -64,7 +66,8 @@ from prunekit.train import TrainConfig, evaluate, fit
 GREEDY = {"asym": "asym", "seq": "seq", "layer": "layer"}
 SELECTORS = ("weightnorm", "random", "actgrad")
 ASYM_SELECTORS = {f"asym-{m}": m for m in SELECTORS}
-ALLOCATED = {"asym-sensitivity": "sensitivity", "asym-output": "output"}
+ALLOCATED = {"asym-sensitivity": "sensitivity", "asym-output": "output",
+             "asym-accuracy": "accuracy"}
 INTERCEPT = {f"{m}-intercept": m for m in GREEDY}
 METHODS = ("asym", "seq", "layer", *SELECTORS, *ALLOCATED, *INTERCEPT, *ASYM_SELECTORS,
            "tp-magnitude",
@@ -148,7 +151,8 @@ def run(args: argparse.Namespace) -> None:
                     else:
                         pruned = prune_submodular(model, calib[:1], calib,
                                                   config(method, compression, rw, seed),
-                                                  graph=graph).model
+                                                  graph=graph, heldout=heldout(
+                                                      tx, ty, s, seed, method)).model
                     secs = time.perf_counter() - t
                     row = {"model": args.model, "method": method, "reweight": rw,
                            "compression": compression, "seed": seed, "calib": args.calib,
@@ -162,6 +166,17 @@ def run(args: argparse.Namespace) -> None:
                     print(json.dumps(row), flush=True)
                     with out.open("a") as f:
                         f.write(json.dumps(row) + "\n")
+
+
+def heldout(tx: np.ndarray, ty: np.ndarray, s, seed: int, method: str):
+    """For asym-accuracy: 1,000 labelled training images (class-stratified, seeded), never
+    the test set, that the equal-accuracy allocation scores its one-layer sweeps on."""
+    if ALLOCATED.get(method) != "accuracy":
+        return None
+    from prunekit.data import holdout_split
+    _, held = holdout_split(ty, 1000, seed)
+    xs = torch.cat([b for b, _ in Batches(tx[held], ty[held], 500, s.norm)])
+    return xs, torch.as_tensor(ty[held])
 
 
 def timing(args: argparse.Namespace) -> None:

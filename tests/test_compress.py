@@ -238,3 +238,24 @@ def test_re_estimated_batch_norms_that_score_worse_are_not_kept(tmp_path, monkey
     assert bn["heldout_top1"] == res.stages["select"]["heldout_top1"]
     assert all(float(m.running_mean.abs().max()) < 50 for m in res.model.modules()
                if isinstance(m, torch.nn.BatchNorm2d))
+
+
+def test_the_command_resumes_a_killed_run(cifar, tmp_path, monkeypatch, capsys):
+    import sys
+    monkeypatch.setenv("PRUNEKIT_CACHE", str(tmp_path / "cache"))
+    mod = sys.modules["prunekit.pipeline.compress"]
+    real = mod.recover
+
+    def killed(*a, **kw):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(mod, "recover", killed)
+    out = tmp_path / "run"
+    assert main(_argv(cifar, out, "--epochs", "1")) == 130
+    err = capsys.readouterr().err
+    work = tmp_path / ".run.compress-work"
+    assert "--resume" in err and str(work) in err and not out.exists()
+    assert (work / "select" / "plan.json").is_file()
+    monkeypatch.setattr(mod, "recover", real)
+    assert main(_argv(cifar, out, "--epochs", "1", "--resume")) == 0
+    assert "selection: done before, reloaded" in capsys.readouterr().out
+    assert (out / "report.md").is_file() and not work.exists()

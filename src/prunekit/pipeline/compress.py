@@ -52,40 +52,14 @@ def compress(model: nn.Module, example: Any, config: CompressConfig,
     needs data without it."""
     check(config, data, latency)
     work = Path(work)
-    from ..outputs import make_dirs
-    make_dirs(work)
-    stages = _read(work / "stages.json") if resume else {}
-    if resume:
-        _same_settings(work / "compress.json", config)
-    if not resume:                  # an earlier run's stages and rounds are not this one's
-        import shutil
-        for old in ("select", "bn", "recover", "stages.json", "schedule.json"):
-            p = work / old
-            shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
-    from ..outputs import write_json
-    write_json(work / "compress.json", config.to_dict())
+    stages = _prepare(work, config, resume)
     teacher = copy_of(model)
     pruned, plan = _selected(model, example, config, data, latency, work, stages, progress, say)
-    if data is not None and data.train is not None and config.bn_batches and \
-            "bn" not in stages:
-        t = time.perf_counter()
-        reset = recalibrate(pruned, data.train, config.bn_batches)
-        record = {"norms": reset, "batches": config.bn_batches, **_score(pruned, data)}
-        before = stages["select"].get("heldout_top1")
-        record["kept"] = before is None or record.get("heldout_top1", before) >= before
-        if not record["kept"]:      # the selection's own statistics scored better: kept
-            pruned, plan = _load_stage(work / "select", model, example)
-            record["heldout_top1_reestimated"] = record.pop("heldout_top1")
-            record["heldout_top1"] = before
-        record["seconds"] = time.perf_counter() - t
-        _save_stage(work, "bn", pruned, plan, example, stages, record)
-        say(f"batch-norm statistics re-estimated over {config.bn_batches} batches "
-            f"({reset} norms)" + ("" if record["kept"] else
-                                 f"; held-out top-1 {record['heldout_top1_reestimated']:.2f}%"
-                                 f" < {before:.2f}% before, the selection's statistics kept")
-            + (_fmt(record) if record["kept"] else ""))
-    elif "bn" in stages:
+    if "bn" in stages:
         pruned, plan = _load_stage(work / "bn", model, example)
+    elif data is not None and data.train is not None and config.bn_batches:
+        pruned, plan = _bn_stage(model, example, config, data, work, stages, pruned, plan,
+                                 say)
     result = CompressResult(pruned, plan, stages["select"]["method"], stages)
     if config.recovers:
         result.schedule = _schedule(work, config, pruned, teacher, data, stages, resume, say)
@@ -94,12 +68,51 @@ def compress(model: nn.Module, example: Any, config: CompressConfig,
                          resume=resume and (work / "recover").is_dir(), progress=progress,
                          on_round=lambda r: say(_round_line(r, result.schedule)))
         best = load_best(pruned, work / "recover")
-        stages["recover"] = {"seconds": time.perf_counter() - t, "best_round": best and
+        stages["recover"] = {"seconds": sum(r["seconds"] for r in rounds),
+                             "wall_s": time.perf_counter() - t, "best_round": best and
                              best["epoch"], "heldout_top1": best and best["heldout_top1"],
                              "rounds": len(rounds)}
+        from ..outputs import write_json
         write_json(work / "stages.json", stages)
         result.curve = _curve(stages, rounds)
     return result
+
+
+def _prepare(work: Path, config: CompressConfig, resume: bool) -> dict:
+    """The work folder ready for this run; the stages done before (resumed)."""
+    from ..outputs import make_dirs, write_json
+    make_dirs(work)
+    if resume:
+        _same_settings(work / "compress.json", config)
+    else:                           # an earlier run's stages and rounds are not this one's
+        import shutil
+        for old in ("select", "bn", "recover", "stages.json", "schedule.json"):
+            p = work / old
+            shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+    write_json(work / "compress.json", config.to_dict())
+    return _read(work / "stages.json") if resume else {}
+
+
+def _bn_stage(model, example, config, data, work, stages, pruned, plan, say):
+    """Batch-norm statistics re-estimated on training batches, kept only if they score no
+    worse on the held-out split than the selection's own."""
+    t = time.perf_counter()
+    reset = recalibrate(pruned, data.train, config.bn_batches)
+    record = {"norms": reset, "batches": config.bn_batches, **_score(pruned, data)}
+    before = stages["select"].get("heldout_top1")
+    record["kept"] = before is None or record.get("heldout_top1", before) >= before
+    note = _fmt(record)
+    if not record["kept"]:
+        pruned, plan = _load_stage(work / "select", model, example)
+        record["heldout_top1_reestimated"] = record.pop("heldout_top1")
+        record["heldout_top1"] = before
+        note = (f"; held-out top-1 {record['heldout_top1_reestimated']:.2f}% < {before:.2f}% "
+                "before, the selection's statistics kept")
+    record["seconds"] = time.perf_counter() - t
+    _save_stage(work, "bn", pruned, plan, example, stages, record)
+    say(f"batch-norm statistics re-estimated over {config.bn_batches} batches ({reset} "
+        f"norms){note}")
+    return pruned, plan
 
 
 def check(config: CompressConfig, data: CompressData | None, latency: Any) -> None:

@@ -33,7 +33,10 @@ class CompressConfig:
     KL`` at ``distill_temperature`` T.
     ``evals``: held-out evaluations over the recovery (the curve, and the best
     checkpoint: the highest held-out top-1); ``holdout``: held-out training images
-    (at most a tenth of them). ``onnx``: export the result (needs onnx/onnxruntime)."""
+    (at most a tenth of them). ``precision``: of the recovery's forward passes; ``auto``
+    is bf16 autocast where the CPU computes bf16 natively (AVX512-BF16/AMX: 1.6-1.75x
+    the steps in a time budget here, ``benchmarks/train_precision.md``), else fp32.
+    ``onnx``: export the result (needs onnx/onnxruntime)."""
 
     VERSION: ClassVar[int] = 1
 
@@ -53,7 +56,7 @@ class CompressConfig:
     batch_size: int = 128
     evals: int = 10
     holdout: int = 2000
-    precision: str = "fp32"
+    precision: str = "auto"
     seed: int = 0
     onnx: bool = True
 
@@ -62,7 +65,7 @@ class CompressConfig:
             raise TargetError(f"target must be in (0, 1], got {self.target!r}")
         for name, value, allowed in (("metric", self.metric, METRICS),
                                      ("method", self.method, METHODS),
-                                     ("precision", self.precision, ("fp32", "bf16"))):
+                                     ("precision", self.precision, ("auto", "fp32", "bf16"))):
             if value not in allowed:
                 raise TargetError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
         if self.budget_minutes is not None and self.epochs is not None:

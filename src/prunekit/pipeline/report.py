@@ -90,7 +90,8 @@ def write_report(folder: Path, config: CompressConfig, result: CompressResult,
              "", _table(metrics), "",
              f"Latency: {t['backend']} on {t['device']}, batch {t['batch']}, {t['threads']} "
              "thread(s); the pruned model's from the median ratio of alternating "
-             "measurements against the unpruned one.", "", "## Stages (held-out top-1)", "",
+             "measurements against the unpruned one." + _requested(config, metrics), "",
+             "## Stages (held-out top-1)", "",
              "| stage | seconds | held-out top-1 (%) |", "|---|---|---|"]
     for name in ("select", "bn", "recover"):
         if name in s:
@@ -112,6 +113,13 @@ def write_report(folder: Path, config: CompressConfig, result: CompressResult,
     write_text(folder / "report.md", "\n".join(lines) + "\n")
 
 
+def _requested(config: CompressConfig, metrics: dict) -> str:
+    if config.metric != "latency":
+        return ""
+    got = metrics["before"]["latency_ms"] / metrics["after"]["latency_ms"]
+    return f" Requested {1 / config.target:.2f}x faster; measured {got:.2f}x."
+
+
 def _bn_text(stages: dict) -> str:
     bn = stages.get("bn")
     if bn is None:
@@ -129,9 +137,11 @@ def _recovery_text(config: CompressConfig, result: CompressResult) -> str:
     budget = f"{config.budget_minutes:g} minutes" if config.budget_minutes else \
         f"{config.epochs} epochs"
     best = result.stages.get("recover", {}).get("best_round")
+    from .stages import precision
     return (f"distillation from the unpruned model ({budget}: {sched.total_steps} steps in "
             f"{sched.epochs} rounds, lr {config.lr:g}, alpha {config.distill_alpha:g}, "
-            f"T {config.distill_temperature:g}); kept round {best} (best held-out top-1)")
+            f"T {config.distill_temperature:g}, {precision(config)}); kept round {best} "
+            "(best held-out top-1)")
 
 
 def _plot(curve: list[dict], path: Path) -> bool:

@@ -96,12 +96,24 @@ def recalibrate(model: nn.Module, train: Any, batches: int) -> int:
     return recalibrate_bn(model, train, batches)
 
 
+def precision(config: CompressConfig) -> str:
+    """The recovery's precision: ``auto`` resolved on this machine (bf16 where the CPU
+    runs it natively, else fp32)."""
+    if config.precision != "auto":
+        return config.precision
+    try:
+        native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        native = False
+    return "bf16" if native else "fp32"
+
+
 def train_config(config: CompressConfig, schedule: Schedule) -> Any:
     from ..train import TrainConfig
     return TrainConfig(epochs=schedule.epochs, lr=config.lr, weight_decay=config.weight_decay,
                        distill_alpha=config.distill_alpha,
                        distill_temperature=config.distill_temperature, seed=config.seed,
-                       max_steps_per_epoch=schedule.steps, precision=config.precision)
+                       max_steps_per_epoch=schedule.steps, precision=precision(config))
 
 
 def recover(student: nn.Module, teacher: nn.Module, data: CompressData, config: CompressConfig,
