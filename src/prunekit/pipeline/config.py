@@ -19,10 +19,10 @@ METRICS = ("macs", "params", "latency")
 class CompressConfig:
     """``target``: fraction of ``metric`` to keep. ``method``: the selection; ``auto`` is
     submodular selection with least-squares reweighting when calibration images are
-    given, one-shot L1 otherwise. ``allocation``: the method's per-group widths (None: its
-    default; under a latency budget one-shot's ``marginal``); submodular's ``accuracy``
-    scores one-group pruning curves on the held-out split (Kuzmin et al.'s equal-accuracy
-    rule). ``calib``: calibration images for the selection.
+    given, one-shot L1 otherwise. ``allocation``: the method's per-group widths. None:
+    submodular's ``accuracy`` where there is a held-out split (one-group pruning curves
+    scored on it, Kuzmin et al.'s equal-accuracy rule), one-shot's ``marginal`` under a
+    latency budget, else the method's default. ``calib``: calibration images for the selection.
     ``bn_batches``: training batches over which the pruned model's BatchNorm statistics
     are re-estimated before recovery (0: keep them; the re-estimated ones are kept only
     if they score no worse on the held-out split: after reweighting, the statistics the
