@@ -38,7 +38,6 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from common import invocation
 from prunekit.outputs import write_text
@@ -60,48 +59,18 @@ def arms(names: list[str]) -> dict[str, dict]:
     return {n: table[n] for n in names}
 
 
-def tp_at_macs(model: nn.Module, x: torch.Tensor, frac: float) -> nn.Module:
-    """Torch-Pruning L1 (``ROUND_TO``), the ratio bisected to ``frac`` of the MACs (block-inner
-    convs of an option-A ResNet)."""
-    import torch_pruning as tp
-    from prunekit.conformance import measured_cost
-    base = measured_cost(model, (x,))[1]
-
-    def pruned(ratio: float) -> nn.Module:
-        work = copy.deepcopy(model)
-        ignored = [m for n, m in work.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))
-                   and not (n.startswith("layer") and n.endswith("conv1"))]
-        tp.pruner.MetaPruner(work, x, importance=tp.importance.MagnitudeImportance(p=1),
-                             pruning_ratio=ratio, ignored_layers=ignored,
-                             round_to=ROUND_TO).step()
-        return work
-
-    def frac_of(net: nn.Module) -> float:
-        return measured_cost(net, (x,))[1] / base
-    # with round_to=8 it leaves the network whole above some ratio: scan, then bisect
-    grid = [r / 20 for r in range(20)]
-    hit = next((i for i in range(1, 20) if frac_of(pruned(grid[i])) <= frac), None)
-    if hit is None:
-        raise SystemExit(f"Torch-Pruning cannot reach {frac} of the MACs")
-    lo, hi = grid[hit - 1], grid[hit]
-    best = pruned(hi)
-    for _ in range(6):
-        mid = (lo + hi) / 2
-        net = pruned(mid)
-        if frac_of(net) <= frac:
-            hi, best = mid, net
-        else:
-            lo = mid
-    return best.eval()
-
-
 def run_tp(model, x, config, data, work: Path) -> dict:
     """Torch-Pruning's plan through the same batch-norm and recovery stages."""
+    from prunekit.pipeline.compress import recovery_curve
     from prunekit.pipeline.schedule import plan_schedule, time_step
     from prunekit.pipeline.stages import load_best, recalibrate, recover, train_config
     from prunekit.train import evaluate
+    from latency_aware import tp_at_macs
     t0 = time.perf_counter()
-    net = tp_at_macs(model, x, config.target)
+    net = tp_at_macs(model, x, config.target, round_to=ROUND_TO)
+    if net is None:
+        raise SystemExit(f"Torch-Pruning cannot reach {config.target} of the MACs")
+    net = net.eval()
     stages = {"select": {"method": "tp-l1", "seconds": time.perf_counter() - t0,
                          "heldout_top1": evaluate(net, data.heldout)["top1"]}}
     before = {k: v.clone() for k, v in net.state_dict().items()}
@@ -125,13 +94,10 @@ def run_tp(model, x, config, data, work: Path) -> dict:
     rounds = recover(net, teacher, data, config, sched, work / "recover", resume=False,
                      progress=False)
     best = load_best(net, work / "recover")
-    stages["recover"] = {"seconds": time.perf_counter() - t, "best_round": best["epoch"],
+    stages["recover"] = {"seconds": sum(r["seconds"] for r in rounds),
+                         "wall_s": time.perf_counter() - t, "best_round": best["epoch"],
                          "heldout_top1": best["heldout_top1"], "rounds": len(rounds)}
-    curve = [{"round": 0, "minutes": 0.0, "heldout_top1": stages["bn"]["heldout_top1"]}]
-    minutes = 0.0
-    for r in rounds:
-        minutes += r["seconds"] / 60
-        curve.append({"round": r["epoch"], "minutes": minutes, "heldout_top1": r["test_top1"]})
+    curve = recovery_curve(stages, rounds)
     return {"model": net, "stages": stages, "curve": curve, "schedule": sched.to_dict()}
 
 

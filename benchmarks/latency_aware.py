@@ -57,8 +57,9 @@ MODELS = {   # name: (builder, input size, batch)
 }
 
 
-def tp_at_macs(model: nn.Module, x: torch.Tensor, frac: float) -> nn.Module | None:
-    """Torch-Pruning L1, round_to=8, at ``frac`` of the MACs (option-A ResNets: block-inner
+def tp_at_macs(model: nn.Module, x: torch.Tensor, frac: float,
+               round_to: int = 8) -> nn.Module | None:
+    """Torch-Pruning L1 (``round_to``), at ``frac`` of the MACs (option-A ResNets: block-inner
     convs only, it cannot prune their shortcuts). Its ratio is scanned on a grid first: with
     round_to=8 it leaves a network whole above some ratio, so MACs are not monotone in
     it. The first grid ratio at or below ``frac`` is then bisected against the one
@@ -74,7 +75,8 @@ def tp_at_macs(model: nn.Module, x: torch.Tensor, frac: float) -> nn.Module | No
         ignored = last + ([m for n, m in work.named_modules() if isinstance(m, nn.Conv2d)
                            and not n.endswith("conv1") or n == "conv1"] if option_a else [])
         tp.pruner.MetaPruner(work, x, importance=tp.importance.MagnitudeImportance(p=1),
-                             pruning_ratio=ratio, ignored_layers=ignored, round_to=8).step()
+                             pruning_ratio=ratio, ignored_layers=ignored,
+                             round_to=round_to).step()
         return work, measured_cost(work, (x,))[1] / base
     grid = [r / 20 for r in range(0, 20)]
     hit = next((i for i, r in enumerate(grid[1:], 1) if pruned(r)[1] <= frac), None)

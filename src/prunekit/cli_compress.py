@@ -13,11 +13,6 @@ from typing import Any
 from .cli_inputs import example_of, model_of, out_folder, work_folder
 from .errors import CliError, PrunekitError
 
-# the compress options that are CompressConfig's fields (the rest are the run's context)
-RUN_OPTIONS = frozenset({"model", "checkpoint", "data", "out", "overwrite", "resume",
-                         "subset", "device", "backend", "batch", "threads"})
-
-
 def config_of(cfg: dict) -> Any:
     """The CompressConfig of the options the user gave (the others keep its defaults)."""
     from .cli import RESOLVED_GIVEN
@@ -78,7 +73,6 @@ def cmd_compress(cfg: dict) -> int:
     from .pipeline.compress import check
     config = config_of(cfg)
     model, s = model_of(cfg)
-    resume = bool(cfg.get("resume"))
     out = out_folder(cfg, resume=False)
     target = report_target(cfg, config)
     data = data_for(cfg, config, s)
@@ -101,7 +95,7 @@ def cmd_compress(cfg: dict) -> int:
 def _finish(cfg: dict, out: Path, model, s, config, data, result, target, work: Path) -> dict:
     """The run folder, written whole or not at all."""
     from .io import save_pruned
-    from .outputs import staged_folder, write_json, write_text
+    from .outputs import staged_folder, write_json
     from .pipeline.report import measure, widths, write_report
     from .reporting import plot_widths
     example = example_of(s)
@@ -123,7 +117,6 @@ def _finish(cfg: dict, out: Path, model, s, config, data, result, target, work: 
         write_json(tmp / "config.json", cfg)
         plot_widths(model, result.model, tmp / "widths.png")
         write_report(tmp, config, result, metrics, layer_widths, notes)
-        write_text(tmp / "summary.txt", (tmp / "report.md").read_text())
     return metrics
 
 

@@ -24,7 +24,7 @@ from .schedule import Schedule, plan_schedule, time_step
 from .stages import (CompressData, copy_of, load_best, method_for, recalibrate, recover,
                      select, train_config)
 
-__all__ = ["CompressResult", "compress"]
+__all__ = ["CompressResult", "compress", "recovery_curve"]
 
 
 @dataclass
@@ -74,7 +74,7 @@ def compress(model: nn.Module, example: Any, config: CompressConfig,
                              "rounds": len(rounds)}
         from ..outputs import write_json
         write_json(work / "stages.json", stages)
-        result.curve = _curve(stages, rounds)
+        result.curve = recovery_curve(stages, rounds)
     return result
 
 
@@ -205,7 +205,9 @@ def _read(path: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def _curve(stages: dict, rounds: list[dict]) -> list[dict]:
+def recovery_curve(stages: dict, rounds: list[dict]) -> list[dict]:
+    """Held-out top-1 against minutes of recovery training: round 0 is the model as it
+    entered the recovery (after the batch-norm stage, else the selection)."""
     start = stages.get("bn", stages["select"]).get("heldout_top1")
     curve = [{"round": 0, "minutes": 0.0, "heldout_top1": start}]
     minutes = 0.0

@@ -34,6 +34,7 @@ def measure(original: nn.Module, pruned: nn.Module, example: Any, data: Compress
     MACs (PyTorch's FLOP counter), and latency on ``target`` (a
     :class:`prunekit.latency.Target`): the dense model's median, the pruned one's from
     the median ratio of alternating measurements."""
+    from ..conformance import measured_cost
     from ..latency import alternating_ratio, batched, timer_for
     from ..train import evaluate
     ex = example if isinstance(example, tuple) else (example,)
@@ -43,7 +44,7 @@ def measure(original: nn.Module, pruned: nn.Module, example: Any, data: Compress
     ratio = alternating_ratio(timer, original, pruned.eval(), inputs)
     out = {}
     for name, m, secs in (("before", original, dense_s), ("after", pruned, dense_s * ratio)):
-        params, macs = _cost(m, ex)
+        params, macs = measured_cost(m, ex)
         row: dict[str, Any] = {"params": params, "macs": macs, "latency_ms": 1e3 * secs}
         for split in ("test", "heldout"):
             batches = None if data is None else getattr(data, split)
@@ -52,15 +53,6 @@ def measure(original: nn.Module, pruned: nn.Module, example: Any, data: Compress
         out[name] = row
     out["target"] = target.to_dict()
     return out
-
-
-def _cost(model: nn.Module, inputs: tuple) -> tuple[int, int]:
-    import torch
-
-    from ..graph.cost import flop_counter
-    with torch.no_grad(), flop_counter() as fc:
-        model.eval()(*inputs)
-    return sum(p.numel() for p in model.parameters()), fc.get_total_flops() // 2
 
 
 def _table(m: dict) -> str:
