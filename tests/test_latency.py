@@ -398,7 +398,7 @@ def test_a_biased_model_still_meets_the_measured_target(resnet, tmp_path):
     from prunekit.latency import meet_measured
     model, graph = resnet
     lm = _model(resnet, tmp_path)
-    lm.coef = lm.coef * np.array([1.0, 1.0, 0.0]) + np.array([0.0, 0.0, 4e-3])  # wrong fixed cost
+    lm.coef = lm.coef * np.array([1.0, 1.0, 1.0, 0.0]) + np.array([0.0, 0.0, 0.0, 4e-3])  # wrong fixed cost
     cfg = OneShotConfig(target=0.5, metric="latency", allocation="marginal")
     res, rounds = meet_measured(lm, model, lambda c: prune_oneshot(model, X, c, latency=lm), cfg)
     first, last = rounds[0]["measured"], rounds[-1]["measured"]
@@ -437,7 +437,7 @@ def test_a_refused_target_falls_back_between_the_floor_and_the_last_success(
     # measured latency = asked + 0.1: the secant asks 0.25 for 0.35, below the floor
     monkeypatch.setattr(measured_mod, "measured_ratio", lambda lm, m, pruned: pruned + 0.1)
     res, rounds = measured_mod.meet_measured(lm, model, run, OneShotConfig(target=0.35),
-                                             rounds=6)
+                                             rounds=6, refine=False)
     refused = [r["asked"] for r in rounds if r.get("unreachable")]
     assert refused, rounds
     later = asked[asked.index(refused[0]) + 1:]

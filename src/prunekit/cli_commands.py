@@ -147,7 +147,8 @@ def cmd_prune(cfg: dict) -> int:
                                            lambda c: method.run(model, c, ctx), config)
         else:
             result = method.run(model, config, ctx)
-        extra = speedups(ctx.latency, model, result, config.target) if ctx.latency else None
+        extra = speedups(ctx.latency, model, result, config.target, rounds) \
+            if ctx.latency else None
         if extra is not None and rounds:
             extra["rounds"] = rounds
         return _finish(cfg, out, model, result.model, result.plan, arrays, s, report=extra)

@@ -41,14 +41,19 @@ def latency_model(cfg: dict, model: torch.nn.Module, s: Any, ignore=()):
     return lm
 
 
-def speedups(lm: Any, model: torch.nn.Module, result: Any, target: float) -> dict[str, Any]:
-    """Requested, predicted and measured speed-ups of ``result`` over ``model``."""
+def speedups(lm: Any, model: torch.nn.Module, result: Any, target: float,
+             rounds: list[dict] | None = None) -> dict[str, Any]:
+    """Requested, predicted and measured speed-ups of ``result`` over ``model``; with the
+    ``rounds`` of :func:`~prunekit.latency.meet_measured`, the prediction is the one made
+    before the chosen plan was measured (the model has been refined on it since)."""
     from .latency import measured_ratio, time_model
     dense = time_model(lm.timer, lm.graph, model, lm.target.batch)
     ratio = measured_ratio(lm, model, result.model)
     keep = lm.graph.keep_mask(result.plan)
+    chosen = next((r for r in rounds or [] if r.get("chosen")), None)
+    predicted = 1.0 / chosen["predicted"] if chosen else lm.predict() / lm.predict(keep)
     return {"target": lm.target.to_dict(), "requested": 1.0 / target,
-            "predicted": lm.predict() / lm.predict(keep), "measured": 1.0 / ratio,
+            "predicted": predicted, "measured": 1.0 / ratio,
             "dense_ms": 1e3 * dense, "pruned_ms": 1e3 * dense * ratio}
 
 

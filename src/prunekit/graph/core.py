@@ -401,6 +401,13 @@ class ChannelGraph:
         from .profile import activations
         return activations(self)
 
+    def op_macs(self) -> list["Activation"]:
+        """The MACs of every op other than the conv/linear calls (matmuls, attention) as
+        products of kept channel counts (:class:`~prunekit.graph.profile.Activation`
+        records whose size is the MACs)."""
+        from .profile import op_macs
+        return op_macs(self)
+
     def node_macs(self) -> dict[str, int]:
         """MACs of each node of :attr:`traced` (by name) at full width, for the nodes that
         have any."""

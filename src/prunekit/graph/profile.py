@@ -19,7 +19,7 @@ from .layout import Layout
 if TYPE_CHECKING:
     from .core import ChannelGraph
 
-__all__ = ["Activation", "Layer", "layers", "activations"]
+__all__ = ["Activation", "Layer", "layers", "activations", "op_macs"]
 
 # ops that only re-index a tensor: no work of their own
 _VIEWS = {"view", "reshape", "flatten", "permute", "transpose", "unsqueeze", "squeeze",
@@ -102,6 +102,22 @@ def activations(graph: "ChannelGraph") -> list[Activation]:
             coeff = int(np.prod([s for d, s in enumerate(lay.shape) if d not in tracked]))
             out.append(Activation(node.name, _op_name(graph, node), coeff,
                                   tuple(graph.unit_of[b.ids.ravel()] for b in lay.blocks)))
+    return out
+
+
+def op_macs(graph: "ChannelGraph") -> list[Activation]:
+    """The multiply-accumulates of every op other than the conv/linear calls (matmuls,
+    attention, einsums): one record per cost term, ``coeff * prod(kept(f))`` MACs, with
+    the op named as in :func:`activations`."""
+    layer_nodes = {lay.node for lay in layers(graph)}
+    nodes = {n.name: n for n in graph.traced.graph.nodes}
+    out = []
+    for t in graph._b.terms:
+        node = nodes.get(t.node)
+        if node is None or node.name in layer_nodes:
+            continue
+        out.append(Activation(node.name, _op_name(graph, node), int(t.coeff),
+                              tuple(graph.unit_of[f] for f in t.factors)))
     return out
 
 

@@ -1,6 +1,7 @@
 """Meeting a latency target as measured, not only as predicted: run a method, measure its
-plan on the target, and run it again at a corrected target until the measured fraction
-of the dense latency is within ``tolerance`` of the one asked for (or ``rounds`` runs)."""
+plan on the target, teach the latency model that measurement, and run it again at a
+corrected target until the measured fraction of the dense latency is within
+``tolerance`` of the one asked for (or ``rounds`` runs)."""
 
 from __future__ import annotations
 
@@ -44,19 +45,30 @@ def alternating_ratio(timer: Timer, dense: nn.Module, pruned: nn.Module,
 
 
 def meet_measured(lm: LatencyModel, model: nn.Module, run: Callable[[Any], Any], config: Any,
-                  tolerance: float = 0.03, rounds: int = 4) -> tuple[Any, list[dict]]:
-    """``run(config)`` -> a Result whose ``plan`` is on ``lm.graph``; ``config.target`` is
-    the fraction of the dense model's *measured* latency wanted. The target handed to the
-    method is corrected by the secant through the (asked, measured) pairs so far (first
-    step: scaled by asked / measured), never above 1. Returns the result closest to the
-    target from below when none is within the tolerance (else the closest), and the log
-    of the rounds."""
+                  tolerance: float = 0.03, rounds: int = 4,
+                  refine: bool = True) -> tuple[Any, list[dict]]:
+    """``run(config)`` -> a Result whose ``plan`` is on ``lm.graph`` and whose method
+    budgets by ``lm``; ``config.target`` is the fraction of the dense model's *measured*
+    latency wanted.
+
+    ``refine`` (needs a calibrated ``lm``): each measured plan is added to ``lm``'s
+    calibration (:meth:`LatencyModel.refine`), so the next run budgets by a model
+    corrected where the method's plans lie, and asks for the wanted fraction scaled by
+    what the refitted model still gets wrong on the last plan (its prediction over the
+    measurement). Otherwise the model stays and the target handed to the method is
+    corrected by the secant through the (asked, measured) pairs so far (first step:
+    scaled by asked / measured). Targets are never above 1. Returns the result closest
+    to the target from below when none is within the tolerance (else the closest), and
+    the log of the rounds: each with the target asked, the latency ``predicted`` when
+    the plan was made (before it was measured) and the one ``measured``; the chosen
+    round has ``chosen``."""
     from ..errors import UnreachableTargetError
     want = float(config.target)
     tried: list[tuple[float, float]] = []
     log: list[dict] = []
     best = None
     asked, floor = want, 0.0
+    refine = refine and lm.calibrated
     for i in range(rounds):
         try:
             res = run(replace(config, target=asked))
@@ -67,19 +79,26 @@ def meet_measured(lm: LatencyModel, model: nn.Module, run: Callable[[Any], Any],
             floor = asked                  # the method's own floor lies above this
             asked = (asked + min(a for a, _ in tried)) / 2
             continue
+        keep = lm.graph.keep_mask(res.plan)
+        predicted = lm.predict(keep) / lm.predict()
         got = measured_ratio(lm, model, res.model)
-        log.append({"round": i, "asked": asked, "measured": got,
-                    "predicted": lm.predict(lm.graph.keep_mask(res.plan)) / lm.predict()})
+        log.append({"round": i, "asked": asked, "measured": got, "predicted": predicted})
         tried.append((asked, got))
         under = got <= want * (1 + tolerance)
         score = (not under, abs(got / want - 1))
         if best is None or score < best[0]:
-            best = (score, res)
+            best = (score, res, len(log) - 1)
         if abs(got / want - 1) <= tolerance:
             break
-        asked = _next(tried, want, floor)
-        if asked is None:
-            break
+        if refine:
+            lm.refine(keep, got)
+            asked = float(min(1.0, max(1e-3, floor + 1e-4,
+                                       want * (lm.predict(keep) / lm.predict()) / got)))
+        else:
+            asked = _next(tried, want, floor)
+            if asked is None:
+                break
+    log[best[2]]["chosen"] = True
     return best[1], log
 
 

@@ -1,13 +1,18 @@
 """A latency model of one model on one target, and its validation.
 
     predicted(keep) = alpha * sum_layers table_l(kept in_l, kept out_l)
-                      + beta * activation_elements(keep) + gamma
+                      + beta * activation_elements(keep) + delta * op_macs(keep) + gamma
 
 The conv/linear layers are timed standalone at candidate widths (:mod:`.table`): that is
 where the widths act, bilinearly in (cin, cout). Everything else (norms, activations,
 adds, pooling; fused away by ONNX Runtime, separate kernels in eager PyTorch) scales with
 the size of the tensors it touches, ``activation_elements``, plus a fixed per-op
-overhead no width changes. ``alpha``, ``beta`` and ``gamma`` (non-negative) are fitted
+overhead no width changes. Ops that multiply-accumulate without a module (attention's
+products, matmuls, einsums) do work in proportion to their contracted dimensions too,
+which their output size does not show (``q @ k.T`` contracts the head width and outputs
+tokens x tokens): ``op_macs`` is the engine's MAC count of those ops
+(:meth:`~prunekit.graph.ChannelGraph.op_macs`; zero in a pure conv net).
+``alpha``, ``beta``, ``delta`` and ``gamma`` (non-negative) are fitted
 by least squares on whole-model measurements of the dense model and of uniformly
 thinned plans, so the sum of standalone timings is corrected for what running inside
 the whole model changes (caches, fusion, dispatch). :meth:`LatencyModel.validate`
@@ -101,10 +106,14 @@ class LatencyModel:
         self.tables = list(tables.values())
         self.acts = [(a.coeff * target.batch // max(1, _example_batch(graph)), a.factors)
                      for a in graph.activations()]
-        self.coef = np.array([1.0, 0.0, 0.0])     # alpha, beta, gamma (before calibration)
+        self.ops = [(a.coeff * target.batch // max(1, _example_batch(graph)), a.factors)
+                    for a in graph.op_macs()]
+        self.coef = np.array([1.0, 0.0, 0.0, 0.0])  # alpha, beta, delta, gamma (uncalibrated)
         self.align, self.penalty = 1, 0.0         # widths off multiples of align pay penalty
         self.calibration: list[dict[str, float]] = []
         self.fit: dict[str, float] = {}
+        self.dense_s = 0.0                        # the dense model's measured seconds
+        self._samples: list[tuple[np.ndarray, float]] = []   # (keep, measured seconds)
 
     # ------------------------------------------------------------- building
     def measure_tables(self, progress: bool = False) -> int:
@@ -123,7 +132,7 @@ class LatencyModel:
         return sum(t.measured for t in self.tables) - before
 
     def calibrate(self, model: nn.Module, plans: Sequence[np.ndarray] | None = None) -> None:
-        """Fit alpha, beta, gamma (and the misalignment penalty, see the module) on
+        """Fit alpha, beta, delta, gamma (and the misalignment penalty, see the module) on
         whole-model measurements of ``model`` pruned to each keep mask of ``plans``
         (default: dense; uniform keeps of 3/4, 1/2, 1/4 and 1/10; the same at 1/2 and 1/4
         with widths on multiples of 16; four seeded random plans whose groups keep
@@ -142,29 +151,56 @@ class LatencyModel:
             [self.mixed(100 * a + seed, align=a) for a in ALIGNMENTS for seed in range(2)]
         from .measured import measured_ratio
         dense = self.measure(model, np.ones(self.graph.n_units, dtype=bool))
-        rows, y = [], []
+        self.dense_s = dense
+        samples = []
         for keep in masks:     # each against the dense model, alternating (drift cancels)
-            rows.append(self.features(keep))
             pruned = self.graph.apply(model, self.graph.plan_of_mask(keep), verify=False)
-            y.append(dense * measured_ratio(self, model, pruned, pairs=5))
-        A, b = np.array(rows), np.array(y)
+            samples.append((keep, dense * measured_ratio(self, model, pruned, pairs=5)))
+        self._samples = samples
+        self._fit()
+        self.calibration = [{"measured": float(m), "predicted": self.predict(k)}
+                            for k, m in samples]
+
+    @property
+    def calibrated(self) -> bool:
+        """Whether :meth:`calibrate` has fitted the model to measurements."""
+        return bool(self._samples)
+
+    def refine(self, keep: np.ndarray, ratio: float) -> None:
+        """Add a measurement, ``keep``'s latency as ``ratio`` of the dense model's (as
+        :func:`~prunekit.latency.measured_ratio` measures it), to the calibration and
+        fit again: the plans a search makes are where the model must be right, and the
+        ones it has measured teach it there. The fitted multiple (:attr:`align`) stays:
+        the plans measured so far were rounded to it. Needs :meth:`calibrate` first."""
+        if not self.calibrated:
+            raise RuntimeError("refine needs a calibrated latency model")
+        self._samples = self._samples + [(np.asarray(keep, dtype=bool),
+                                          self.dense_s * float(ratio))]
+        self._fit(only=self.align)
+
+    def _fit(self, only: int | None = None) -> None:
+        """Coefficients, alignment and penalty by least squares on the samples (``only``:
+        the alignment is this one, 1 for none, instead of the best explaining one)."""
+        masks = [k for k, _ in self._samples]
+        A = np.array([self.features(k) for k in masks])
+        b = np.array([m for _, m in self._samples])
         coef, rss = _nnls(A, b)
         self.coef, self.align, self.penalty = coef, 1, 0.0
-        self.fit = {"rss": rss}
-        for align in ALIGNMENTS:                  # the multiple that explains most, if any
+        self.fit = {"rss": rss, "samples": len(masks)}
+        for align in ALIGNMENTS if only is None else [a for a in ALIGNMENTS if a == only]:
             extra = np.array([[self.misaligned(k, align)] for k in masks])
-            if not extra.any() or not (~extra.astype(bool)).any():
+            if only is None and (not extra.any() or not (~extra.astype(bool)).any()):
                 continue
             c, r = _nnls(np.hstack([A, extra]), b)
             self.fit[f"rss_align{align}"] = r
-            if c[3] > 0 and c[0] > 0 and r < 0.5 * self.fit["rss"] and \
+            if only is not None or c[4] > 0 and c[0] > 0 and r < 0.5 * self.fit["rss"] and \
                     (self.align == 1 or r < self.fit[f"rss_align{self.align}"]):
-                self.coef, self.align, self.penalty = c[:3], align, float(c[3])
+                self.coef, self.align, self.penalty = c[:4], align, float(c[4])
         if self.coef[0] == 0:               # degenerate fit: keep the tables' own sum
-            self.coef = np.array([1.0, 0.0, max(0.0, float(np.min(b - A[:, 0])))])
-            self.align, self.penalty = 1, 0.0
-        self.calibration = [{"measured": float(m), "predicted": self.predict(k)}
-                            for m, k in zip(b, masks)]
+            self.coef = np.array([1.0, 0.0, 0.0, max(0.0, float(np.min(b - A[:, 0])))])
+            self.penalty = 0.0
+            if only is None:
+                self.align = 1
 
     # ------------------------------------------------------------- predicting
     def widths(self, keep: np.ndarray, e: _Entry) -> tuple[int, int]:
@@ -176,10 +212,10 @@ class LatencyModel:
         return cin, cout
 
     def features(self, keep: np.ndarray) -> np.ndarray:
-        """(sum of the layers' table latencies, activation elements, 1) under ``keep``."""
+        """(sum of the layers' table latencies, activation elements, MACs of the other
+        ops, 1) under ``keep``."""
         layers = sum(e.table.interp(*self.widths(keep, e)) for e in self.entries)
-        acts = sum(c * float(np.prod([keep[f].sum() for f in fs])) for c, fs in self.acts)
-        return np.array([layers, acts, 1.0])
+        return np.array([layers, _products(self.acts, keep), _products(self.ops, keep), 1.0])
 
     def misaligned(self, keep: np.ndarray, align: int) -> float:
         """Activation elements under ``keep`` with a channel count off a multiple of
@@ -206,7 +242,7 @@ class LatencyModel:
         misalignment penalty is left out: it is zero where widths are on multiples of
         :attr:`align`, as budgets keep them."""
         from ..graph.cost import CostPolynomial
-        alpha, beta, gamma = (float(c) for c in self.coef)
+        alpha, beta, delta, gamma = (float(c) for c in self.coef)
         terms: list[tuple[float, list[np.ndarray]]] = [(gamma, [])]
         for e in self.entries:
             a, b, c, d = _bilinear(e.table)
@@ -222,6 +258,7 @@ class LatencyModel:
             terms += [(alpha * a, []), (alpha * b * cin, ins), (alpha * c * cout, outs),
                       (alpha * d * cin * cout, ins + outs)]
         terms += [(beta * coeff, list(fs)) for coeff, fs in self.acts]
+        terms += [(delta * coeff, list(fs)) for coeff, fs in self.ops]
         coeffs, offsets, flat, owner, pos = [], [], [], [], 0
         for t, (coef, fs) in enumerate(terms):
             coeffs.append(coef)
@@ -305,6 +342,11 @@ class LatencyModel:
             rows.append({"plan": name, "predicted_ms": 1e3 * p, "measured_ms": 1e3 * m,
                          "error": p / m - 1.0 if m > 0 else float("nan")})
         return rows
+
+
+def _products(terms: list[tuple[int, tuple[np.ndarray, ...]]], keep: np.ndarray) -> float:
+    """sum coeff * prod(kept(f)) over ``terms``."""
+    return sum(c * float(np.prod([keep[f].sum() for f in fs])) for c, fs in terms)
 
 
 def _nnls(A: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, float]:
