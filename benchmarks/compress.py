@@ -179,16 +179,26 @@ def render(rows: list[dict]) -> str:
         lines += [f"## {model} (dense {dense:.2f}% on the 10,000 test images), target "
                   f"{mine[0]['target']:g} of the MACs", "", "```bash", mine[0]["command"],
                   "```", "", "| arm | budget (min) | top-1 (%) | vs dense | best held-out "
-                  "round | MACs | params | speed-up (batch 64) | wall (min) |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+                  "round | recovery steps | MACs | params | speed-up (batch 64) | wall (min) |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
         for r in sorted(mine, key=lambda r: (r["budget_minutes"], -r["test_top1"])):
             rec = r["stages"]["recover"]
             lines.append(f"| {r['arm']} | {r['budget_minutes']:g} | **{r['test_top1']:.2f}** | "
                          f"{r['test_top1'] - dense:+.2f} | {rec['best_round']} of "
-                         f"{rec['rounds']} | {r['macs']:.3f} | {r['params']:.3f} | "
+                         f"{rec['rounds']} | {_steps(r.get('schedule'))} | {r['macs']:.3f} | "
+                         f"{r['params']:.3f} | "
                          f"{r['speedup']:.2f}x | {r['wall_s'] / 60:.1f} |")
         lines.append("")
     return "\n".join(lines)
+
+
+def _steps(schedule: dict | None) -> str:
+    """Optimizer steps of a row's recovery schedule, with the step time it was sized by."""
+    if not schedule:
+        return "—"
+    steps = schedule["epochs"] * (schedule["steps"] or schedule["passes"])
+    step_s = schedule.get("step_s")
+    return f"{steps:,}" + (f" at {1e3 * step_s:.0f} ms" if step_s else "")
 
 
 if __name__ == "__main__":
