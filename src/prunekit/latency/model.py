@@ -104,10 +104,9 @@ class LatencyModel:
                 tables[key] = LayerTable(sig, target, self.timer, cache, points)
             self.entries.append(_Entry(layer, tables[key]))
         self.tables = list(tables.values())
-        self.acts = [(a.coeff * target.batch // max(1, _example_batch(graph)), a.factors)
-                     for a in graph.activations()]
-        self.ops = [(a.coeff * target.batch // max(1, _example_batch(graph)), a.factors)
-                    for a in graph.op_macs()]
+        per = max(1, _example_batch(graph))      # the records are at the example's batch
+        self.acts = [(a.coeff * target.batch // per, a.factors) for a in graph.activations()]
+        self.ops = [(a.coeff * target.batch // per, a.factors) for a in graph.op_macs()]
         self.coef = np.array([1.0, 0.0, 0.0, 0.0])  # alpha, beta, delta, gamma (uncalibrated)
         self.align, self.penalty = 1, 0.0         # widths off multiples of align pay penalty
         self.calibration: list[dict[str, float]] = []
