@@ -152,6 +152,21 @@ def test_marginal_allocation_keeps_more_macs_at_equal_latency(resnet, tmp_path):
     assert macs["marginal"] > macs["global"]
 
 
+def test_marginal_counts_every_weight_tensor_a_unit_spans(resnet):
+    from prunekit.methods.allocate import Budget, _coupled_weights, allocate
+    _, graph = resnet
+    groups = graph.prunable_groups
+    stream = max(groups, key=_coupled_weights)       # option A: one stream through all stages
+    assert _coupled_weights(stream) > max(_coupled_weights(g) for g in groups
+                                          if g is not stream) >= 3
+    keep = graph.keep_mask(allocate(graph, np.ones(graph.n_units), Budget(0.5), "marginal"))
+    frac = {g.id: keep[g.units].sum() / g.width for g in groups}
+    # equal importance per layer: a stream unit weighs as much as the layers it spans,
+    # so it is not thinned before block-inner units that span three
+    assert frac[stream.id] >= max(v for k, v in frac.items() if k != stream.id)
+    assert min(frac.values()) < 1
+
+
 def test_rounding_picks_the_faster_width_on_the_staircase(resnet, tmp_path):
     model, graph = resnet
     lm = _model(resnet, tmp_path, staircase=2.0)
@@ -445,6 +460,35 @@ def test_a_refused_target_falls_back_between_the_floor_and_the_last_success(
     assert res.model == min(a for a in asked if a >= 0.3)        # the closest it could get
     with pytest.raises(UnreachableTargetError):           # refused on the first round: raised
         measured_mod.meet_measured(lm, model, run, OneShotConfig(target=0.1))
+
+
+def test_refined_rounds_stop_rather_than_ask_below_a_refused_target(resnet, monkeypatch):
+    from types import SimpleNamespace
+
+    from prunekit.errors import UnreachableTargetError
+    from prunekit.latency import measured as measured_mod
+    model, graph = resnet
+    state = {"asked": None}
+    asked = []
+    # a calibrated model that predicts each plan at the ratio it was asked for
+    lm = SimpleNamespace(graph=graph, calibrated=True, refine=lambda keep, got: None,
+                         predict=lambda keep=None: 1.0 if keep is None else state["asked"])
+
+    def run(c):                        # this method cannot go below 0.3 of its cost
+        asked.append(c.target)
+        if c.target < 0.3:
+            raise UnreachableTargetError(f"target {c.target} unreachable")
+        state["asked"] = c.target
+        return SimpleNamespace(plan=prune_oneshot(model, X, OneShotConfig(target=0.5),
+                                                  graph=graph).plan, model=c.target)
+    monkeypatch.setattr(measured_mod, "measured_ratio", lambda lm, m, pruned: pruned + 0.15)
+    res, rounds = measured_mod.meet_measured(lm, model, run, OneShotConfig(target=0.35),
+                                             rounds=8)
+    refused = [r["asked"] for r in rounds if r.get("unreachable")]
+    assert refused and len(rounds) < 8, rounds           # stopped early, not out of rounds
+    for i, a in enumerate(asked):                        # never re-asks at or below a refusal
+        assert all(a > r for r in asked[:i] if r < 0.3), asked
+    assert res.model == min(a for a in asked if a >= 0.3)
 
 
 def test_retain_memory_is_in_the_key_of_eager_cpu_only():

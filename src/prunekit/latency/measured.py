@@ -55,7 +55,8 @@ def meet_measured(lm: LatencyModel, model: nn.Module, run: Callable[[Any], Any],
     calibration (:meth:`LatencyModel.refine`), so the next run budgets by a model
     corrected where the method's plans lie, and asks for the wanted fraction scaled by
     what the refitted model still gets wrong on the last plan (its prediction over the
-    measurement). Otherwise the model stays and the target handed to the method is
+    measurement); the rounds stop when that ask lies at or below a target the method
+    refused (it would be refused again). Otherwise the model stays and the target handed to the method is
     corrected by the secant through the (asked, measured) pairs so far (first step:
     scaled by asked / measured). Targets are never above 1. Returns the result closest
     to the target from below when none is within the tolerance (else the closest), and
@@ -92,8 +93,10 @@ def meet_measured(lm: LatencyModel, model: nn.Module, run: Callable[[Any], Any],
             break
         if refine:
             lm.refine(keep, got)
-            asked = float(min(1.0, max(1e-3, floor + 1e-4,
-                                       want * (lm.predict(keep) / lm.predict()) / got)))
+            nxt = want * (lm.predict(keep) / lm.predict()) / got
+            if nxt <= floor:               # below a target the method already refused
+                break
+            asked = float(min(1.0, max(1e-3, nxt)))
         else:
             asked = _next(tried, want, floor)
             if asked is None:

@@ -1,7 +1,7 @@
 """Turn per-unit scores into a Plan that meets a cost target (fraction of MACs, params or
 predicted latency).
 
-Shared by every method that ranks channels. Two allocations:
+Shared by every method that ranks channels. Three allocations:
 
 - ``uniform``: the same removal fraction r of every prunable group; r is found by
   bisection on the analytic cost.
@@ -9,11 +9,12 @@ Shared by every method that ranks channels. Two allocations:
   score; the k lowest go, k found by bisection.
 - ``marginal``: greedy over the groups' marginal cost (HALP's rule for a latency
   budget, any metric): each step removes the next ``step`` units of the group whose
-  (normalised) importance per unit of cost saved is lowest, the cost saved measured on
-  the budget's own cost (predicted latency, MACs or params) at the current widths;
-  the sequence stops once the budget is met, then the projector bisects and fills back.
+  importance per unit of cost saved is lowest (scores over the group's mean, times the
+  number of weight tensors the group couples: a unit removes a slice of each), the
+  cost saved measured on the budget's own cost (predicted latency, MACs or params) at
+  the current widths; the sequence stops once the budget is met, then the projector bisects and fills back.
 
-Both are projected onto the budget by :class:`~prunekit.methods.projector.Projector`
+All are projected onto the budget by :class:`~prunekit.methods.projector.Projector`
 (bisection, rounding, minimum width, fill-back), so the result lands within the
 tolerance whenever channel granularity allows it.
 """
@@ -117,6 +118,13 @@ def _global_order(pj, order: list[np.ndarray], scores: np.ndarray) -> np.ndarray
     return np.array([gi for _, gi in entries], dtype=np.int64)
 
 
+def _coupled_weights(g) -> int:
+    """How many weight tensors a unit of ``g`` spans: removing it loses a slice of each,
+    so its importance counts each (a residual stream coupled across every block of a
+    stage weighs as much as those blocks, not as one layer)."""
+    return max(1, sum(1 for m in g.members if m.rsplit(":", 1)[0].endswith("weight")))
+
+
 def _marginal_order(pj, order: list[np.ndarray], scores: np.ndarray) -> np.ndarray:
     """Which group each removal takes a unit from, greedily by normalised importance per
     cost saved (at most ``width - min_width`` per group), until the budget is met."""
@@ -125,7 +133,7 @@ def _marginal_order(pj, order: list[np.ndarray], scores: np.ndarray) -> np.ndarr
     norm = []
     for g, o in zip(pj.groups, order):
         s = scores[g.units[o]]
-        norm.append(s / (s.mean() + 1e-12) if len(s) else s)
+        norm.append(s * (_coupled_weights(g) / (s.mean() + 1e-12)) if len(s) else s)
     caps = [max(0, min(len(o), g.width - pj.budget.min_width)) for g, o in zip(pj.groups, order)]
     removed = [0] * len(order)
     owners: list[int] = []
