@@ -56,8 +56,8 @@ def meet_measured(lm: LatencyModel, model: nn.Module, run: Callable[[Any], Any],
     corrected where the method's plans lie, and asks for the wanted fraction scaled by
     what the refitted model still gets wrong on the last plan (its prediction over the
     measurement); the rounds stop when that ask lies at or below a target the method
-    refused (it would be refused again). Otherwise the model stays and the target handed to the method is
-    corrected by the secant through the (asked, measured) pairs so far (first step:
+    refused (it would be refused again). Otherwise the model stays and the target
+    handed to the method is corrected by the secant through the (asked, measured) pairs so far (first step:
     scaled by asked / measured). Targets are never above 1. Returns the result closest
     to the target from below when none is within the tolerance (else the closest), and
     the log of the rounds: each with the target asked, the latency ``predicted`` when

@@ -12,7 +12,8 @@ Shared by every method that ranks channels. Three allocations:
   importance per unit of cost saved is lowest (scores over the group's mean, times the
   number of weight tensors the group couples: a unit removes a slice of each), the
   cost saved measured on the budget's own cost (predicted latency, MACs or params) at
-  the current widths; the sequence stops once the budget is met, then the projector bisects and fills back.
+  the current widths; the sequence stops once the budget is met, then the projector
+  bisects and fills back.
 
 All are projected onto the budget by :class:`~prunekit.methods.projector.Projector`
 (bisection, rounding, minimum width, fill-back), so the result lands within the
